@@ -1,0 +1,1 @@
+"""The ``svsurgery`` command line: one module per verb, sharing argument helpers."""

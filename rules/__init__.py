@@ -1,0 +1,1 @@
+"""The rule catalog: one rule family per module (installed as ``svsurgery.rules``)."""

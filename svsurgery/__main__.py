@@ -1,0 +1,7 @@
+"""``python -m svsurgery`` is the ``svsurgery`` command."""
+
+import sys
+
+from svsurgery.cli.main import main
+
+sys.exit(main())

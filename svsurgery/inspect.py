@@ -1,0 +1,132 @@
+"""What a model is: its signature, opsets, producer, operators, parameters and metadata."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from typing import Union
+
+import onnx_ir as ir
+
+from svsurgery.io import SOURCE_PATH_KEY, all_tensors, external_tensors
+from svsurgery.report import Report
+
+__all__ = ["ModelSummary", "TensorSignature", "summarize"]
+
+Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
+
+
+@dataclasses.dataclass
+class TensorSignature:
+    name: str
+    dtype: str | None
+    shape: list[Dim] | None  # None when the rank is unknown
+
+    @classmethod
+    def of(cls, value: ir.Value) -> TensorSignature:
+        dtype = value.dtype.name if value.dtype is not None else None
+        shape = None
+        if value.shape is not None:
+            shape = [d if isinstance(d, int) or d.value is None else str(d.value) for d in value.shape]
+        return cls(value.name or "", dtype, shape)
+
+    def shape_text(self) -> str:
+        if self.shape is None:
+            return "?"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+@dataclasses.dataclass
+class ModelSummary(Report):
+    path: str | None
+    ir_version: int
+    producer_name: str | None
+    producer_version: str | None
+    opset_imports: dict[str, int]
+    inputs: list[TensorSignature]
+    outputs: list[TensorSignature]
+    node_count: int
+    op_types: dict[str, int]  # every graph and subgraph, most frequent first
+    subgraph_count: int
+    function_count: int
+    initializer_count: int
+    parameter_count: int  # elements in initializers and Constant tensors
+    parameter_bytes: int
+    external_data_files: list[str]
+    metadata_props: dict[str, str]
+
+    def render(self, console) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        title = os.path.basename(self.path) if self.path else "model"
+        producer = " ".join(filter(None, [self.producer_name, self.producer_version])) or "unknown"
+        opsets = ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in self.opset_imports.items())
+        console.print(f"[bold]{escape(title)}[/bold]  IR {self.ir_version} · opsets: {opsets} · producer: {producer}")
+        signature = Table(title="Signature", title_justify="left")
+        for column in ("", "name", "dtype", "shape"):
+            signature.add_column(column)
+        for kind, entries in (("input", self.inputs), ("output", self.outputs)):
+            for entry in entries:
+                signature.add_row(kind, escape(entry.name), entry.dtype or "?", escape(entry.shape_text()))
+        console.print(signature)
+        console.print(
+            f"{self.node_count} nodes · {self.subgraph_count} subgraphs · {self.function_count} functions · "
+            f"{self.initializer_count} initializers · {self.parameter_count:,} parameters "
+            f"({_human_bytes(self.parameter_bytes)})"
+            + (f" · external data: {', '.join(self.external_data_files)}" if self.external_data_files else ""),
+            markup=False,
+        )
+        ops = Table(title="Operators", title_justify="left")
+        ops.add_column("op type")
+        ops.add_column("count", justify="right")
+        for op_type, count in self.op_types.items():
+            ops.add_row(escape(op_type), str(count))
+        console.print(ops)
+        if self.metadata_props:
+            meta = Table(title="metadata_props", title_justify="left")
+            meta.add_column("key")
+            meta.add_column("value", overflow="fold")
+            for key, value in self.metadata_props.items():
+                meta.add_row(escape(key), escape(value if len(value) <= 200 else value[:200] + "…"))
+            console.print(meta)
+
+
+def summarize(model: ir.Model) -> ModelSummary:
+    graphs = list(model.graphs())
+    op_types = collections.Counter()
+    for graph in graphs:
+        for node in graph:
+            op_types[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+    for function in model.functions.values():
+        for node in function:
+            op_types[node.op_type] += 1
+    tensors = list(all_tensors(model))
+    data_files = sorted({str(t.location) for t in external_tensors(model)})
+    return ModelSummary(
+        path=model.meta.get(SOURCE_PATH_KEY),
+        ir_version=model.ir_version,
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        opset_imports=dict(model.opset_imports),
+        inputs=[TensorSignature.of(v) for v in model.graph.inputs],
+        outputs=[TensorSignature.of(v) for v in model.graph.outputs],
+        node_count=sum(op_types.values()),
+        op_types=dict(op_types.most_common()),
+        subgraph_count=len(graphs) - 1,
+        function_count=len(model.functions),
+        initializer_count=sum(len(g.initializers) for g in graphs),
+        parameter_count=sum(t.size for t in tensors),
+        parameter_bytes=sum(t.nbytes for t in tensors),
+        external_data_files=data_files,
+        metadata_props=dict(model.metadata_props),
+    )
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"  # pragma: no cover

@@ -1,0 +1,57 @@
+"""Reports: dataclasses that render as a terminal table (rich) and as JSON.
+
+Every command's result is a :class:`Report`; ``--json`` prints ``to_json()``,
+``--report FILE`` writes it atomically, and the terminal gets ``render()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Report", "write_json_atomically"]
+
+
+class Report:
+    """Mixin for dataclass reports."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        return write_json_atomically(path, self.to_json())
+
+    def render(self, console) -> None:  # pragma: no cover - each report implements it
+        raise NotImplementedError
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def write_json_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write text to ``path`` through a temporary file in the same folder, then rename."""
+    target = Path(path).absolute()
+    fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.write("\n")
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    return target

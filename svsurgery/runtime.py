@@ -1,0 +1,45 @@
+"""Run models with onnxruntime: sessions from in-memory onnx_ir models or files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from svsurgery.io import to_proto
+
+__all__ = ["inference_session", "run"]
+
+
+def inference_session(
+    model: ir.Model | str | os.PathLike,
+    *,
+    intra_op_threads: int | None = None,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
+):
+    """An onnxruntime session for a model object or a file (external data followed)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, (str, Path, os.PathLike)) else to_proto(
+        model, inline_external_data=True
+    ).SerializeToString()
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+
+
+def run(
+    model: ir.Model | str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    output_names: list[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run once on CPU and return outputs by name."""
+    session = inference_session(model)
+    names = output_names or [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feeds))))
