@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from svsurgery.io import to_proto
+from svsurgery.patch import infer_types
 
 __all__ = ["from_graphsurgeon", "to_graphsurgeon"]
 
@@ -46,6 +47,8 @@ def from_graphsurgeon(graph, *, cleanup: bool = False) -> ir.Model:
         graph.cleanup().toposort()
     proto = gs.export_onnx(graph)
     model = ir.from_proto(proto)
+    if any(v.type is None or v.shape is None for v in model.graph.outputs):
+        infer_types(model)  # gs scripts often leave new outputs untyped; ONNX requires types there
     fields = getattr(graph, _MODEL_FIELDS_ATTR, None)
     if fields:
         model.metadata_props.update(fields["metadata_props"])

@@ -261,6 +261,12 @@ def _as_input(model: ir.Model, graph: ir.Graph, item: InputLike, namer: _Namer, 
     return value
 
 
+def _type_graph_outputs(model: ir.Model, graph: ir.Graph) -> None:
+    """Graph outputs must carry a type and shape in ONNX; infer them for values an edit made."""
+    if any(v.type is None or v.shape is None for v in graph.outputs):
+        infer_types(model)
+
+
 def _adopt_uses(old: ir.Value, new: ir.Value, *, keep_name_on: str) -> None:
     """Move every use of ``old`` (graph outputs included) onto ``new`` except ``new``'s producer.
 
@@ -332,6 +338,7 @@ def insert_after(
     node = _new_node(model, graph, namer, op_type, value, inputs, attributes, domain, name)
     _place_after(graph, value, [node])
     _adopt_uses(value, node.outputs[0], keep_name_on="old")
+    _type_graph_outputs(model, graph)
     return node
 
 
@@ -358,6 +365,7 @@ def insert_before(
     node = _new_node(model, graph, namer, op_type, value, inputs, attributes, domain, name)
     _place_after(graph, value, [node])
     _adopt_uses(value, node.outputs[0], keep_name_on="new")
+    _type_graph_outputs(model, graph)
     return node
 
 
@@ -403,6 +411,7 @@ def insert_casts(
             _adopt_uses(value, cast.outputs[0], keep_name_on="new")
             added.append(cast)
     _retype_attributes_for(node, compute_type)
+    _type_graph_outputs(model, graph)
     return added
 
 
@@ -431,7 +440,9 @@ def replace_node(
             f"node '{node.name}' ({node.op_type}) has {len(node.outputs)} outputs but {len(outputs)} replacements were given"
         )
     _name_unnamed(model, new_nodes)
-    ir.convenience.replace_nodes_and_values(node.graph, node, [node], new_nodes, node.outputs, outputs)
+    graph = node.graph
+    ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, node.outputs, outputs)
+    _type_graph_outputs(model, graph)
 
 
 def _name_unnamed(model: ir.Model, nodes: Sequence[ir.Node]) -> None:
@@ -485,6 +496,7 @@ def replace_subgraph(
     ordered = [n for n in graph if id(n) in region_ids]
     ir.convenience.replace_nodes_and_values(graph, ordered[-1], ordered, new_nodes, output_values, new_outputs)
     graph.sort()
+    _type_graph_outputs(model, graph)
     return new_nodes
 
 

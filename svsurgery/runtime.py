@@ -19,12 +19,20 @@ def inference_session(
     *,
     intra_op_threads: int | None = None,
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    optimize: bool = True,
 ):
-    """An onnxruntime session for a model object or a file (external data followed)."""
+    """An onnxruntime session for a model object or a file (external data followed).
+
+    ``optimize=False`` disables onnxruntime's graph optimizations. Use it to compare two
+    graphs for *semantic* equality: which fusions onnxruntime applies depends on which
+    values are graph outputs, and a fused kernel rounds differently from the ops it replaces.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -38,8 +46,10 @@ def run(
     model: ir.Model | str | os.PathLike,
     feeds: Mapping[str, np.ndarray],
     output_names: list[str] | None = None,
+    *,
+    optimize: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run once on CPU and return outputs by name."""
-    session = inference_session(model)
+    session = inference_session(model, optimize=optimize)
     names = output_names or [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds))))
