@@ -1,0 +1,77 @@
+"""Packaging: the wheel's layout, the console script, and life without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_rules_and_cli_under_svsurgery_only(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    wheel = next(tmp_path.glob("svsurgery-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert all(t == "svsurgery" or t.endswith(".dist-info") for t in top_level), top_level
+    for module in ("svsurgery/rules/__init__.py", "svsurgery/cli/main.py", "svsurgery/cli/inspect.py"):
+        assert module in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "svsurgery = svsurgery.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_no_top_level_rules_or_cli_package_is_importable(tmp_path):
+    probe = "import importlib.util as u; print(u.find_spec('rules'), u.find_spec('cli'), u.find_spec('svsurgery.rules').origin)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    none_rules, none_cli, rules_origin = done.stdout.split()
+    assert none_rules == "None" and none_cli == "None"
+    assert Path(rules_origin).parent.name == "rules"
+
+
+_WITHOUT_TORCH = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None  # any import of torch now raises ImportError
+    from svsurgery.cli.main import main
+    import svsurgery
+    assert "torch" not in [m for m, v in sys.modules.items() if v is not None]
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_inspect_works_without_torch_and_torch_features_say_so(tmp_path, legacy_path):
+    ok = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, "inspect", str(legacy_path), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, "example", "-o", str(tmp_path / "ex")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs torch" in lines[0] and "pip install" in lines[0]
+
+
+@pytest.mark.parametrize("flags", [["--no-dynamo"], []])
+def test_example_command_writes_the_reference_exports(tmp_path, capsys, flags):
+    from svsurgery.cli.main import main
+
+    assert main(["example", "-o", str(tmp_path), *flags]) == 0
+    assert (tmp_path / "sensevoice_legacy.onnx").is_file()
+    assert (tmp_path / "sensevoice_dynamo.onnx").is_file() == (not flags)
+    assert main(["inspect", str(tmp_path / "sensevoice_legacy.onnx")]) == 0
+    assert "speech_lengths" in capsys.readouterr().out
