@@ -60,6 +60,9 @@ def mel_banks(mel_opts: MelBanksOptions, frame_opts: FrameExtractionOptions) -> 
         rising = (fft_mel - left) / (center - left)
         falling = (right - fft_mel) / (right - center)
         weights[:, b] = np.where(inside, np.where(fft_mel <= center, rising, falling), 0.0)
+    if mel_opts.htk_mode and mel_low != 0.0:
+        # Kaldi replicates an HTK bug: the first weight of the first bin is zeroed.
+        weights[np.flatnonzero(weights[:, 0])[0], 0] = 0.0
     return weights
 
 
