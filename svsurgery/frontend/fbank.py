@@ -203,14 +203,14 @@ def fbank_graph(
     frames = _frames(g, signal, computed, opts)  # [B, T + 1, size]
 
     raw = frames
-    if frame.remove_dc_offset:
-        frames = op.Sub(raw, g.reduce("ReduceMean", raw, [-1], keepdims=True))
+    mean = g.reduce("ReduceMean", raw, [-1], keepdims=True) if frame.remove_dc_offset else None
+    centred = op.Sub(raw, mean) if mean is not None else raw
     energy = None
     if opts.use_energy and opts.raw_energy:
-        energy = g.reduce("ReduceSumSquare", frames, [-1], keepdims=True)
-    centred = frames
+        energy = g.reduce("ReduceSumSquare", centred, [-1], keepdims=True)
+    frames = centred
     if frame.preemph_coeff != 0.0:
-        frames = _preemphasis(g, raw, frames, frame.preemph_coeff)
+        frames = _preemphasis(g, raw, mean, frame.preemph_coeff)
     frames = op.Mul(frames, g.const(window))
     if opts.use_energy and not opts.raw_energy:
         energy = g.reduce("ReduceSumSquare", frames, [-1], keepdims=True)
@@ -249,7 +249,7 @@ def _previous_sample(g: GraphOps, frames: ir.Value) -> ir.Value:
     return op.Concat(first, all_but_last, axis=-1)
 
 
-def _preemphasis(g: GraphOps, raw: ir.Value, centred: ir.Value, coeff: float) -> ir.Value:
+def _preemphasis(g: GraphOps, raw: ir.Value, mean: ir.Value | None, coeff: float) -> ir.Value:
     """Kaldi's x'[i] - c x'[i-1] (x' the DC-free frame), computed as
     (x[i] - x[i-1]) + (1 - c) x'[i-1].
 
@@ -260,8 +260,10 @@ def _preemphasis(g: GraphOps, raw: ir.Value, centred: ir.Value, coeff: float) ->
     result is several times closer to the float64 statement than Kaldi's own float32.
     """
     op = g.op
-    step = op.Sub(raw, _previous_sample(g, raw))
-    return op.Add(step, op.Mul(_previous_sample(g, centred), g.f32(1.0 - coeff)))
+    previous = _previous_sample(g, raw)
+    step = op.Sub(raw, previous)
+    previous_centred = op.Sub(previous, mean) if mean is not None else previous  # = x'[i-1], same rounding
+    return op.Add(step, op.Mul(previous_centred, g.f32(1.0 - coeff)))
 
 
 # FFT bins below this are computed by a dense DFT even when the rest uses the split FFT:
