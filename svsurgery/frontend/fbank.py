@@ -48,6 +48,7 @@ class FftPlan:
     frame_length: int
     n1_count: int
     n2_count: int
+    k2_start: int = 0  # bins below k2_start * n1_count are left to the dense low-bin DFT
 
     @classmethod
     def choose(cls, size: int, frame_length: int) -> FftPlan:
@@ -65,8 +66,21 @@ class FftPlan:
         return -(-self.frame_length // self.n2_count)
 
     @property
-    def k2_count(self) -> int:
+    def k2_end(self) -> int:
         return -(-(self.size // 2) // self.n1_count)
+
+    @property
+    def k2_count(self) -> int:
+        """Output k2 values computed: k2_start .. k2_end - 1."""
+        return self.k2_end - self.k2_start
+
+    def skipping_low_bins(self, bins: int) -> FftPlan:
+        """The same plan, leaving the first ``bins`` (rounded up to whole k2 rows) to another DFT."""
+        return dataclasses.replace(self, k2_start=min(-(-bins // self.n1_count), self.k2_end))
+
+    @property
+    def low_bins(self) -> int:
+        return self.k2_start * self.n1_count
 
     @property
     def multiply_adds(self) -> int:
@@ -96,7 +110,7 @@ class FftPlan:
         if self.n1_count == 1:
             return np.arange(self.size // 2)
         k1 = np.arange(self.n1_count)[:, None]
-        k2 = np.arange(self.k2_count)[None, :]
+        k2 = np.arange(self.k2_start, self.k2_end)[None, :]
         order = (k1 + self.n1_count * k2).reshape(-1)
         return np.where(order < self.size // 2, order, -1)
 
@@ -107,7 +121,7 @@ def _stage_matrices(plan: FftPlan) -> tuple[np.ndarray, np.ndarray]:
     angle1 = -2 * np.pi * np.outer(np.arange(n1_count), np.arange(plan.rows)) / n1_count
     stage1 = np.stack([np.cos(angle1), np.sin(angle1)], axis=1).reshape(2 * n1_count, plan.rows)
     n2 = np.arange(n2_count)
-    k2 = np.arange(k2_count)
+    k2 = np.arange(plan.k2_start, plan.k2_end)
     stage2 = np.zeros((n1_count, 2 * n2_count, 2 * k2_count))
     for k1 in range(n1_count):
         twiddled = np.exp(-2j * np.pi * k1 * n2 / plan.size)[:, None] * np.exp(
@@ -292,7 +306,9 @@ def _mel_energies(
     op = g.op
     size, frame_length = frame.padded_window_size, frame.window_size
     plan = FftPlan.choose(size, frame_length)
-    dense_bins = size // 2 if plan.n1_count == 1 else min(_DENSE_LOW_BINS, size // 2)
+    if plan.n1_count > 1:
+        plan = plan.skipping_low_bins(_DENSE_LOW_BINS)
+    dense_bins = size // 2 if plan.n1_count == 1 else plan.low_bins
     # y = x P then y * w is x (P diag(w)): P's columns scaled by the window
     transform = _preemphasis_matrix(frame_length, frame.preemph_coeff) * window[None, :]
     power = _dense_power(g, centred, transform, size, dense_bins)
