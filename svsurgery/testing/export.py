@@ -19,7 +19,16 @@ import torch
 
 from svsurgery.testing.encoder import EncoderConfig, SenseVoiceEncoder, build_encoder, example_inputs
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "export_dynamo", "export_legacy", "export_reference_encoders"]
+__all__ = [
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "cmvn_statistics",
+    "export_dynamo",
+    "export_legacy",
+    "export_reference_encoders",
+    "write_am_mvn",
+    "write_model_folders",
+]
 
 INPUT_NAMES = ("speech", "speech_lengths", "language", "textnorm")
 OUTPUT_NAMES = ("ctc_logits", "encoder_out_lens")
@@ -91,3 +100,85 @@ def export_reference_encoders(
     if dynamo:
         paths["dynamo"] = export_dynamo(model, out_dir / "sensevoice_dynamo.onnx")
     return paths
+
+
+def cmvn_statistics(seconds: float = 8.0):
+    """(shift, scale) = (-mean, 1/std) of SenseVoice LFR features of the built-in waveform,
+    standing in for the am.mvn a trained model ships."""
+    import numpy as np
+
+    from svsurgery.frontend import FbankOptions, LfrOptions, reference
+    from svsurgery.parity.waveforms import speech_like
+
+    stacked = reference.apply_lfr(reference.fbank(speech_like(seconds, seed=7), FbankOptions.sensevoice()), LfrOptions(7, 6))
+    return -stacked.mean(axis=0), 1.0 / np.maximum(stacked.std(axis=0), 1e-3)
+
+
+def write_am_mvn(path: str | os.PathLike, shift, scale) -> Path:
+    """A Kaldi nnet text am.mvn as FunASR ships it (<AddShift> then <Rescale>)."""
+    dim = len(shift)
+    text = (
+        f"<Nnet>\n<Splice> {dim} {dim}\n[ 0 ]\n<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ "
+        + " ".join(f"{v:.8f}" for v in shift)
+        + f" ]\n<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ "
+        + " ".join(f"{v:.8f}" for v in scale)
+        + " ]\n</Nnet>\n"
+    )
+    Path(path).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+FUNASR_CONFIG = """# FunASR-style model config (the parts the front end reads)
+frontend: WavFrontend
+frontend_conf:
+    fs: 16000
+    window: hamming
+    n_mels: 80
+    frame_length: 25
+    frame_shift: 10
+    lfr_m: 7
+    lfr_n: 6
+"""
+
+
+def write_model_folders(out_dir: str | os.PathLike, config: EncoderConfig | None = None) -> dict[str, Path]:
+    """Model folders as they are shipped, each holding ``model.onnx``:
+
+    - ``funasr/``: the legacy export + ``config.yaml`` (frontend_conf) + ``am.mvn``
+    - ``dynamo/``: the torch.export export (external data) + ``config.yaml`` + ``am.mvn``
+    - ``sherpa/``: sherpa-onnx's signature (``x``, ``x_length``, ``language``, ``text_norm``)
+      with LFR and CMVN in metadata (``lfr_window_size``, ``neg_mean``, ``inv_stddev``, ...)
+    """
+    import svsurgery
+    from svsurgery import patch
+
+    out_dir = Path(out_dir)
+    model = build_encoder(config)
+    shift, scale = cmvn_statistics()
+    folders = {}
+    for kind, exporter in (("funasr", export_legacy), ("dynamo", export_dynamo)):
+        folder = out_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("model.onnx*"):
+            stale.unlink()
+        exporter(model, folder / "model.onnx")
+        (folder / "config.yaml").write_text(FUNASR_CONFIG, encoding="utf-8")
+        write_am_mvn(folder / "am.mvn", shift, scale)
+        folders[kind] = folder / "model.onnx"
+    sherpa = out_dir / "sherpa"
+    sherpa.mkdir(parents=True, exist_ok=True)
+    onnx_model = svsurgery.load(folders["funasr"])
+    for old, new in (("speech", "x"), ("speech_lengths", "x_length"), ("textnorm", "text_norm")):
+        patch.rename_value(onnx_model, old, new)
+    onnx_model.metadata_props.update(
+        {
+            "model_type": "sense_voice_ctc",
+            "lfr_window_size": "7",
+            "lfr_window_shift": "6",
+            "normalize_samples": "0",
+            "neg_mean": ",".join(f"{-v:.8f}" for v in shift),
+            "inv_stddev": ",".join(f"{v:.8f}" for v in scale),
+        }
+    )
+    folders["sherpa"] = svsurgery.save(onnx_model, sherpa / "model.onnx")
+    return folders

@@ -1,0 +1,253 @@
+"""fuse-preproc: one model from raw waveform to encoder outputs, verified before it is written.
+
+load the encoder -> find its feature/length inputs -> discover the front-end settings it
+was shipped with -> build the front end at the encoder's opset -> verify on a built-in
+waveform against (a) the same front-end graph run separately then the encoder (the
+fusion itself must be exact) and (b) the reference pipeline, kaldi-native-fbank (or the
+float64 statement when knf is absent) + FunASR's LFR and CMVN in numpy + onnxruntime on
+the original encoder -> record options, sources, versions and parity in metadata_props ->
+save atomically. Beyond tolerance nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from svsurgery._version import __version__
+from svsurgery.compose import EncoderInputs, find_encoder_inputs, prepend_frontend
+from svsurgery.errors import BadInputError
+from svsurgery.frontend import build as build_frontend
+from svsurgery.frontend import knf, reference
+from svsurgery.frontend._ops import MIN_OPSET
+from svsurgery.frontend.build import WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
+from svsurgery.frontend.config import FrontendConfig, discover
+from svsurgery.frontend.options import LfrOptions
+from svsurgery.io import SOURCE_PATH_KEY, load, save
+from svsurgery.parity.metrics import PROFILES, OutputParity, compare
+from svsurgery.parity.waveforms import speech_like
+from svsurgery.report import Report
+from svsurgery.runtime import inference_session
+
+__all__ = ["FuseReport", "fuse_preprocessing", "verification_waveforms"]
+
+_NUMPY_INTEGERS = {ir.DataType.INT32: np.int32, ir.DataType.INT64: np.int64}
+
+
+def verification_waveforms() -> list[np.ndarray]:
+    """Two rows of different lengths, so per-row lengths are exercised too."""
+    speech = speech_like(4.0, seed=0)
+    return [speech, speech_like(2.3, seed=1)]
+
+
+@dataclasses.dataclass
+class FuseReport(Report):
+    encoder: str
+    output: str | None
+    written: bool
+    inputs_found: str
+    sources: dict[str, str]
+    notices: list[str]
+    frontend: dict
+    reference_frontend: str
+    waveform: str
+    fused_vs_two_step: list[OutputParity]
+    fused_vs_reference: list[OutputParity]
+    passed: bool
+
+    def render(self, console) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        console.print(f"[bold]fuse-preproc[/bold] {escape(self.encoder)}")
+        for setting, source in self.sources.items():
+            console.print(f"  {setting}: {escape(source)}")
+        console.print(f"  inputs: {escape(self.inputs_found)}")
+        for notice in self.notices:
+            console.print(f"  [yellow]note[/yellow]: {escape(notice)}")
+        table = Table(title=f"parity on {self.waveform}", title_justify="left")
+        for column in ("comparison", "output", "max abs", "max rel", "cosine", "argmax agree", "ok"):
+            table.add_column(column, justify="left" if column in ("comparison", "output") else "right")
+        for label, rows in (
+            ("fused vs two-step (same front end, then encoder)", self.fused_vs_two_step),
+            (f"fused vs reference ({self.reference_frontend} + LFR + CMVN, then encoder)", self.fused_vs_reference),
+        ):
+            for row in rows:
+                agreement = "-" if row.argmax_agreement is None else f"{row.argmax_agreement:.2%}"
+                verdict = "[green]yes[/green]" if row.passed else "[red]no[/red]: " + escape("; ".join(row.failures))
+                table.add_row(escape(label), escape(row.name), f"{row.max_abs:.2e}", f"{row.max_rel:.2e}",
+                              f"{row.cosine:.8f}", agreement, verdict)
+                label = ""
+        console.print(table)
+        if self.written:
+            console.print(f"[green]wrote[/green] {escape(str(self.output))}")
+        elif not self.passed:
+            console.print("[red]parity beyond tolerance: nothing written[/red]")
+
+
+def _feeds_for_other_inputs(model: ir.Model, binding: EncoderInputs, batch: int) -> dict[str, np.ndarray]:
+    """Zeros for inputs the front end does not provide (language ids, flags...), batch-sized."""
+    feeds = {}
+    for value in model.graph.inputs:
+        if value is binding.features or value is binding.lengths:
+            continue
+        if value.dtype is None or value.shape is None:
+            raise BadInputError(f"encoder input '{value.name}' has no declared type or shape to fill in for verification")
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(value.shape)]
+        feeds[value.name] = np.zeros(shape, dtype=value.dtype.numpy())
+    return feeds
+
+
+def _reference_features(rows, config: FrontendConfig) -> tuple[list[np.ndarray], str]:
+    use_knf = knf.available()
+    features = []
+    for row in rows:
+        fbank = knf.fbank(row, config.fbank) if use_knf else reference.fbank(row, config.fbank)
+        stacked = reference.apply_lfr(fbank, config.lfr)
+        if config.cmvn is not None:
+            stacked = reference.apply_cmvn(stacked, config.cmvn.shift, config.cmvn.scale)
+        features.append(stacked.astype(np.float32))
+    return features, (knf.version() if use_knf else "float64 reference fbank (kaldi-native-fbank not installed)")
+
+
+def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
+    length = max([r.shape[0] for r in rows] + [width or 0])
+    batch = np.zeros((len(rows), length, *rows[0].shape[1:]), dtype=rows[0].dtype)
+    for i, row in enumerate(rows):
+        batch[i, : row.shape[0]] = row
+    return batch
+
+
+def _compare_all(actual: dict, expected: dict, profile: str) -> list[OutputParity]:
+    tolerance = PROFILES[profile]
+    results = []
+    for name, value in expected.items():
+        parity = compare(name, actual[name], value, rel_floor=tolerance.rel_floor)
+        if np.issubdtype(np.asarray(value).dtype, np.integer):  # lengths, ids: must be equal
+            parity.check(dataclasses.replace(tolerance, max_abs=0.0, min_cosine=None, min_argmax_agreement=None))
+        else:
+            parity.check(tolerance)
+        results.append(parity)
+    return results
+
+
+def fuse_preprocessing(
+    encoder_path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    cmvn: str | os.PathLike | None = None,
+    lfr: LfrOptions | None = None,
+    preset: str = "sensevoice",
+    use_cmvn: bool = True,
+    feature_input: str | None = None,
+    length_input: str | None = None,
+    keep_features: bool = False,
+    overwrite_input: bool = False,
+) -> tuple[ir.Model, FuseReport]:
+    """Fuse the front end into the encoder at ``encoder_path``; write ``output`` if parity holds."""
+    encoder_path = Path(encoder_path)
+    model = load(encoder_path)
+    found = discover(model, encoder_path, config=config, cmvn=cmvn, lfr=lfr, preset=preset, use_cmvn=use_cmvn)
+    binding = find_encoder_inputs(model, feature_input, length_input)
+    produced = found.fbank.feature_dim * found.lfr.m
+    dim = binding.feature_dim
+    if isinstance(dim, int) and dim != produced:
+        raise BadInputError(
+            f"encoder input '{binding.features.name}' takes D={dim} features per frame, but the front end makes "
+            f"{produced} ({found.fbank.feature_dim} fbank x LFR m={found.lfr.m}, from {found.sources['fbank']} / "
+            f"{found.sources['lfr']}); check --preset/--lfr/--config"
+        )
+    notices = list(found.notices)
+    if not isinstance(dim, int):
+        notices.append(f"feature dimension of '{binding.features.name}' is not fixed in the model; the front end makes {produced}")
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None or opset < MIN_OPSET:
+        model, binding = _upgrade_opset(model, encoder_path, feature_input, length_input, opset)
+        notices.append(f"encoder converted from ai.onnx opset {opset} to {MIN_OPSET} (the front end needs {MIN_OPSET})")
+        opset = MIN_OPSET
+    frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
+
+    rows = verification_waveforms()
+    waveform_batch = _pad([r[:, None] for r in rows])[:, :, 0]
+    waveform_lengths = np.array([r.size for r in rows], np.int64)
+    others = _feeds_for_other_inputs(model, binding, len(rows))
+    encoder_session = inference_session(encoder_path)
+
+    def run_encoder(features: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {binding.features.name: features.astype(binding.features.dtype.numpy()), **others}
+        if binding.lengths is not None:
+            feeds[binding.lengths.name] = lengths.astype(_NUMPY_INTEGERS[binding.length_dtype])
+        names = [o.name for o in encoder_session.get_outputs()]
+        return dict(zip(names, encoder_session.run(names, feeds)))
+
+    reference_rows, reference_name = _reference_features(rows, found)
+    reference_outputs = run_encoder(_pad(reference_rows), np.array([r.shape[0] for r in reference_rows]))
+    frontend_session = inference_session(frontend_model)
+    graph_features, graph_lengths = frontend_session.run(None, {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths})
+    two_step_outputs = run_encoder(graph_features, graph_lengths)
+
+    fused = prepend_frontend(model, frontend_model, binding, keep_features=keep_features)
+    fused_session = inference_session(fused)
+    fused_names = [o.name for o in fused_session.get_outputs()]
+    fused_outputs = dict(zip(fused_names, fused_session.run(fused_names, {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths, **others})))
+
+    vs_two_step = _compare_all(fused_outputs, two_step_outputs, "fp32-strict")
+    vs_reference = _compare_all(fused_outputs, reference_outputs, "frontend")
+    passed = all(p.passed for p in vs_two_step + vs_reference)
+    options = frontend_metadata(found.fbank, found.lfr, found.cmvn)
+    report = FuseReport(
+        encoder=str(encoder_path),
+        output=str(output) if output else None,
+        written=False,
+        inputs_found=binding.how,
+        sources=found.sources,
+        notices=notices,
+        frontend=options,
+        reference_frontend=reference_name,
+        waveform=f"built-in speech-like waveform, {len(rows)} rows of {', '.join(f'{r.size / 16000:.2f} s' for r in rows)}",
+        fused_vs_two_step=vs_two_step,
+        fused_vs_reference=vs_reference,
+        passed=passed,
+    )
+    fused.metadata_props["svsurgery.fuse"] = json.dumps(
+        {
+            "svsurgery": __version__,
+            "onnx": onnx.__version__,
+            "sources": found.sources,
+            "reference": reference_name,
+            "parity": {
+                "fused_vs_two_step": [dataclasses.asdict(p) for p in vs_two_step],
+                "fused_vs_reference": [dataclasses.asdict(p) for p in vs_reference],
+            },
+        },
+        sort_keys=True,
+    )
+    fused.meta[SOURCE_PATH_KEY] = model.meta.get(SOURCE_PATH_KEY)
+    if passed and output is not None:
+        save(fused, output, overwrite_input=overwrite_input)
+        report.written = True
+    return fused, report
+
+
+def _upgrade_opset(model: ir.Model, path: Path, feature_input, length_input, opset) -> tuple[ir.Model, EncoderInputs]:
+    from onnx import version_converter
+
+    from svsurgery.io import to_proto
+
+    try:
+        converted = version_converter.convert_version(to_proto(model, inline_external_data=True), MIN_OPSET)
+    except Exception as error:  # noqa: BLE001 - the converter raises many types
+        raise BadInputError(
+            f"{path}: ai.onnx opset {opset} is below {MIN_OPSET}, and onnx's version converter could not raise it: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    upgraded = ir.from_proto(converted)
+    upgraded.meta.update(model.meta)
+    return upgraded, find_encoder_inputs(upgraded, feature_input, length_input)

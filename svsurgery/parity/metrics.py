@@ -1,0 +1,109 @@
+"""Parity metrics between an output and its reference, and named tolerance profiles.
+
+Every comparison in svsurgery reports the same named metrics: max abs error, max relative
+error (relative to max(|reference|, a floor) so near-zero references do not explode),
+mean abs error, cosine similarity, argmax agreement along the last axis (token agreement
+for logits) and NaN/Inf counts. Tolerances live in profiles, never as loose literals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = ["PROFILES", "OutputParity", "Tolerance", "compare"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Bounds an output must meet; None means not checked."""
+
+    name: str
+    max_abs: float | None = None
+    max_rel: float | None = None
+    min_cosine: float | None = None
+    min_argmax_agreement: float | None = None  # fraction of positions whose argmax agrees
+    rel_floor: float = 1e-3  # max_rel divides by max(|reference|, rel_floor * max|reference|)
+
+
+PROFILES: dict[str, Tolerance] = {
+    # the same computation, reordered: fused graph vs the same graphs run one after the other
+    "fp32-strict": Tolerance("fp32-strict", max_abs=1e-5, min_cosine=0.999999, min_argmax_agreement=1.0),
+    # a different but faithful implementation of the same math upstream (front ends)
+    "frontend": Tolerance("frontend", min_cosine=0.99999, min_argmax_agreement=1.0),
+}
+
+
+@dataclasses.dataclass
+class OutputParity:
+    name: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine: float
+    argmax_agreement: float | None  # None for outputs that are not float with a last axis > 1
+    nan_count: int
+    inf_count: int
+    passed: bool | None = None
+    failures: list[str] = dataclasses.field(default_factory=list)
+
+    def check(self, tolerance: Tolerance) -> OutputParity:
+        failures = []
+        if self.nan_count or self.inf_count:
+            failures.append(f"{self.nan_count} NaN / {self.inf_count} Inf values")
+        if tolerance.max_abs is not None and not self.max_abs <= tolerance.max_abs:
+            failures.append(f"max abs {self.max_abs:.3g} > {tolerance.max_abs:g}")
+        if tolerance.max_rel is not None and not self.max_rel <= tolerance.max_rel:
+            failures.append(f"max rel {self.max_rel:.3g} > {tolerance.max_rel:g}")
+        if tolerance.min_cosine is not None and not self.cosine >= tolerance.min_cosine:
+            failures.append(f"cosine {self.cosine:.7f} < {tolerance.min_cosine}")
+        if (
+            tolerance.min_argmax_agreement is not None
+            and self.argmax_agreement is not None
+            and not self.argmax_agreement >= tolerance.min_argmax_agreement
+        ):
+            failures.append(f"argmax agreement {self.argmax_agreement:.4%} < {tolerance.min_argmax_agreement:.4%}")
+        self.failures = failures
+        self.passed = not failures
+        return self
+
+
+def compare(name: str, actual: np.ndarray, expected: np.ndarray, rel_floor: float = 1e-3) -> OutputParity:
+    """Metrics of ``actual`` against ``expected`` (computed in float64)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    if actual.shape != expected.shape:
+        return OutputParity(name, list(actual.shape), math.inf, math.inf, math.inf, -1.0, 0.0, 0, 0, False,
+                            [f"shape {list(actual.shape)} != reference {list(expected.shape)}"])
+    a = actual.astype(np.float64)
+    e = expected.astype(np.float64)
+    nan_count = int(np.isnan(a).sum())
+    inf_count = int(np.isinf(a).sum())
+    if a.size == 0:
+        return OutputParity(name, list(a.shape), 0.0, 0.0, 0.0, 1.0, None, 0, 0)
+    finite = np.isfinite(a) & np.isfinite(e)
+    difference = np.abs(np.where(finite, a - e, 0.0))
+    difference = np.where(np.isfinite(a) == np.isfinite(e), difference, math.inf)
+    scale = max(float(np.abs(np.where(np.isfinite(e), e, 0)).max()), 1e-30)
+    denominator = np.maximum(np.abs(e), rel_floor * scale)
+    max_rel = float(np.max(np.where(np.isfinite(denominator), difference / denominator, 0.0)))
+    af, ef = np.where(finite, a, 0.0).ravel(), np.where(finite, e, 0.0).ravel()
+    norms = float(np.linalg.norm(af) * np.linalg.norm(ef))
+    cosine = float(af @ ef / norms) if norms > 0 else (1.0 if np.array_equal(af, ef) else 0.0)
+    agreement = None
+    if np.issubdtype(expected.dtype, np.floating) and a.ndim >= 1 and a.shape[-1] > 1:
+        agreement = float(np.mean(np.argmax(a, axis=-1) == np.argmax(e, axis=-1)))
+    return OutputParity(
+        name=name,
+        shape=list(a.shape),
+        max_abs=float(difference.max()),
+        max_rel=max_rel,
+        mean_abs=float(difference.mean()),
+        cosine=cosine,
+        argmax_agreement=agreement,
+        nan_count=nan_count,
+        inf_count=inf_count,
+    )
