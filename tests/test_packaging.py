@@ -66,12 +66,25 @@ def test_inspect_works_without_torch_and_torch_features_say_so(tmp_path, legacy_
     assert len(lines) == 1 and "needs torch" in lines[0] and "pip install" in lines[0]
 
 
-@pytest.mark.parametrize("flags", [["--no-dynamo"], []])
-def test_example_command_writes_the_reference_exports(tmp_path, capsys, flags):
+def test_example_command_writes_the_shipped_model_folders(tmp_path, capsys):
     from svsurgery.cli.main import main
 
-    assert main(["example", "-o", str(tmp_path), *flags]) == 0
-    assert (tmp_path / "sensevoice_legacy.onnx").is_file()
-    assert (tmp_path / "sensevoice_dynamo.onnx").is_file() == (not flags)
-    assert main(["inspect", str(tmp_path / "sensevoice_legacy.onnx")]) == 0
-    assert "speech_lengths" in capsys.readouterr().out
+    assert main(["example", "-o", str(tmp_path)]) == 0
+    for kind, files in {
+        "funasr": ("model.onnx", "config.yaml", "am.mvn"),
+        "dynamo": ("model.onnx", "model.onnx.data", "config.yaml", "am.mvn"),
+        "sherpa": ("model.onnx",),
+    }.items():
+        for name in files:
+            assert (tmp_path / kind / name).is_file(), (kind, name)
+    assert main(["inspect", str(tmp_path / "sherpa" / "model.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "x_length" in out and "lfr_window_size" in out
+
+
+def test_demo_runs_end_to_end(capsys):
+    from svsurgery.cli.main import main
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "two-step" in out and "reference" in out and "ran model.fused.onnx" in out

@@ -1,0 +1,60 @@
+"""``svsurgery fuse-preproc ENC.onnx``: one model from raw 16 kHz waveform to encoder outputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from svsurgery.cli.common import console, error_console
+from svsurgery.errors import EXIT_CHECK_FAILED
+from svsurgery.frontend.config import PRESETS
+from svsurgery.frontend.options import LfrOptions
+from svsurgery.fuse import fuse_preprocessing
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser(
+        "fuse-preproc",
+        help="prepend the fbank + LFR + CMVN front end to an encoder, verified before writing",
+        description="Prepend the Kaldi fbank + LFR + CMVN front end to an encoder so one model takes a raw "
+        "waveform. Settings come from the model folder (config.yaml frontend_conf, am.mvn) or sherpa-onnx "
+        "metadata, overridable. The fused model is verified against the reference pipeline (kaldi-native-fbank "
+        "+ LFR + CMVN + the original encoder) on a built-in waveform; beyond tolerance nothing is written "
+        "(exit 1).",
+    )
+    parser.add_argument("encoder", help="the encoder .onnx (its feature input is float [B, T, D])")
+    parser.add_argument("-o", "--output", help="where to write (default: ENC.fused.onnx beside the encoder)")
+    parser.add_argument("--cmvn", metavar="AM_MVN", help="CMVN file (default: am.mvn beside the model, or metadata)")
+    parser.add_argument("--no-cmvn", action="store_true", help="fuse without CMVN (the encoder takes raw log-mel)")
+    parser.add_argument("--config", metavar="CONFIG_YAML", help="FunASR config.yaml (default: the one beside the model)")
+    parser.add_argument("--lfr", metavar="M,N", help="LFR stacking, overriding config and metadata (e.g. 7,6)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sensevoice", help="defaults for what no source gives")
+    parser.add_argument("--feature-input", metavar="NAME", help="the encoder input that takes features")
+    parser.add_argument("--length-input", metavar="NAME", help="the encoder input that takes feature lengths")
+    parser.add_argument("--keep-features", action="store_true", help="also output the features and their lengths")
+    parser.add_argument("--report", metavar="JSON", help="write the report as JSON")
+    parser.add_argument("--in-place", action="store_true", help="allow -o to be the encoder file itself")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    encoder = Path(args.encoder)
+    output = Path(args.output) if args.output else encoder.with_name(encoder.stem + ".fused.onnx")
+    with error_console().status(f"fusing the front end into {encoder} and verifying ..."):
+        _, report = fuse_preprocessing(
+            encoder,
+            output,
+            config=args.config,
+            cmvn=args.cmvn,
+            lfr=LfrOptions.parse(args.lfr) if args.lfr else None,
+            preset=args.preset,
+            use_cmvn=not args.no_cmvn,
+            feature_input=args.feature_input,
+            length_input=args.length_input,
+            keep_features=args.keep_features,
+            overwrite_input=args.in_place,
+        )
+    report.render(console())
+    if args.report:
+        report.write_json(args.report)
+    return 0 if report.passed else EXIT_CHECK_FAILED

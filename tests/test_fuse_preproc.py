@@ -1,0 +1,207 @@
+"""fuse-preproc on the FunASR-style, dynamo and sherpa-onnx-style exports of the reference encoder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import svsurgery
+from svsurgery.cli.main import main
+from svsurgery.errors import BadInputError
+from svsurgery.frontend import LfrOptions, reference
+from svsurgery.frontend import knf as knf_reference
+from svsurgery.frontend.config import discover
+from svsurgery.fuse import fuse_preprocessing
+from svsurgery.parity import PROFILES, Tolerance, compare
+from svsurgery.runtime import inference_session, run
+from svsurgery.testing import audio
+
+MAX_ABS_FUSED_VS_TWO_STEP = 1e-5
+MIN_COSINE_VS_KNF = 0.99999
+MAX_ABS_BATCH_VS_ALONE = 1e-5  # the encoder's GEMMs sum over padded time steps in another order
+EXTRA = {"funasr": ("language", "textnorm"), "dynamo": ("language", "textnorm"), "sherpa": ("language", "text_norm")}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from svsurgery.testing.export import write_model_folders
+
+    return write_model_folders(tmp_path_factory.mktemp("shipped"))
+
+
+@pytest.fixture(scope="module")
+def fused(folders, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fused")
+    results = {}
+    for kind, path in folders.items():
+        model, report = fuse_preprocessing(path, out / f"{kind}.onnx", keep_features=(kind == "funasr"))
+        results[kind] = (out / f"{kind}.onnx", report)
+    return results
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return audio.speech(8.0, seed=11)
+
+
+def _feeds(kind, waveforms, language=4, textnorm=15):
+    batch = np.zeros((len(waveforms), max(max(w.size for w in waveforms), 1)), np.float32)
+    for i, w in enumerate(waveforms):
+        batch[i, : w.size] = w
+    names = EXTRA[kind]
+    return {
+        "waveform": batch,
+        "waveform_lengths": np.array([w.size for w in waveforms], np.int64),
+        names[0]: np.full(len(waveforms), language, np.int32),
+        names[1]: np.full(len(waveforms), textnorm, np.int32),
+    }
+
+
+@pytest.mark.parametrize("kind", ["funasr", "dynamo", "sherpa"])
+def test_fused_model_signature_metadata_and_report(fused, folders, kind):
+    path, report = fused[kind]
+    assert report.passed and report.written
+    model = svsurgery.load(path)
+    assert [v.name for v in model.graph.inputs] == ["waveform", "waveform_lengths", *EXTRA[kind]]
+    outputs = [v.name for v in model.graph.outputs]
+    assert outputs[:2] == ["ctc_logits", "encoder_out_lens"]
+    assert outputs[2:] == (["features", "feature_lengths"] if kind == "funasr" else [])
+    assert "svsurgery.frontend" in model.metadata_props and "svsurgery.fuse" in model.metadata_props
+    fuse_record = json.loads(model.metadata_props["svsurgery.fuse"])
+    assert fuse_record["parity"]["fused_vs_reference"][0]["passed"] is True
+    source = svsurgery.load(folders[kind])
+    for key, value in source.metadata_props.items():
+        assert model.metadata_props[key] == value  # the encoder's metadata is kept
+    assert model.opset_imports[""] == source.opset_imports[""]
+    if kind == "dynamo":
+        assert svsurgery.io.external_tensors(model), "a model with external data keeps it"
+    if kind == "sherpa":
+        assert report.sources["cmvn"].endswith("neg_mean/inv_stddev")
+        assert "normalize_samples" in report.sources["input_scale"]
+    else:
+        assert "config.yaml" in report.sources["fbank"] and "am.mvn" in report.sources["cmvn"]
+    assert all(n.name.startswith("svs/frontend/") for n in model.graph if n.op_type in ("Log", "GatherND"))
+
+
+@pytest.mark.parametrize("kind", ["funasr", "dynamo", "sherpa"])
+def test_fused_matches_two_step_and_kaldi_native_fbank_pipeline(fused, folders, kind, speech):
+    path, _ = fused[kind]
+    source = svsurgery.load(folders[kind])
+    config = discover(source, folders[kind])
+    feeds = _feeds(kind, [speech])
+    fused_out = run(path, feeds)
+    feature_name, length_name = ("x", "x_length") if kind == "sherpa" else ("speech", "speech_lengths")
+    extra = {k: v for k, v in feeds.items() if not k.startswith("waveform")}
+
+    from svsurgery import frontend
+
+    graph = frontend.build(config.fbank, config.lfr, config.cmvn, opset=source.opset_imports[""])
+    features, lengths = run(graph, {"waveform": feeds["waveform"], "waveform_lengths": feeds["waveform_lengths"]}).values()
+    two_step = run(folders[kind], {feature_name: features, length_name: lengths, **extra})
+    parity = compare("ctc_logits", fused_out["ctc_logits"], two_step["ctc_logits"])
+    assert parity.max_abs <= MAX_ABS_FUSED_VS_TWO_STEP, parity
+
+    stacked = reference.apply_cmvn(
+        reference.apply_lfr(knf_reference.fbank(speech, config.fbank), config.lfr), config.cmvn.shift, config.cmvn.scale
+    ).astype(np.float32)
+    pipeline = run(folders[kind], {feature_name: stacked[None], length_name: np.array([stacked.shape[0]], np.int32), **extra})
+    parity = compare("ctc_logits", fused_out["ctc_logits"], pipeline["ctc_logits"])
+    assert parity.argmax_agreement == 1.0 and parity.cosine >= MIN_COSINE_VS_KNF, parity
+    np.testing.assert_array_equal(fused_out["encoder_out_lens"], pipeline["encoder_out_lens"])
+
+
+def test_batch_rows_equal_each_row_alone(fused, speech):
+    path, _ = fused["funasr"]
+    rows = [speech, speech[:30000], speech[50000:52000], speech[:401]]
+    # one thread: onnxruntime's multi-threaded GEMM splits work by batch shape and can move the last bit
+    session = inference_session(path, intra_op_threads=1)
+    batched = dict(zip([o.name for o in session.get_outputs()], session.run(None, _feeds("funasr", rows))))
+    for i, row in enumerate(rows):
+        alone = dict(zip([o.name for o in session.get_outputs()], session.run(None, _feeds("funasr", [row]))))
+        valid = int(alone["encoder_out_lens"][0])
+        assert batched["encoder_out_lens"][i] == valid
+        error = np.abs(batched["ctc_logits"][i, :valid] - alone["ctc_logits"][0, :valid]).max()
+        assert error <= MAX_ABS_BATCH_VS_ALONE, (i, error)
+        count = int(alone["feature_lengths"][0])
+        np.testing.assert_array_equal(batched["features"][i, :count], alone["features"][0, :count])
+
+
+def test_zero_sample_waveform_gives_the_query_frames_only(fused):
+    path, _ = fused["funasr"]
+    outputs = run(path, _feeds("funasr", [np.zeros(0, np.float32)]))
+    assert outputs["feature_lengths"].tolist() == [0] and outputs["features"].shape[1] == 0
+    assert outputs["encoder_out_lens"].tolist() == [4]  # SenseVoice's four query embeddings
+    assert outputs["ctc_logits"].shape[1] == 4 and np.isfinite(outputs["ctc_logits"]).all()
+
+
+def test_d_mismatch_names_both_numbers(folders):
+    with pytest.raises(BadInputError, match=r"D=560 .* makes 400 \(80 fbank x LFR m=5"):
+        fuse_preprocessing(folders["funasr"], None, lfr=LfrOptions(5, 1))
+
+
+def test_encoder_without_feature_input_is_refused(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["out"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("out", TensorProto.INT64, ["B", "T"])],
+    )
+    path = tmp_path / "text_model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(BadInputError, match=r"no float \[B, T, D\] input .*ids INT64"):
+        fuse_preprocessing(path, None, use_cmvn=False)
+
+
+def test_unreadable_am_mvn_and_missing_cmvn(folders, tmp_path):
+    bad = tmp_path / "am.mvn"
+    bad.write_text("<AddShift> 560 560\n[ 1 2 three ]\n")
+    with pytest.raises(BadInputError, match=r"am.mvn:2: <AddShift> value 'three'"):
+        fuse_preprocessing(folders["funasr"], None, cmvn=bad)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(folders["funasr"], lonely / "model.onnx")
+    with pytest.raises(BadInputError, match="no CMVN found .* --no-cmvn"):
+        fuse_preprocessing(lonely / "model.onnx", None)
+    _, report = fuse_preprocessing(lonely / "model.onnx", lonely / "fused.onnx", use_cmvn=False)
+    assert report.passed and report.sources["cmvn"] == "none (--no-cmvn)"
+
+
+def test_generic_names_and_old_opset_encoder(tmp_path):
+    """An opset-11 encoder with other input names: found by type and name, converted up to 13."""
+    weight = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["feats", "w"], ["logits"]), helper.make_node("Identity", ["feats_lengths"], ["lens"])],
+        "tiny_encoder",
+        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["B", "T", 80]),
+         helper.make_tensor_value_info("feats_lengths", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", 8]),
+         helper.make_tensor_value_info("lens", TensorProto.INT64, ["B"])],
+        initializer=[onnx.numpy_helper.from_array(weight, "w")],
+    )
+    path = tmp_path / "encoder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=6), path)
+    _, report = fuse_preprocessing(path, tmp_path / "fused.onnx", lfr=LfrOptions(1, 1), use_cmvn=False)
+    assert report.passed, report
+    assert any("converted from ai.onnx opset 11" in n for n in report.notices)
+    model = svsurgery.load(tmp_path / "fused.onnx")
+    assert model.opset_imports[""] == 13 and [v.name for v in model.graph.inputs] == ["waveform", "waveform_lengths"]
+
+
+def test_cli_writes_model_and_report_or_nothing_with_exit_1(folders, tmp_path, capsys, monkeypatch):
+    out, report_path = tmp_path / "fused.onnx", tmp_path / "report.json"
+    assert main(["fuse-preproc", str(folders["funasr"]), "-o", str(out), "--report", str(report_path)]) == 0
+    assert out.is_file()
+    report = json.loads(report_path.read_text())
+    assert report["passed"] and report["fused_vs_reference"][0]["name"] == "ctc_logits"
+    assert "fused vs" not in capsys.readouterr().err
+    monkeypatch.setitem(PROFILES, "frontend", Tolerance("impossible", max_abs=0.0))
+    strict_out = tmp_path / "strict.onnx"
+    assert main(["fuse-preproc", str(folders["funasr"]), "-o", str(strict_out)]) == 1
+    assert not strict_out.exists()
+    assert "nothing written" in capsys.readouterr().out
+    assert main(["fuse-preproc", str(folders["funasr"]), "-o", str(tmp_path / "x.onnx"), "--lfr", "5,1"]) == 2
+    assert "D=560" in capsys.readouterr().err
