@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
+from _timing import best_of  # bench/ is on sys.path when run as a script
 
 from svsurgery import frontend
+from svsurgery.frontend import knf
 from svsurgery.frontend.kaldi_math import mel_banks, window_function
 from svsurgery.runtime import inference_session
 from svsurgery.testing import audio
@@ -25,18 +26,7 @@ OPTS = frontend.FbankOptions.sensevoice()
 
 
 def knf_fbank(waveform: np.ndarray) -> np.ndarray:
-    import kaldi_native_fbank as knf
-
-    config = knf.FbankOptions()
-    config.frame_opts.dither = 0.0
-    config.frame_opts.window_type = "hamming"
-    config.frame_opts.snip_edges = True
-    config.mel_opts.num_bins = 80
-    config.mel_opts.low_freq = 20.0
-    online = knf.OnlineFbank(config)
-    online.accept_waveform(16000, (waveform * 32768).tolist())
-    online.input_finished()
-    return np.stack([online.get_frame(i) for i in range(online.num_frames_ready)])
+    return knf.fbank(waveform, OPTS)
 
 
 def torch_fbank_factory():
@@ -60,16 +50,6 @@ def torch_fbank_factory():
             return torch.log(torch.clamp(power @ banks, min=eps)).numpy()
 
     return fbank, torch
-
-
-def best_of(function, repeats: int) -> float:
-    function()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _timing import best_of  # bench/ is on sys.path when run as a script
 
 from svsurgery.frontend import knf, reference
 from svsurgery.frontend.config import discover
@@ -23,16 +23,6 @@ from svsurgery.fuse import fuse_preprocessing
 from svsurgery.io import load
 from svsurgery.runtime import inference_session
 from svsurgery.testing import audio
-
-
-def best_of(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

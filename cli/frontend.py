@@ -8,13 +8,9 @@ import onnx_ir as ir
 
 from svsurgery.cli.common import console
 from svsurgery.errors import BadInputError
-from svsurgery.frontend import Cmvn, FbankOptions, LfrOptions, build
+from svsurgery.frontend import Cmvn, LfrOptions, build
+from svsurgery.frontend.config import PRESETS
 from svsurgery.io import save
-
-PRESETS = {
-    "sensevoice": (FbankOptions.sensevoice, LfrOptions.sensevoice),
-    "fsmn-vad": (FbankOptions.fsmn_vad, LfrOptions.fsmn_vad),
-}
 
 
 def register(verbs) -> None:

@@ -29,7 +29,7 @@ from svsurgery.frontend._ops import MIN_OPSET
 from svsurgery.frontend.build import WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
 from svsurgery.frontend.config import FrontendConfig, discover
 from svsurgery.frontend.options import LfrOptions
-from svsurgery.io import SOURCE_PATH_KEY, load, save
+from svsurgery.io import load, save
 from svsurgery.parity.metrics import PROFILES, OutputParity, compare
 from svsurgery.parity.waveforms import speech_like
 from svsurgery.report import Report
@@ -231,7 +231,6 @@ def fuse_preprocessing(
         },
         sort_keys=True,
     )
-    fused.meta[SOURCE_PATH_KEY] = model.meta.get(SOURCE_PATH_KEY)
     if passed and output is not None:
         save(fused, output, overwrite_input=overwrite_input)
         report.written = True

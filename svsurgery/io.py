@@ -26,10 +26,12 @@ from google.protobuf.message import DecodeError
 from svsurgery.errors import BadInputError, CheckFailedError
 
 __all__ = [
+    "EXTERNAL_DATA_THRESHOLD",
     "MAX_PROTOBUF_BYTES",
     "SOURCE_FILES_KEY",
     "SOURCE_PATH_KEY",
     "all_tensors",
+    "estimated_size",
     "external_tensors",
     "external_data_inlined",
     "load",
@@ -42,7 +44,7 @@ __all__ = [
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it with a margin
 # for the graph itself.
 MAX_PROTOBUF_BYTES = 2**31 - 1
-_EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 _MIN_DEFAULT_OPSET = 7  # onnxruntime's oldest supported ai.onnx opset
 
 SOURCE_PATH_KEY = "svsurgery.source_path"
@@ -215,7 +217,7 @@ def save(
         raise BadInputError(f"{path}: the folder {target.parent} does not exist")
     had_external = bool(external_tensors(model))
     if external_data is None:
-        external_data = had_external or _estimated_size(model) > _EXTERNAL_DATA_THRESHOLD
+        external_data = had_external or estimated_size(model) > EXTERNAL_DATA_THRESHOLD
     data_name = target.name + ".data"
     written = [target.resolve()] + ([(target.parent / data_name).resolve()] if external_data else [])
     sources = model.meta.get(SOURCE_FILES_KEY, frozenset())
@@ -236,7 +238,7 @@ def save(
             if external_data:
                 ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
             else:
-                if _estimated_size(model) > _EXTERNAL_DATA_THRESHOLD:
+                if estimated_size(model) > EXTERNAL_DATA_THRESHOLD:
                     raise BadInputError(
                         f"{path}: the model is over protobuf's 2 GB limit and must be saved with external data"
                     )
@@ -249,7 +251,8 @@ def save(
     return target
 
 
-def _estimated_size(model: ir.Model) -> int:
+def estimated_size(model: ir.Model) -> int:
+    """Bytes of tensor data in the model (what decides the 2 GB protobuf limit)."""
     return sum(t.nbytes for t in all_tensors(model))
 
 
@@ -293,7 +296,7 @@ def validate(model: ir.Model, label: str = "model") -> None:
 
     Raises :class:`CheckFailedError` naming the node and the reason.
     """
-    if _estimated_size(model) > _EXTERNAL_DATA_THRESHOLD:
+    if estimated_size(model) > EXTERNAL_DATA_THRESHOLD:
         with tempfile.TemporaryDirectory(prefix="svsurgery-validate-") as staging:
             staged = Path(staging) / "model.onnx"
             ir.save(model, staged, external_data="model.onnx.data", size_threshold_bytes=1024)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from svsurgery.io import to_proto
+from svsurgery.io import EXTERNAL_DATA_THRESHOLD, estimated_size, to_proto
 
 __all__ = ["inference_session", "run"]
 
@@ -36,9 +37,15 @@ def inference_session(
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
-    source = str(model) if isinstance(model, (str, Path, os.PathLike)) else to_proto(
-        model, inline_external_data=True
-    ).SerializeToString()
+    if isinstance(model, (str, Path, os.PathLike)):
+        return ort.InferenceSession(str(model), sess_options=options, providers=list(providers))
+    if estimated_size(model) > EXTERNAL_DATA_THRESHOLD:
+        # over protobuf's limit: onnxruntime reads it from files (external data beside it)
+        with tempfile.TemporaryDirectory(prefix="svsurgery-session-") as staging:
+            path = Path(staging) / "model.onnx"
+            ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
+            return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    source = to_proto(model, inline_external_data=True).SerializeToString()
     return ort.InferenceSession(source, sess_options=options, providers=list(providers))
 
 

@@ -55,7 +55,7 @@ def test_save_round_trip_is_bit_identical(tmp_path, legacy_path, dynamo_copy, fe
 
 
 def test_save_switches_to_external_data_above_the_protobuf_limit(tmp_path, legacy_path, monkeypatch):
-    monkeypatch.setattr(svs_io, "_EXTERNAL_DATA_THRESHOLD", 1024)  # stand-in for 2 GB
+    monkeypatch.setattr(svs_io, "EXTERNAL_DATA_THRESHOLD", 1024)  # stand-in for 2 GB
     written = svsurgery.save(svsurgery.load(legacy_path), tmp_path / "big.onnx")
     proto = onnx.load(str(written), load_external_data=False)
     assert any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)
@@ -204,3 +204,15 @@ def test_symlink_escaping_the_folder_is_refused(tmp_path):
     (path.parent / "link.bin").symlink_to(tmp_path / "secret.bin")
     with pytest.raises(BadInputError, match="outside the model's folder"):
         svsurgery.load(path)
+
+
+def test_models_over_the_protobuf_limit_still_validate_and_run(legacy_path, feeds, monkeypatch):
+    import svsurgery.runtime as runtime
+
+    expected = run(legacy_path, feeds)
+    monkeypatch.setattr(svs_io, "EXTERNAL_DATA_THRESHOLD", 1024)  # stand-in for 2 GB: go through files
+    monkeypatch.setattr(runtime, "EXTERNAL_DATA_THRESHOLD", 1024)
+    model = svsurgery.load(legacy_path)
+    svsurgery.validate(model)
+    for name, value in run(model, feeds).items():
+        np.testing.assert_array_equal(value, expected[name])

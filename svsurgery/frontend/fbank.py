@@ -197,7 +197,6 @@ def fbank_graph(
     """
     opts.validate()
     op, frame = g.op, opts.frame_opts
-    size = frame.window_size
     window = window_function(frame)
     scale_in_window = _is_power_of_two(opts.input_scale) and not opts.use_energy
     samples = waveform

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from svsurgery.frontend.options import FbankOptions, FrameExtractionOptions, MelBanksOptions
+from svsurgery.frontend.options import FrameExtractionOptions, MelBanksOptions
 
 __all__ = ["mel_banks", "mel_scale", "window_function"]
 
@@ -64,10 +64,3 @@ def mel_banks(mel_opts: MelBanksOptions, frame_opts: FrameExtractionOptions) -> 
         # Kaldi replicates an HTK bug: the first weight of the first bin is zeroed.
         weights[np.flatnonzero(weights[:, 0])[0], 0] = 0.0
     return weights
-
-
-def describe(opts: FbankOptions) -> dict:
-    """The options as plain JSON-able data (for metadata and reports)."""
-    import dataclasses
-
-    return dataclasses.asdict(opts)

@@ -25,7 +25,6 @@ __all__ = [
     "cmvn_statistics",
     "export_dynamo",
     "export_legacy",
-    "export_reference_encoders",
     "write_am_mvn",
     "write_model_folders",
 ]
@@ -87,19 +86,6 @@ def export_dynamo(model: SenseVoiceEncoder, path: str | os.PathLike, opset: int 
         )
         program.save(str(path), external_data=True)
     return path
-
-
-def export_reference_encoders(
-    out_dir: str | os.PathLike, config: EncoderConfig | None = None, dynamo: bool = True
-) -> dict[str, Path]:
-    """Write ``sensevoice_legacy.onnx`` (and ``sensevoice_dynamo.onnx`` + data) into out_dir."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_encoder(config)
-    paths = {"legacy": export_legacy(model, out_dir / "sensevoice_legacy.onnx")}
-    if dynamo:
-        paths["dynamo"] = export_dynamo(model, out_dir / "sensevoice_dynamo.onnx")
-    return paths
 
 
 def cmvn_statistics(seconds: float = 8.0):
