@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from svsurgery._version import __version__
-from svsurgery.cli import demo, example, frontend, fuse_preproc, inspect
+from svsurgery.cli import check, demo, example, fix, frontend, fuse_preproc, golden, inspect, rules
 from svsurgery.errors import EXIT_BAD_INPUT, SvsError
 
 __all__ = ["build_parser", "main"]
 
-VERBS = (demo, fuse_preproc, frontend, inspect, example)
+VERBS = (demo, fuse_preproc, frontend, fix, rules, golden, check, inspect, example)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,8 @@ from svsurgery.frontend.build import WAVEFORM, WAVEFORM_LENGTHS, frontend_metada
 from svsurgery.frontend.config import FrontendConfig, discover
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.io import load, save
-from svsurgery.parity.metrics import PROFILES, OutputParity, compare
+from svsurgery.opset import ai_onnx_opset, convert_opset
+from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
 from svsurgery.parity.waveforms import speech_like
 from svsurgery.report import Report
 from svsurgery.runtime import inference_session
@@ -126,19 +127,6 @@ def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
     return batch
 
 
-def _compare_all(actual: dict, expected: dict, profile: str) -> list[OutputParity]:
-    tolerance = PROFILES[profile]
-    results = []
-    for name, value in expected.items():
-        parity = compare(name, actual[name], value, rel_floor=tolerance.rel_floor)
-        if np.issubdtype(np.asarray(value).dtype, np.integer):  # lengths, ids: must be equal
-            parity.check(dataclasses.replace(tolerance, max_abs=0.0, min_cosine=None, min_argmax_agreement=None))
-        else:
-            parity.check(tolerance)
-        results.append(parity)
-    return results
-
-
 def fuse_preprocessing(
     encoder_path: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -169,9 +157,10 @@ def fuse_preprocessing(
     notices = list(found.notices)
     if not isinstance(dim, int):
         notices.append(f"feature dimension of '{binding.features.name}' is not fixed in the model; the front end makes {produced}")
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    opset = ai_onnx_opset(model)
     if opset is None or opset < MIN_OPSET:
-        model, binding = _upgrade_opset(model, encoder_path, feature_input, length_input, opset)
+        model = convert_opset(model, MIN_OPSET, label=str(encoder_path))
+        binding = find_encoder_inputs(model, feature_input, length_input)
         notices.append(f"encoder converted from ai.onnx opset {opset} to {MIN_OPSET} (the front end needs {MIN_OPSET})")
         opset = MIN_OPSET
     frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
@@ -200,8 +189,8 @@ def fuse_preprocessing(
     fused_names = [o.name for o in fused_session.get_outputs()]
     fused_outputs = dict(zip(fused_names, fused_session.run(fused_names, {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths, **others})))
 
-    vs_two_step = _compare_all(fused_outputs, two_step_outputs, "fp32-strict")
-    vs_reference = _compare_all(fused_outputs, reference_outputs, "frontend")
+    vs_two_step = compare_outputs(fused_outputs, two_step_outputs, PROFILES["fp32-strict"]).outputs
+    vs_reference = compare_outputs(fused_outputs, reference_outputs, PROFILES["frontend"]).outputs
     passed = all(p.passed for p in vs_two_step + vs_reference)
     options = frontend_metadata(found.fbank, found.lfr, found.cmvn)
     report = FuseReport(
@@ -235,20 +224,3 @@ def fuse_preprocessing(
         save(fused, output, overwrite_input=overwrite_input)
         report.written = True
     return fused, report
-
-
-def _upgrade_opset(model: ir.Model, path: Path, feature_input, length_input, opset) -> tuple[ir.Model, EncoderInputs]:
-    from onnx import version_converter
-
-    from svsurgery.io import to_proto
-
-    try:
-        converted = version_converter.convert_version(to_proto(model, inline_external_data=True), MIN_OPSET)
-    except Exception as error:  # noqa: BLE001 - the converter raises many types
-        raise BadInputError(
-            f"{path}: ai.onnx opset {opset} is below {MIN_OPSET}, and onnx's version converter could not raise it: "
-            f"{str(error).splitlines()[0]}"
-        ) from None
-    upgraded = ir.from_proto(converted)
-    upgraded.meta.update(model.meta)
-    return upgraded, find_encoder_inputs(upgraded, feature_input, length_input)

@@ -291,27 +291,27 @@ def to_proto(model: ir.Model, *, inline_external_data: bool = False) -> onnx.Mod
 # ----------------------------------------------------------------------------- validity gate
 
 
-def validate(model: ir.Model, label: str = "model") -> None:
+def validate(model: ir.Model, label: str = "model"):
     """The validity gate on an in-memory model: checker (full) + onnxruntime CPU session.
 
-    Raises :class:`CheckFailedError` naming the node and the reason.
+    Raises :class:`CheckFailedError` naming the node and the reason; returns the
+    onnxruntime session it loaded (default optimizations), ready to run.
     """
     if estimated_size(model) > EXTERNAL_DATA_THRESHOLD:
         with tempfile.TemporaryDirectory(prefix="svsurgery-validate-") as staging:
             staged = Path(staging) / "model.onnx"
             ir.save(model, staged, external_data="model.onnx.data", size_threshold_bytes=1024)
-            validate_file(staged, label=label)
-        return
+            return validate_file(staged, label=label)
     proto = to_proto(model, inline_external_data=True)
     _run_checker(lambda: onnx.checker.check_model(proto, full_check=True), label)
-    _run_session(proto.SerializeToString(), label, lambda: proto)
+    return _run_session(proto.SerializeToString(), label, lambda: proto)
 
 
-def validate_file(path: str | os.PathLike, label: str | None = None) -> None:
-    """The validity gate on a saved model (external data beside it is followed)."""
+def validate_file(path: str | os.PathLike, label: str | None = None):
+    """The validity gate on a saved model (external data beside it is followed); returns the session."""
     label = label or str(path)
     _run_checker(lambda: onnx.checker.check_model(str(path), full_check=True), label)
-    _run_session(str(path), label, lambda: onnx.load_model(str(path), load_external_data=False))
+    return _run_session(str(path), label, lambda: onnx.load_model(str(path), load_external_data=False))
 
 
 def _run_checker(check, label: str) -> None:
@@ -321,13 +321,13 @@ def _run_checker(check, label: str) -> None:
         raise CheckFailedError(f"{label}: fails onnx.checker: {describe_onnx_error(error)}") from None
 
 
-def _run_session(model: bytes | str, label: str, proto_for_diagnosis) -> None:
+def _run_session(model: bytes | str, label: str, proto_for_diagnosis):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors come back as exceptions; keep stderr quiet
     try:
-        ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
         nodes = [(n.name, n.op_type, n.domain) for n in proto_for_diagnosis().graph.node]
         raise CheckFailedError(f"{label}: onnxruntime cannot load it: {describe_onnx_error(error, nodes)}") from None

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import json
@@ -41,6 +42,7 @@ __all__ = [
     "ValueLike",
     "Patch",
     "bypass",
+    "clone",
     "consumers",
     "downstream",
     "expose",
@@ -625,6 +627,28 @@ def rename_value(model: ir.Model, value: ValueLike, new_name: str) -> ir.Value:
         raise BadInputError(f"cannot rename '{value.name}' to '{new_name}': that name is already used")
     ir.convenience.rename_values(value, new_name)
     return value
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """A copy of ``model`` that edits cannot reach back from (for snapshots and rollbacks).
+
+    ``ir.Model.clone`` shares tensors (fine: edits replace tensors, they do not write into
+    them) but also the type objects of values, so setting ``value.dtype`` on the copy
+    would change the original; here every value gets its own type.
+    """
+    copied = model.clone()
+    copied.meta.update(model.meta)
+    graphs: list[ir.Graph | ir.Function] = [copied.graph, *copied.graph.subgraphs()]
+    for function in copied.functions.values():
+        graphs.extend([function, *function.subgraphs()])
+    for graph in graphs:
+        values = [*graph.inputs, *graph.outputs, *(v for n in graph for v in n.outputs)]
+        if isinstance(graph, ir.Graph):
+            values.extend(graph.initializers.values())
+        for value in values:
+            if value.type is not None:
+                value.type = copy.deepcopy(value.type)
+    return copied
 
 
 def set_metadata(model: ir.Model, key: str, value: Any) -> None:

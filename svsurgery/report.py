@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report", "write_json_atomically"]
+__all__ = ["Report", "dumps", "write_json_atomically"]
 
 
 class Report:
@@ -23,13 +24,28 @@ class Report:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+        return dumps(self.to_dict(), indent=indent)
 
     def write_json(self, path: str | os.PathLike) -> Path:
         return write_json_atomically(path, self.to_json())
 
     def render(self, console) -> None:  # pragma: no cover - each report implements it
         raise NotImplementedError
+
+
+def dumps(data: Any, indent: int | None = None) -> str:
+    """Strict JSON (no NaN/Infinity literals: non-finite floats become "nan", "inf", "-inf")."""
+    return json.dumps(_finite(data), indent=indent, default=_jsonable, allow_nan=False, sort_keys=indent is None)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

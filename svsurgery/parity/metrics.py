@@ -4,16 +4,18 @@ Every comparison in svsurgery reports the same named metrics: max abs error, max
 error (relative to max(|reference|, a floor) so near-zero references do not explode),
 mean abs error, cosine similarity, argmax agreement along the last axis (token agreement
 for logits) and NaN/Inf counts. Tolerances live in profiles, never as loose literals.
+Integer outputs (lengths, ids) must be equal, whatever the profile.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["PROFILES", "OutputParity", "Tolerance", "compare"]
+__all__ = ["PROFILES", "OutputParity", "ParityResult", "Tolerance", "compare", "compare_outputs", "tolerance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +31,26 @@ class Tolerance:
 
 
 PROFILES: dict[str, Tolerance] = {
-    # the same computation, reordered: fused graph vs the same graphs run one after the other
+    # the same computation, reordered: fused graph vs the same graphs run one after the other,
+    # a float32 rewrite vs the torch module it was exported from
     "fp32-strict": Tolerance("fp32-strict", max_abs=1e-5, min_cosine=0.999999, min_argmax_agreement=1.0),
+    # a float32 model against its reference (torch, float64 shadow, golden outputs), scale-free
+    "fp32": Tolerance("fp32", max_rel=1e-3, min_cosine=0.99999, min_argmax_agreement=1.0),
+    # a float16 model against a float32/float64 reference
+    "fp16": Tolerance("fp16", max_rel=5e-2, min_cosine=0.999, min_argmax_agreement=0.98),
     # a different but faithful implementation of the same math upstream (front ends)
     "frontend": Tolerance("frontend", min_cosine=0.99999, min_argmax_agreement=1.0),
 }
+
+
+def tolerance(name: str, **overrides: float | None) -> Tolerance:
+    """A profile by name, with any bound overridden (None values leave the profile's)."""
+    from svsurgery.errors import BadInputError
+
+    if name not in PROFILES:
+        raise BadInputError(f"tolerance profile {name!r}: expected one of {', '.join(PROFILES)}")
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return dataclasses.replace(PROFILES[name], **changes) if changes else PROFILES[name]
 
 
 @dataclasses.dataclass
@@ -49,11 +66,20 @@ class OutputParity:
     inf_count: int
     passed: bool | None = None
     failures: list[str] = dataclasses.field(default_factory=list)
+    scale: float = 0.0  # max |reference|: what an absolute error is relative to
+    exact: bool = False  # integer output: must be equal
+    problem: str | None = None  # no comparison possible (shape mismatch, missing output)
 
     def check(self, tolerance: Tolerance) -> OutputParity:
-        failures = []
+        failures = [self.problem] if self.problem else []
         if self.nan_count or self.inf_count:
             failures.append(f"{self.nan_count} NaN / {self.inf_count} Inf values")
+        if self.exact:
+            if self.max_abs != 0:
+                failures.append(f"integer values differ (max abs {self.max_abs:g})")
+            self.failures = failures
+            self.passed = not failures
+            return self
         if tolerance.max_abs is not None and not self.max_abs <= tolerance.max_abs:
             failures.append(f"max abs {self.max_abs:.3g} > {tolerance.max_abs:g}")
         if tolerance.max_rel is not None and not self.max_rel <= tolerance.max_rel:
@@ -75,26 +101,27 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, rel_floor: floa
     """Metrics of ``actual`` against ``expected`` (computed in float64)."""
     actual = np.asarray(actual)
     expected = np.asarray(expected)
+    exact = not np.issubdtype(expected.dtype, np.floating)
     if actual.shape != expected.shape:
-        return OutputParity(name, list(actual.shape), math.inf, math.inf, math.inf, -1.0, 0.0, 0, 0, False,
-                            [f"shape {list(actual.shape)} != reference {list(expected.shape)}"])
+        return OutputParity(name, list(actual.shape), math.inf, math.inf, math.inf, -1.0, 0.0, 0, 0, exact=exact,
+                            problem=f"shape {list(actual.shape)} != reference {list(expected.shape)}")
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
     nan_count = int(np.isnan(a).sum())
     inf_count = int(np.isinf(a).sum())
     if a.size == 0:
-        return OutputParity(name, list(a.shape), 0.0, 0.0, 0.0, 1.0, None, 0, 0)
+        return OutputParity(name, list(a.shape), 0.0, 0.0, 0.0, 1.0, None, 0, 0, exact=exact)
     finite = np.isfinite(a) & np.isfinite(e)
     difference = np.abs(np.where(finite, a - e, 0.0))
     difference = np.where(np.isfinite(a) == np.isfinite(e), difference, math.inf)
-    scale = max(float(np.abs(np.where(np.isfinite(e), e, 0)).max()), 1e-30)
-    denominator = np.maximum(np.abs(e), rel_floor * scale)
+    scale = float(np.abs(np.where(np.isfinite(e), e, 0)).max())
+    denominator = np.maximum(np.abs(e), rel_floor * max(scale, 1e-30))
     max_rel = float(np.max(np.where(np.isfinite(denominator), difference / denominator, 0.0)))
     af, ef = np.where(finite, a, 0.0).ravel(), np.where(finite, e, 0.0).ravel()
     norms = float(np.linalg.norm(af) * np.linalg.norm(ef))
     cosine = float(af @ ef / norms) if norms > 0 else (1.0 if np.array_equal(af, ef) else 0.0)
     agreement = None
-    if np.issubdtype(expected.dtype, np.floating) and a.ndim >= 1 and a.shape[-1] > 1:
+    if not exact and a.ndim >= 1 and a.shape[-1] > 1:
         agreement = float(np.mean(np.argmax(a, axis=-1) == np.argmax(e, axis=-1)))
     return OutputParity(
         name=name,
@@ -106,4 +133,51 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, rel_floor: floa
         argmax_agreement=agreement,
         nan_count=nan_count,
         inf_count=inf_count,
+        scale=scale,
+        exact=exact,
     )
+
+
+@dataclasses.dataclass
+class ParityResult:
+    """Every output of a model compared with its reference under one tolerance."""
+
+    tolerance: str
+    outputs: list[OutputParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def by_name(self) -> dict[str, OutputParity]:
+        return {o.name: o for o in self.outputs}
+
+    def summary(self) -> dict[str, float | None]:
+        """The worst figure of each metric over the float outputs (for one-line reports)."""
+        floats = [o for o in self.outputs if not o.exact] or self.outputs
+        agreements = [o.argmax_agreement for o in floats if o.argmax_agreement is not None]
+        return {
+            "max_abs": max((o.max_abs for o in floats), default=0.0),
+            "max_rel": max((o.max_rel for o in floats), default=0.0),
+            "min_cosine": min((o.cosine for o in floats), default=1.0),
+            "min_argmax": min(agreements) if agreements else None,
+            "nan_inf": sum(o.nan_count + o.inf_count for o in self.outputs),
+        }
+
+    def failures(self) -> list[str]:
+        return [f"{o.name}: {f}" for o in self.outputs for f in o.failures]
+
+
+def compare_outputs(
+    actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], tolerance: Tolerance
+) -> ParityResult:
+    """Each expected output against the actual one of the same name."""
+    results = []
+    for name, value in expected.items():
+        if name not in actual:
+            missing = OutputParity(name, [], math.inf, math.inf, math.inf, -1.0, None, 0, 0,
+                                   problem=f"the model has no output '{name}'")
+            results.append(missing.check(tolerance))
+            continue
+        results.append(compare(name, actual[name], value, rel_floor=tolerance.rel_floor).check(tolerance))
+    return ParityResult(tolerance.name, results)

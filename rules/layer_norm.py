@@ -1,0 +1,330 @@
+"""LayerNorm: fuse the decomposed forms exporters emit into LayerNormalization.
+
+Exporters below opset 17 write LayerNorm as its arithmetic::
+
+    mean     = ReduceMean(x, axes)                    axes: attribute (< 18) or input (>= 18)
+    d        = Sub(x, mean)
+    variance = ReduceMean(Pow(d, 2) | Mul(d, d), axes)
+    y        = d / Sqrt(variance + eps)  |  d * Reciprocal(Sqrt(variance + eps))
+    y        = y * scale + bias                        (each optional)
+
+which this family replaces by ``LayerNormalization(x, scale, bias, axis, epsilon,
+stash_type=FLOAT)``, epsilon carried over bit for bit. The fused op computes its
+statistics in float32 whatever the input type, so in float16 graphs ``Pow(d, 2)`` can no
+longer overflow (values around 1e5 do in real SenseVoice exports) and rows no longer
+collapse to the bias. Matches are refused when ``keepdims=0`` (the mean would broadcast
+over the wrong axis: onnxruntime's own fusion once accepted that and silently gave wrong
+results, issue 30513), when the reduced axes are not the trailing ones, when epsilon or
+the exponent is not a constant, or when the chain mixes precisions.
+
+LayerNormalization exists from opset 17. A model below it is converted with onnx's
+version converter when the family has a match and the engine allows raising the opset;
+otherwise the decomposed form stays, and float16 chains are made robust instead: they
+compute in float32 between two Casts. The report says which happened.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from svsurgery import patch
+from svsurgery.errors import BadInputError
+from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
+from svsurgery.opset import ai_onnx_opset, convert_opset
+
+__all__ = ["FAMILY", "LayerNormFusion", "LayerNormInFloat32", "layer_norm_rules"]
+
+_LAYER_NORM_OPSET = 17
+_NORMALIZABLE = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+_LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
+_PREFIX = "svs/rule/layer-norm"
+
+
+class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
+    """The pattern and the checks both rules share; subclasses say what replaces it."""
+
+    def __init__(self, with_scale: bool, with_bias: bool, normalize: str) -> None:
+        parts = [p for p, on in (("scale", with_scale), ("bias", with_bias)) if on] + [normalize]
+        super().__init__(f"{type(self).__name__}[{'+'.join(parts)}]")
+        self._with_scale = with_scale
+        self._with_bias = with_bias
+        self._normalize = normalize  # "div": d / std; "mul": d * (1/std); "mul-swapped": (1/std) * d
+
+    def pattern(self, op, x, exponent, epsilon, scale, bias):
+        mean = op.ReduceMean(x, _allow_other_attributes=True, _allow_other_inputs=True, _outputs=["mean"])
+        deviation = op.Sub(x, mean)
+        squared = pattern.OrValue([op.Pow(deviation, exponent), op.Mul(deviation, deviation)])
+        variance = op.ReduceMean(squared, _allow_other_attributes=True, _allow_other_inputs=True, _outputs=["variance"])
+        std = op.Sqrt(op.Add(variance, epsilon))
+        if self._normalize == "div":
+            normalized = op.Div(deviation, std)
+        elif self._normalize == "mul":
+            normalized = op.Mul(deviation, op.Reciprocal(std))
+        else:
+            normalized = op.Mul(op.Reciprocal(std), deviation)
+        if self._with_scale:
+            normalized = op.Mul(normalized, scale)
+        if self._with_bias:
+            normalized = op.Add(normalized, bias)
+        return normalized
+
+    def check(self, context, x, exponent, epsilon, mean, variance, scale=None, bias=None, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if x.dtype not in _NORMALIZABLE:
+            return result.fail("the input's element type is unknown or not floating point (run shape inference)", x)
+        rank = len(x.shape) if x.shape is not None else None
+        axes = []
+        for reduced in (mean, variance):
+            node = reduced.producer()
+            if node.attributes.get_int("keepdims", 1) != 1:
+                return result.fail(
+                    "keepdims=0: the mean no longer broadcasts over the normalised axes the way "
+                    "LayerNormalization's does (onnxruntime issue 30513)", node)
+            node_axes = _reduce_axes(node, rank)
+            if node_axes is None:
+                return result.fail("the reduced axes are not constant, or reduce over every axis", node)
+            axes.append(node_axes)
+        if axes[0] != axes[1]:
+            return result.fail(f"the mean reduces axes {axes[0]} but the variance {axes[1]}", variance)
+        normalized_axes = axes[0]
+        if normalized_axes != list(range(-len(normalized_axes), 0)):
+            return result.fail(f"the reduced axes {normalized_axes} are not the trailing axes", mean)
+        if exponent is not None:
+            power = _scalar(exponent)
+            if power is None or power != 2.0:
+                return result.fail("the variance uses Pow with an exponent other than the constant 2", exponent)
+        eps = _scalar(epsilon)
+        if eps is None:
+            return result.fail("epsilon is not a constant scalar", epsilon)
+        if epsilon.dtype is not None and epsilon.dtype != x.dtype:
+            return result.fail(f"epsilon is {epsilon.dtype.name} but the input {x.dtype.name}: a mixed-precision chain", epsilon)
+        normalized_shape = _trailing_dims(x, len(normalized_axes))
+        for name, operand in (("scale", scale), ("bias", bias)):
+            if operand is None:
+                continue
+            if operand.dtype is not None and operand.dtype != x.dtype:
+                return result.fail(f"the {name} is {operand.dtype.name} but the input {x.dtype.name}", operand)
+            if _as_normalized_tensor(operand, normalized_shape) is None and not _has_shape(operand, normalized_shape):
+                return result.fail(f"the {name} does not have the normalised shape {normalized_shape}", operand)
+        if (scale is None or bias is None) and (normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape)):
+            return result.fail("without both scale and bias, the normalised size must be static", x)
+        self._normalized_rank = len(normalized_axes)
+        self._epsilon = eps
+        return self.extra_check(context, x, result)
+
+    def extra_check(self, context, x, result: pattern.MatchResult) -> pattern.MatchResult:
+        return result
+
+    def _operand(self, op, operand, x, fill: float, role: str, scope: str):
+        """scale/bias as LayerNormalization wants them: a tensor of the normalised shape."""
+        shape = _trailing_dims(x, self._normalized_rank)
+        if operand is None:
+            array = np.full(shape, fill, dtype=x.dtype.numpy())
+            return op.initializer(ir.tensor(array), name=f"{_PREFIX}{scope}/{role}")
+        tensor = _as_normalized_tensor(operand, shape)
+        if tensor is not None and tensor.shape != operand.shape:
+            return op.initializer(tensor, name=f"{_PREFIX}{scope}/{role}")
+        return operand
+
+
+class LayerNormFusion(_DecomposedLayerNorm):
+    """Decomposed LayerNorm -> LayerNormalization (opset >= 17), epsilon kept exactly."""
+
+    def extra_check(self, context, x, result):
+        if (ai_onnx_opset(context.model) or 0) < _LAYER_NORM_OPSET:
+            return result.fail(f"LayerNormalization needs ai.onnx opset {_LAYER_NORM_OPSET}", x)
+        return result
+
+    def rewrite(self, op, x, mean, scale=None, bias=None, **_):
+        scope = _scope(mean.producer())
+        scale = self._operand(op, scale, x, 1.0, "scale", scope)
+        bias = self._operand(op, bias, x, 0.0, "bias", scope)
+        return op.op(
+            "LayerNormalization", x, scale, bias,
+            axis=-self._normalized_rank, epsilon=self._epsilon, stash_type=int(ir.DataType.FLOAT),
+            _name=f"{_PREFIX}{scope}/LayerNormalization",
+        )  # fmt: skip
+
+
+class LayerNormInFloat32(_DecomposedLayerNorm):
+    """Decomposed float16/bfloat16 LayerNorm kept decomposed but computed in float32 between Casts
+    (for models that stay below opset 17)."""
+
+    def extra_check(self, context, x, result):
+        if x.dtype not in _LOW_PRECISION:
+            return result.fail("already computed in float32 or double", x)
+        return result
+
+    def rewrite(self, op, x, mean, scale=None, bias=None, **_):
+        scope = _scope(mean.producer())
+        name = f"{_PREFIX}{scope}"
+        f32 = int(ir.DataType.FLOAT)
+        wide = op.op("Cast", x, to=f32, _name=f"{name}/Cast_to_float32")
+        axes = [-(i + 1) for i in reversed(range(self._normalized_rank))]
+        mean32 = op.op("ReduceMean", wide, axes=axes, keepdims=1, _name=f"{name}/ReduceMean")
+        deviation = op.op("Sub", wide, mean32, _name=f"{name}/Sub")
+        variance = op.op("ReduceMean", op.op("Mul", deviation, deviation, _name=f"{name}/Square"), axes=axes, keepdims=1, _name=f"{name}/ReduceMean_1")
+        eps = op.initializer(ir.tensor(np.array(self._epsilon, dtype=np.float32)), name=f"{name}/epsilon")
+        normalized = op.op("Div", deviation, op.op("Sqrt", op.op("Add", variance, eps, _name=f"{name}/AddEps"), _name=f"{name}/Sqrt"), _name=f"{name}/Div")
+        for operand, role, combine in ((scale, "scale", "Mul"), (bias, "bias", "Add")):
+            if operand is not None:
+                normalized = op.op(combine, normalized, op.op("Cast", operand, to=f32, _name=f"{name}/Cast_{role}"), _name=f"{name}/{combine}")
+        return op.op("Cast", normalized, to=int(x.dtype), _name=f"{name}/Cast_back")
+
+
+def layer_norm_rules(rule_class: type[_DecomposedLayerNorm]) -> list[pattern.RewriteRule]:
+    """Every variant (scale, bias: each optional; Div, or Mul by Reciprocal either way round),
+    longest first. Constant operands of Add/Mul are put second first (:func:`constants_last`),
+    so the patterns need not try every operand order (trying them all costs 8x the time)."""
+    return [
+        rule_class.rule(with_scale, with_bias, normalize)
+        for with_scale, with_bias in ((True, True), (True, False), (False, True), (False, False))
+        for normalize in ("div", "mul", "mul-swapped")
+    ]
+
+
+def _reduce_axes(node: ir.Node, rank: int | None) -> list[int] | None:
+    """The sorted negative axes a ReduceMean reduces; None if unknown or all axes."""
+    if "axes" in node.attributes:
+        axes = list(node.attributes.get_ints("axes"))
+    elif len(node.inputs) > 1 and node.inputs[1] is not None:
+        tensor = ir.convenience.get_const_tensor(node.inputs[1])
+        if tensor is None:
+            return None
+        axes = [int(a) for a in tensor.numpy().reshape(-1)]
+    else:
+        return None  # no axes: every axis (or none, with noop_with_empty_axes)
+    if not axes:
+        return None
+    if any(a >= 0 for a in axes):
+        if rank is None:
+            return None
+        axes = [a - rank if a >= 0 else a for a in axes]
+    return sorted(axes)
+
+
+def _scalar(value: ir.Value | None) -> float | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(-1)[0])
+
+
+def _trailing_dims(x: ir.Value, count: int) -> list[int | ir.SymbolicDim] | None:
+    if x.shape is None or len(x.shape) < count:
+        return None
+    return list(x.shape)[len(x.shape) - count :]
+
+
+def _as_normalized_tensor(value: ir.Value, shape) -> ir.Tensor | None:
+    """A constant operand reshaped (or broadcast, for scalars) to the normalised shape."""
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None or shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    array = tensor.numpy()
+    target = tuple(shape)
+    if array.size == int(np.prod(target)):
+        return ir.tensor(array.reshape(target))
+    if array.size == 1:
+        return ir.tensor(np.broadcast_to(array.reshape(()), target).copy())
+    return None
+
+
+def _has_shape(value: ir.Value, shape) -> bool:
+    return shape is not None and value.shape is not None and list(value.shape) == list(shape)
+
+
+def _scope(node: ir.Node) -> str:
+    """'/encoder/encoders.0/norm1' from '/encoder/encoders.0/norm1/ReduceMean' (module path for readers)."""
+    name = node.name or ""
+    scope = name.rsplit("/", 1)[0] if "/" in name else name
+    return scope if scope.startswith("/") else "/" + scope
+
+
+FUSION_RULES = layer_norm_rules(LayerNormFusion)
+FLOAT32_RULES = layer_norm_rules(LayerNormInFloat32)
+
+
+def constants_last(model: ir.Model) -> int:
+    """Swap the operands of Add and Mul whose first operand is a constant and second is not.
+
+    Exact (both ops are commutative in IEEE arithmetic, broadcasting included); it puts
+    ``Mul(scale, x)`` and ``Add(eps, variance)`` in the order the patterns are written in.
+    """
+    swapped = 0
+    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        for node in graph:
+            if node.op_type not in ("Add", "Mul") or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+                continue
+            first, second = node.inputs
+            if first is not None and second is not None and _is_constant(first) and not _is_constant(second):
+                node.replace_input_with(0, second)
+                node.replace_input_with(1, first)
+                swapped += 1
+    return swapped
+
+
+def _is_constant(value: ir.Value) -> bool:
+    producer = value.producer()
+    return value.is_initializer() or (producer is not None and producer.op_type == "Constant")
+
+
+def _candidates(model: ir.Model) -> list[ir.Value]:
+    """Inputs of ReduceMean -> Sub -> (Pow | Mul) chains: where a decomposed LayerNorm may be."""
+    found = []
+    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        for node in graph:
+            if node.op_type != "ReduceMean" or not node.inputs or node.inputs[0] is None:
+                continue
+            subs = [use.node for use in node.outputs[0].uses() if use.node.op_type == "Sub"]
+            if any(use.node.op_type in ("Pow", "Mul") for sub in subs for use in sub.outputs[0].uses()):
+                found.append(node.inputs[0])
+    return found
+
+
+def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
+    candidates = _candidates(model)
+    if not candidates:
+        return Applied(0)
+    patch.infer_types(model, only_if_missing=candidates)
+    constants_last(model)
+    opset = ai_onnx_opset(model) or 0
+    if opset >= _LAYER_NORM_OPSET:
+        return Applied(apply_rewrite_rules(model, FUSION_RULES))
+    reason = "the engine was told to keep the opset (--keep-opset)"
+    if options.raise_opset:
+        try:
+            upgraded = convert_opset(model, _LAYER_NORM_OPSET)
+            patch.infer_types(upgraded, only_if_missing=_candidates(upgraded))
+            count = apply_rewrite_rules(upgraded, FUSION_RULES)
+            if count == 0:
+                return Applied(0)
+            note = f"raised ai.onnx opset {opset} -> {_LAYER_NORM_OPSET} (onnx.version_converter) for LayerNormalization"
+            return Applied(count, model=upgraded, notes=[note])
+        except BadInputError as error:
+            reason = str(error)
+    count = apply_rewrite_rules(model, FLOAT32_RULES)
+    note = f"kept the decomposed form (opset {opset} < {_LAYER_NORM_OPSET}: {reason}); {count} float16 chains now compute in float32"
+    return Applied(count, notes=[note])
+
+
+FAMILY = RuleFamily(
+    id="layer-norm",
+    title="fuse decomposed LayerNorm into LayerNormalization (statistics in float32)",
+    fixes=(
+        "decomposed LayerNorm rounds differently from PyTorch's fused kernel, and in float16 its "
+        "Pow(x - mean, 2) overflows and rows collapse to the bias"
+    ),
+    safe_when=(
+        "always for the matched form: keepdims=1, trailing axes, constant epsilon and exponent 2, one precision; "
+        "below opset 17 the model's opset is raised (or, with --keep-opset, float16 chains are widened to float32)"
+    ),
+    references=(
+        "ONNX LayerNormalization (opset 17): https://onnx.ai/onnx/operators/onnx__LayerNormalization.html",
+        "onnxruntime issue 30513 (keepdims=0 fused wrongly)",
+        "FunASR issue 1889 (NaN in the SANM encoder in fp16)",
+    ),
+    apply=_apply,
+)

@@ -1,0 +1,285 @@
+"""The pass loop: rewrite -> validity gate -> parity against the reference -> keep or roll back.
+
+For each selected rule family, in order: snapshot the model, apply the family (inside
+If/Loop/Scan bodies and functions too), run the validity gate (``onnx.checker`` with
+shape inference, an onnxruntime session), compare the outputs with the reference's,
+and keep the pass only when parity did not get worse than before by more than a small
+margin and did not leave tolerance (for families that change values on purpose: only
+when it strictly improved). Anything else is rolled back to the snapshot and the report
+says why. Families with sites are applied and judged one site at a time.
+
+The reference is evaluated once, on inputs it brings (golden files), inputs the caller
+gives, or inputs generated from the model's signature; every pass is held to the same
+expected outputs. The model passed in is never changed: :func:`fix` works on a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx_ir as ir
+
+from svsurgery import patch
+from svsurgery.errors import BadInputError, CheckFailedError, SvsError
+from svsurgery.family import Applied, ApplyOptions, RuleFamily
+from svsurgery.golden import versions
+from svsurgery.io import SOURCE_PATH_KEY, validate
+from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs
+from svsurgery.parity.judge import Margin, improvement, regression
+from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs, tolerance as tolerance_profile
+from svsurgery.parity.references import Float64Reference, Reference
+from svsurgery.report import Report, dumps
+
+__all__ = ["FixReport", "Step", "Verifier", "default_tolerance", "fix"]
+
+ACCEPTED, ROLLED_BACK, NO_MATCH = "accepted", "rolled back", "no match"
+
+
+@dataclasses.dataclass
+class Step:
+    """One application of one family (one site of it, for families verified site by site)."""
+
+    family: str
+    title: str
+    site: str | None
+    matches: int | None
+    status: str  # accepted | rolled back | no match
+    reason: str
+    before: dict
+    after: dict | None
+    notes: list[str]
+    findings: list[str]
+    seconds: float
+
+
+class Verifier:
+    """Validity gate + parity against the expected outputs, for any candidate model."""
+
+    def __init__(self, expected: dict, feeds: dict, tolerance: Tolerance, label: str) -> None:
+        self.expected = expected
+        self.feeds = feeds
+        self.tolerance = tolerance
+        self.label = label
+
+    def __call__(self, model: ir.Model) -> ParityResult:
+        """Parity of ``model``; raises CheckFailedError when it fails the validity gate."""
+        session = validate(model, self.label)
+        names = [o.name for o in session.get_outputs()]
+        wanted = [n for n in self.expected if n in names]
+        outputs = dict(zip(wanted, session.run(wanted, self.feeds)))
+        return compare_outputs(outputs, self.expected, self.tolerance)
+
+
+@dataclasses.dataclass
+class FixReport(Report):
+    model: str
+    output: str | None
+    written: bool
+    reference: str
+    reference_kind: str
+    inputs: dict[str, str]
+    tolerance: dict
+    baseline: ParityResult
+    final: ParityResult
+    steps: list[Step]
+    versions: dict
+
+    @property
+    def passed(self) -> bool:
+        return self.final.passed
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["passed"] = self.passed
+        return data
+
+    def render(self, console) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        console.print(f"[bold]fix[/bold] {escape(self.model)}")
+        console.print(f"  reference: {escape(self.reference)}")
+        console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
+        console.print(f"  tolerance: {escape(self.tolerance['name'])}")
+        table = Table()
+        for column in ("rule", "matches", "result", "max abs before -> after", "cosine after", "argmax after", "s"):
+            table.add_column(column, justify="left" if column in ("rule", "result") else "right")
+        for step in self.steps:
+            rule = step.family + (f" @ {step.site}" if step.site else "")
+            colour = {ACCEPTED: "green", ROLLED_BACK: "red"}.get(step.status, "dim")
+            result = f"[{colour}]{step.status}[/{colour}]" + (f": {escape(step.reason)}" if step.reason else "")
+            after = step.after or {}
+            parity = f"{step.before['max_abs']:.2e} -> {after['max_abs']:.2e}" if after else "-"
+            cosine = f"{after['min_cosine']:.8f}" if after else "-"
+            argmax = "-" if not after or after.get("min_argmax") is None else f"{after['min_argmax']:.2%}"
+            matches = "?" if step.matches is None else str(step.matches)
+            table.add_row(escape(rule), matches, result, parity, cosine, argmax, f"{step.seconds:.2f}")
+        console.print(table)
+        for step in self.steps:
+            for note in step.notes:
+                console.print(f"  [cyan]{escape(step.family)}[/cyan]: {escape(note)}")
+            for finding in step.findings:
+                console.print(f"  [yellow]{escape(step.family)} found[/yellow]: {escape(finding)}")
+        final = self.final.summary()
+        verdict = "[green]within tolerance[/green]" if self.passed else "[red]beyond tolerance: " + escape("; ".join(self.final.failures())) + "[/red]"
+        argmax = "-" if final["min_argmax"] is None else f"{final['min_argmax']:.2%}"
+        console.print(
+            f"final parity: max abs {final['max_abs']:.3e}, max rel {final['max_rel']:.3e}, "
+            f"cosine {final['min_cosine']:.8f}, argmax {argmax} - {verdict}"
+        )
+        if self.written:
+            console.print(f"[green]wrote[/green] {escape(str(self.output))}")
+
+
+def default_tolerance(model: ir.Model) -> Tolerance:
+    """``fp16`` for models whose graph inputs or outputs are float16, ``fp32`` otherwise."""
+    low = {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+    interface = [*model.graph.inputs, *model.graph.outputs]
+    return tolerance_profile("fp16" if any(v.dtype in low for v in interface) else "fp32")
+
+
+def fix(
+    model: ir.Model,
+    families: Sequence[RuleFamily],
+    *,
+    reference: Reference | None = None,
+    inputs: ParityInputs | None = None,
+    tolerance: Tolerance | None = None,
+    margin: Margin = Margin(),
+    raise_opset: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ir.Model, FixReport]:
+    """Apply ``families`` one verified pass at a time; returns the fixed copy and the report.
+
+    ``reference`` defaults to the model evaluated in float64; ``inputs`` to the
+    reference's own (golden files) or ones generated from the signature; ``tolerance`` to
+    :func:`default_tolerance`. The returned model carries provenance in metadata_props
+    (``svsurgery.rules_applied``, ``svsurgery.parity``, ``svsurgery.versions``).
+    """
+    label = Path(model.meta.get(SOURCE_PATH_KEY, "model")).name
+    tolerance = tolerance or default_tolerance(model)
+    reference = reference or Float64Reference(model)
+    own = reference.own_inputs()
+    if own is not None:
+        inputs = ParityInputs(check_feeds(own, model, reference.description), {n: "from the golden file" for n in own})
+    elif inputs is None:
+        inputs = generate_inputs(model, model.meta.get(SOURCE_PATH_KEY))
+    expected = reference.outputs(inputs.feeds)
+    unknown = [name for name in expected if name not in {o.name for o in model.graph.outputs}]
+    if unknown:
+        raise BadInputError(f"the reference has outputs the model lacks: {', '.join(unknown)}")
+    verify = Verifier(expected, inputs.feeds, tolerance, label)
+
+    working = patch.clone(model)
+    try:
+        baseline = verify(working)
+    except CheckFailedError as error:
+        raise CheckFailedError(f"the input model fails the validity gate before any rule: {error}") from None
+    current = baseline
+    steps: list[Step] = []
+    for family in families:
+        sites = family.sites(working) if family.sites is not None else [None]
+        for site in sites:
+            if progress is not None:
+                progress(family.id + (f" @ {site}" if site else ""))
+            working, current, step = _step(family, site, working, current, verify, margin, raise_opset)
+            steps.append(step)
+
+    report = FixReport(
+        model=str(model.meta.get(SOURCE_PATH_KEY, "model")),
+        output=None,
+        written=False,
+        reference=reference.description,
+        reference_kind=reference.kind,
+        inputs=inputs.how,
+        tolerance=dataclasses.asdict(tolerance),
+        baseline=baseline,
+        final=current,
+        steps=steps,
+        versions=versions(),
+    )
+    _record_provenance(working, report)
+    return working, report
+
+
+def _step(
+    family: RuleFamily,
+    site: str | None,
+    working: ir.Model,
+    current: ParityResult,
+    verify: Verifier,
+    margin: Margin,
+    raise_opset: bool,
+) -> tuple[ir.Model, ParityResult, Step]:
+    start = time.perf_counter()
+    snapshot = patch.clone(working)
+    step = Step(family.id, family.title, site, 0, NO_MATCH, "", current.summary(), None, [], [], 0.0)
+
+    def done(model: ir.Model, parity: ParityResult) -> tuple[ir.Model, ParityResult, Step]:
+        step.seconds = time.perf_counter() - start
+        return model, parity, step
+
+    try:
+        applied = family.apply(working, ApplyOptions(raise_opset=raise_opset, site=site))
+    except Exception as error:  # noqa: BLE001 - a user's rule may raise anything; the model is restored
+        step.status, step.reason = ROLLED_BACK, f"the rule raised {_describe_exception(error)}"
+        return done(snapshot, current)
+    if not isinstance(applied, Applied):
+        step.status, step.reason = ROLLED_BACK, f"apply returned {type(applied).__name__}, not Applied"
+        return done(snapshot, current)
+    step.matches, step.notes, step.findings = applied.matches, applied.notes, applied.findings
+    candidate = applied.model or working
+    if not applied.changed:
+        return done(candidate, current)
+    try:
+        parity = verify(candidate)
+    except CheckFailedError as error:
+        step.status, step.reason = ROLLED_BACK, f"breaks validity: {error}"
+        return done(snapshot, current)
+    step.after = parity.summary()
+    if family.acceptance == "improves":
+        better = improvement(current, parity, margin)
+        if better is None:
+            step.status, step.reason = ROLLED_BACK, "parity did not improve (this rule is kept only when it does)"
+            return done(snapshot, current)
+        step.status, step.reason = ACCEPTED, f"improves {better}"
+        return done(candidate, parity)
+    worse = regression(current, parity, margin)
+    if worse is not None:
+        step.status, step.reason = ROLLED_BACK, f"parity got worse: {worse}"
+        return done(snapshot, current)
+    step.status = ACCEPTED
+    return done(candidate, parity)
+
+
+def _describe_exception(error: BaseException) -> str:
+    if isinstance(error, SvsError):
+        return str(error)
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def _record_provenance(model: ir.Model, report: FixReport) -> None:
+    applied = [
+        {"id": s.family, "site": s.site, "matches": s.matches, "status": s.status, "reason": s.reason, "notes": s.notes}
+        for s in report.steps
+    ]
+    model.metadata_props["svsurgery.rules_applied"] = dumps(applied)
+    model.metadata_props["svsurgery.parity"] = dumps(
+        {
+            "reference": report.reference,
+            "reference_kind": report.reference_kind,
+            "inputs": report.inputs,
+            "tolerance": report.tolerance["name"],
+            "before": report.baseline.summary(),
+            "after": report.final.summary(),
+            "passed": report.passed,
+            "outputs": [dataclasses.asdict(o) for o in report.final.outputs],
+        }
+    )
+    model.metadata_props["svsurgery.versions"] = dumps(report.versions)

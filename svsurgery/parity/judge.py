@@ -1,0 +1,90 @@
+"""Was a change for the better or the worse? Parity before and after, compared output by output.
+
+The engine keeps a pass when parity did not get worse than before by more than a small
+margin (and stayed within tolerance if it was within it), and, for passes that change
+computed values on purpose, only when parity strictly improved. "Worse" is per output:
+more NaN/Inf values, integer outputs that stop matching, a max abs error that grows by
+more than the margin, a cosine that drops, or fewer positions whose argmax agrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from svsurgery.parity.metrics import OutputParity, ParityResult
+
+__all__ = ["Margin", "improvement", "regression"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Margin:
+    """How much worse a figure may get before a pass counts as a regression.
+
+    A max abs error may grow by ``relative`` of itself or by ``absolute`` times the
+    output's scale (max |reference|), whichever is larger: float32 rewrites of the same
+    math move the last few bits, which is not a regression.
+    """
+
+    relative: float = 0.25
+    absolute: float = 1e-6
+    cosine: float = 1e-7
+    argmax: float = 0.0
+
+    def allowed_growth(self, before: OutputParity) -> float:
+        return max(self.relative * before.max_abs, self.absolute * max(before.scale, 1e-30))
+
+
+def _worse(before: OutputParity, after: OutputParity, margin: Margin) -> str | None:
+    name = after.name
+    if after.problem:
+        return f"{name}: {after.problem}"
+    if after.nan_count + after.inf_count > before.nan_count + before.inf_count:
+        return f"{name}: NaN/Inf values {before.nan_count + before.inf_count} -> {after.nan_count + after.inf_count}"
+    if after.exact:
+        return f"{name}: integer values now differ" if after.max_abs > before.max_abs else None
+    if after.max_abs > before.max_abs + margin.allowed_growth(before):
+        return f"{name}: max abs error {before.max_abs:.3g} -> {after.max_abs:.3g}"
+    if after.cosine < before.cosine - margin.cosine:
+        return f"{name}: cosine {before.cosine:.8f} -> {after.cosine:.8f}"
+    if before.argmax_agreement is not None and after.argmax_agreement is not None:
+        if after.argmax_agreement < before.argmax_agreement - margin.argmax:
+            return f"{name}: argmax agreement {before.argmax_agreement:.4%} -> {after.argmax_agreement:.4%}"
+    return None
+
+
+def regression(before: ParityResult, after: ParityResult, margin: Margin = Margin()) -> str | None:
+    """Why ``after`` is worse than ``before`` (None when it is not)."""
+    if before.passed and not after.passed:
+        return "left tolerance: " + "; ".join(after.failures())
+    previous = before.by_name()
+    for output in after.outputs:
+        if output.name in previous:
+            reason = _worse(previous[output.name], output, margin)
+            if reason:
+                return reason
+    return None
+
+
+def improvement(before: ParityResult, after: ParityResult, margin: Margin = Margin()) -> str | None:
+    """How ``after`` is strictly better than ``before`` (None when it is not, or when any
+    output got worse at all: a pass accepted for improving must not trade one output for another)."""
+    strict = Margin(relative=0.0, absolute=0.0, cosine=0.0, argmax=0.0)
+    if regression(before, after, strict):
+        return None
+    previous = before.by_name()
+    for output in after.outputs:
+        old = previous.get(output.name)
+        if old is None or output.problem:
+            continue
+        if output.nan_count + output.inf_count < old.nan_count + old.inf_count:
+            return f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count} -> {output.nan_count + output.inf_count}"
+        if output.exact:
+            if output.max_abs < old.max_abs:
+                return f"{output.name}: integer values now match"
+            continue
+        if old.argmax_agreement is not None and output.argmax_agreement is not None:
+            if output.argmax_agreement > old.argmax_agreement:
+                return f"{output.name}: argmax agreement {old.argmax_agreement:.4%} -> {output.argmax_agreement:.4%}"
+        if old.max_abs - output.max_abs > margin.allowed_growth(old):
+            return f"{output.name}: max abs error {old.max_abs:.3g} -> {output.max_abs:.3g}"
+    return None
