@@ -9,7 +9,7 @@ Exporters below opset 17 write LayerNorm as its arithmetic::
     y        = y * scale + bias                        (each optional)
 
 which this family replaces by ``LayerNormalization(x, scale, bias, axis, epsilon,
-stash_type=FLOAT)``, epsilon carried over bit for bit. The fused op computes its
+stash_type=FLOAT)`` (DOUBLE for double inputs), epsilon carried over bit for bit. The fused op computes its
 statistics in float32 whatever the input type, so in float16 graphs ``Pow(d, 2)`` can no
 longer overflow (values around 1e5 do in real SenseVoice exports) and rows no longer
 collapse to the bias. Matches are refused when ``keepdims=0`` (the mean would broadcast
@@ -143,7 +143,7 @@ class LayerNormFusion(_DecomposedLayerNorm):
         bias = self._operand(op, bias, x, 0.0, "bias", scope)
         return op.op(
             "LayerNormalization", x, scale, bias,
-            axis=-self._normalized_rank, epsilon=self._epsilon, stash_type=int(ir.DataType.FLOAT),
+            axis=-self._normalized_rank, epsilon=self._epsilon, stash_type=int(_stash_type(x.dtype)),
             _name=f"{_PREFIX}{scope}/LayerNormalization",
         )  # fmt: skip
 
@@ -172,6 +172,11 @@ class LayerNormInFloat32(_DecomposedLayerNorm):
             if operand is not None:
                 normalized = op.op(combine, normalized, op.op("Cast", operand, to=f32, _name=f"{name}/Cast_{role}"), _name=f"{name}/{combine}")
         return op.op("Cast", normalized, to=int(x.dtype), _name=f"{name}/Cast_back")
+
+
+def _stash_type(dtype: ir.DataType) -> ir.DataType:
+    """Statistics in float32, or in double for double inputs (float32 would lose precision there)."""
+    return ir.DataType.DOUBLE if dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
 
 
 def layer_norm_rules(rule_class: type[_DecomposedLayerNorm]) -> list[pattern.RewriteRule]:

@@ -18,6 +18,8 @@ from svsurgery.inspect import summarize
 from svsurgery.io import load, save, validate, validate_file
 
 __all__ = [
+    "fix",
+    "golden",
     "BadInputError",
     "CheckFailedError",
     "MissingDependencyError",
@@ -32,3 +34,16 @@ __all__ = [
     "validate",
     "validate_file",
 ]
+
+
+def __getattr__(name: str):
+    # the rule engine and golden files load onnxscript's rewriter: only when asked for
+    if name == "fix":
+        from svsurgery.engine import fix
+
+        return fix
+    if name == "golden":
+        import svsurgery.golden
+
+        return svsurgery.golden
+    raise AttributeError(f"module 'svsurgery' has no attribute {name!r}")

@@ -16,11 +16,13 @@ expected outputs. The model passed in is never changed: :func:`fix` works on a c
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
 from svsurgery import patch
@@ -98,6 +100,7 @@ class FixReport(Report):
         return data
 
     def render(self, console) -> None:
+        from rich import box
         from rich.markup import escape
         from rich.table import Table
 
@@ -105,25 +108,29 @@ class FixReport(Report):
         console.print(f"  reference: {escape(self.reference)}")
         console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
         console.print(f"  tolerance: {escape(self.tolerance['name'])}")
-        table = Table()
-        for column in ("rule", "matches", "result", "max abs before -> after", "cosine after", "argmax after", "s"):
-            table.add_column(column, justify="left" if column in ("rule", "result") else "right")
+        table = Table(box=box.SIMPLE_HEAD)
+        for column in ("rule", "n", "result", "max abs", "after", "cosine", "argmax"):
+            table.add_column(column, justify="left" if column in ("rule", "result") else "right", no_wrap=True)
         for step in self.steps:
             rule = step.family + (f" @ {step.site}" if step.site else "")
             colour = {ACCEPTED: "green", ROLLED_BACK: "red"}.get(step.status, "dim")
-            result = f"[{colour}]{step.status}[/{colour}]" + (f": {escape(step.reason)}" if step.reason else "")
             after = step.after or {}
-            parity = f"{step.before['max_abs']:.2e} -> {after['max_abs']:.2e}" if after else "-"
-            cosine = f"{after['min_cosine']:.8f}" if after else "-"
             argmax = "-" if not after or after.get("min_argmax") is None else f"{after['min_argmax']:.2%}"
-            matches = "?" if step.matches is None else str(step.matches)
-            table.add_row(escape(rule), matches, result, parity, cosine, argmax, f"{step.seconds:.2f}")
+            table.add_row(
+                escape(rule), "?" if step.matches is None else str(step.matches), f"[{colour}]{step.status}[/{colour}]",
+                f"{step.before['max_abs']:.2e}", f"{after['max_abs']:.2e}" if after else "-",
+                f"{after['min_cosine']:.7f}" if after else "-", argmax,
+            )  # fmt: skip
         console.print(table)
         for step in self.steps:
+            rule = escape(step.family + (f" @ {step.site}" if step.site else ""))
+            if step.reason:
+                colour = "red" if step.status == ROLLED_BACK else "green"
+                console.print(f"  [{colour}]{rule} {step.status}[/{colour}]: {escape(step.reason)}")
             for note in step.notes:
-                console.print(f"  [cyan]{escape(step.family)}[/cyan]: {escape(note)}")
+                console.print(f"  [cyan]{rule}[/cyan]: {escape(note)}")
             for finding in step.findings:
-                console.print(f"  [yellow]{escape(step.family)} found[/yellow]: {escape(finding)}")
+                console.print(f"  [yellow]{rule} found[/yellow]: {escape(finding)}")
         final = self.final.summary()
         verdict = "[green]within tolerance[/green]" if self.passed else "[red]beyond tolerance: " + escape("; ".join(self.final.failures())) + "[/red]"
         argmax = "-" if final["min_argmax"] is None else f"{final['min_argmax']:.2%}"
@@ -143,25 +150,49 @@ def default_tolerance(model: ir.Model) -> Tolerance:
 
 
 def fix(
-    model: ir.Model,
-    families: Sequence[RuleFamily],
+    model: ir.Model | str | os.PathLike,
+    families: Sequence[RuleFamily | object] | str | None = None,
     *,
     reference: Reference | None = None,
-    inputs: ParityInputs | None = None,
-    tolerance: Tolerance | None = None,
+    inputs: ParityInputs | Mapping[str, np.ndarray] | None = None,
+    torch_module=None,
+    example_inputs: Sequence | Mapping | None = None,
+    tolerance: Tolerance | str | None = None,
     margin: Margin = Margin(),
     raise_opset: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[ir.Model, FixReport]:
-    """Apply ``families`` one verified pass at a time; returns the fixed copy and the report.
+    """Apply rule families one verified pass at a time; returns the fixed copy and the report.
 
-    ``reference`` defaults to the model evaluated in float64; ``inputs`` to the
-    reference's own (golden files) or ones generated from the signature; ``tolerance`` to
-    :func:`default_tolerance`. The returned model carries provenance in metadata_props
-    (``svsurgery.rules_applied``, ``svsurgery.parity``, ``svsurgery.versions``).
+    ``families``: None for the whole catalog, rule ids (``"casts,layer-norm"``), or a list
+    of RuleFamily objects, onnxscript RewriteRules, onnx_ir passes or plain patch
+    callables (yours go through the same verification). ``reference`` defaults to
+    ``torch_module`` when given (run on ``example_inputs``, positional in the model's
+    input order, or by name), else to the model evaluated in float64. ``inputs`` default
+    to the reference's own (golden files), ``example_inputs``, or inputs generated from
+    the signature; ``tolerance`` to :func:`default_tolerance`. The returned model carries
+    provenance in metadata_props (``svsurgery.rules_applied``, ``svsurgery.parity``,
+    ``svsurgery.versions``); the model passed in is not changed.
     """
+    from svsurgery.io import load
+    from svsurgery.parity.references import TorchReference
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model)
+    families = _families(families)
     label = Path(model.meta.get(SOURCE_PATH_KEY, "model")).name
+    if isinstance(tolerance, str):
+        tolerance = tolerance_profile(tolerance)
     tolerance = tolerance or default_tolerance(model)
+    if example_inputs is not None and inputs is None:
+        inputs = _example_feeds(model, example_inputs)
+    if isinstance(inputs, Mapping):
+        inputs = ParityInputs(check_feeds(inputs, model, "inputs"), {name: "given by the caller" for name in inputs})
+    if reference is None and torch_module is not None:
+        reference = TorchReference(
+            torch_module, [o.name for o in model.graph.outputs], [i.name for i in model.graph.inputs],
+            by_name=isinstance(example_inputs, Mapping),
+        )  # fmt: skip
     reference = reference or Float64Reference(model)
     own = reference.own_inputs()
     if own is not None:
@@ -183,6 +214,8 @@ def fix(
     steps: list[Step] = []
     for family in families:
         sites = family.sites(working) if family.sites is not None else [None]
+        if not sites:
+            steps.append(Step(family.id, family.title, None, 0, NO_MATCH, "", current.summary(), None, [], [], 0.0))
         for site in sites:
             if progress is not None:
                 progress(family.id + (f" @ {site}" if site else ""))
@@ -204,6 +237,31 @@ def fix(
     )
     _record_provenance(working, report)
     return working, report
+
+
+def _families(families) -> list[RuleFamily]:
+    from svsurgery import rules
+    from svsurgery.family import as_family
+
+    if families is None or isinstance(families, str):
+        return rules.select(families)
+    return [as_family(item, f"user.{index}") for index, item in enumerate(families)]
+
+
+def _example_feeds(model: ir.Model, example_inputs) -> ParityInputs:
+    """Example inputs (tensors or arrays, positional in the model's input order, or by name) as feeds."""
+    def as_array(value):
+        return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+    names = [v.name for v in model.graph.inputs]
+    if isinstance(example_inputs, Mapping):
+        arrays = {name: as_array(value) for name, value in example_inputs.items()}
+    else:
+        values = list(example_inputs)
+        if len(values) != len(names):
+            raise BadInputError(f"{len(values)} example inputs for a model with {len(names)} inputs ({', '.join(names)})")
+        arrays = dict(zip(names, map(as_array, values)))
+    return ParityInputs(check_feeds(arrays, model, "example inputs"), {name: "example inputs given by the caller" for name in arrays})
 
 
 def _step(

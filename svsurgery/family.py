@@ -27,6 +27,7 @@ from svsurgery.user_code import import_user_module
 __all__ = [
     "Applied",
     "ApplyOptions",
+    "as_family",
     "RuleFamily",
     "from_pass",
     "from_patch",
@@ -159,8 +160,8 @@ def from_patch(id: str, function: Callable[[ir.Model], object], *, title: str | 
 
 
 def graph_fingerprint(model: ir.Model) -> tuple:
-    """A cheap structural summary (nodes, wiring, attributes, initializer identities) that
-    changes whenever a patch edits the model."""
+    """A cheap structural summary (nodes, names, wiring, attributes, initializer identities,
+    opsets, metadata) that changes whenever a patch edits the model."""
     items = []
     for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
         for node in graph:
@@ -169,11 +170,13 @@ def graph_fingerprint(model: ir.Model) -> tuple:
                 for name, attr in node.attributes.items()
                 if attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
             )
-            items.append((node.op_type, node.domain, tuple(id(v) for v in node.inputs), attributes))
+            outputs = tuple(v.name for v in node.outputs)
+            items.append((node.op_type, node.domain, node.name, tuple(id(v) for v in node.inputs), outputs, attributes))
         items.append(tuple(id(v) for v in graph.outputs))
         if isinstance(graph, ir.Graph):
             items.append(tuple((name, id(v.const_value)) for name, v in graph.initializers.items()))
     items.append(tuple(sorted(model.opset_imports.items())))
+    items.append(tuple(sorted(model.metadata_props.items())))
     return tuple(items)
 
 
@@ -214,6 +217,11 @@ def load_rules_module(spec: str) -> list[RuleFamily]:
 def _name_of(item: object, index: int) -> str:
     name = getattr(item, "id", None) or getattr(item, "name", None) or getattr(item, "__name__", None)
     return str(name) if name else f"rule{index}"
+
+
+def as_family(item: object, id: str) -> RuleFamily:
+    """A RuleFamily from any kind of rule: a RuleFamily, RewriteRule(Set), rule class, pass or patch callable."""
+    return _as_family(item, id, explicit=True)
 
 
 def _as_family(item: object, id: str, explicit: bool) -> RuleFamily | None:

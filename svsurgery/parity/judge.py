@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from svsurgery.parity.metrics import OutputParity, ParityResult
 
 __all__ = ["Margin", "improvement", "regression"]
@@ -20,18 +22,20 @@ __all__ = ["Margin", "improvement", "regression"]
 class Margin:
     """How much worse a figure may get before a pass counts as a regression.
 
-    A max abs error may grow by ``relative`` of itself or by ``absolute`` times the
-    output's scale (max |reference|), whichever is larger: float32 rewrites of the same
-    math move the last few bits, which is not a regression.
+    A max abs error may grow by ``relative`` of itself or by ``ulps`` rounding steps of
+    the output's type at the output's scale (max |reference|), whichever is larger:
+    rewrites of the same math move the last few bits (of float32 or of float16), which is
+    not a regression.
     """
 
     relative: float = 0.25
-    absolute: float = 1e-6
+    ulps: float = 4.0
     cosine: float = 1e-7
     argmax: float = 0.0
 
     def allowed_growth(self, before: OutputParity) -> float:
-        return max(self.relative * before.max_abs, self.absolute * max(before.scale, 1e-30))
+        step = before.epsilon or float(np.finfo(np.float32).eps)
+        return max(self.relative * before.max_abs, self.ulps * step * max(before.scale, 1e-30))
 
 
 def _worse(before: OutputParity, after: OutputParity, margin: Margin) -> str | None:
@@ -68,7 +72,7 @@ def regression(before: ParityResult, after: ParityResult, margin: Margin = Margi
 def improvement(before: ParityResult, after: ParityResult, margin: Margin = Margin()) -> str | None:
     """How ``after`` is strictly better than ``before`` (None when it is not, or when any
     output got worse at all: a pass accepted for improving must not trade one output for another)."""
-    strict = Margin(relative=0.0, absolute=0.0, cosine=0.0, argmax=0.0)
+    strict = Margin(relative=0.0, ulps=0.0, cosine=0.0, argmax=0.0)
     if regression(before, after, strict):
         return None
     previous = before.by_name()

@@ -68,6 +68,7 @@ class OutputParity:
     failures: list[str] = dataclasses.field(default_factory=list)
     scale: float = 0.0  # max |reference|: what an absolute error is relative to
     exact: bool = False  # integer output: must be equal
+    epsilon: float = 0.0  # machine epsilon of the compared output's type (its rounding step at 1.0)
     problem: str | None = None  # no comparison possible (shape mismatch, missing output)
 
     def check(self, tolerance: Tolerance) -> OutputParity:
@@ -102,15 +103,16 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, rel_floor: floa
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     exact = not np.issubdtype(expected.dtype, np.floating)
+    epsilon = float(np.finfo(actual.dtype).eps) if np.issubdtype(actual.dtype, np.floating) else 0.0
     if actual.shape != expected.shape:
         return OutputParity(name, list(actual.shape), math.inf, math.inf, math.inf, -1.0, 0.0, 0, 0, exact=exact,
-                            problem=f"shape {list(actual.shape)} != reference {list(expected.shape)}")
+                            epsilon=epsilon, problem=f"shape {list(actual.shape)} != reference {list(expected.shape)}")
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
     nan_count = int(np.isnan(a).sum())
     inf_count = int(np.isinf(a).sum())
     if a.size == 0:
-        return OutputParity(name, list(a.shape), 0.0, 0.0, 0.0, 1.0, None, 0, 0, exact=exact)
+        return OutputParity(name, list(a.shape), 0.0, 0.0, 0.0, 1.0, None, 0, 0, exact=exact, epsilon=epsilon)
     finite = np.isfinite(a) & np.isfinite(e)
     difference = np.abs(np.where(finite, a - e, 0.0))
     difference = np.where(np.isfinite(a) == np.isfinite(e), difference, math.inf)
@@ -135,6 +137,7 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, rel_floor: floa
         inf_count=inf_count,
         scale=scale,
         exact=exact,
+        epsilon=epsilon,
     )
 
 
