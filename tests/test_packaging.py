@@ -50,12 +50,23 @@ _WITHOUT_TORCH = textwrap.dedent(
 )
 
 
-def test_inspect_works_without_torch_and_torch_features_say_so(tmp_path, legacy_path):
+def test_inspect_and_fix_work_without_torch_and_torch_features_say_so(tmp_path, legacy_path):
     ok = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCH, "inspect", str(legacy_path), "--json"],
         capture_output=True, text=True, timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
+    fixed = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, "fix", str(legacy_path), "-o", str(tmp_path / "fixed.onnx")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert (tmp_path / "fixed.onnx").is_file() and "layer-norm" in fixed.stdout
+    refused = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, "golden", str(legacy_path), "-o", str(tmp_path / "g.npz"), "--torch", "m.py:f"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2 and "needs torch" in refused.stderr
     refused = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCH, "example", "-o", str(tmp_path / "ex")],
         capture_output=True, text=True, timeout=120,

@@ -8,10 +8,11 @@ to double: the shadow states the intended math, not the precision loss). Integer
 bool computation is unchanged.
 
 onnxruntime's CPU provider lacks double kernels for a few ops (Conv, Erf, ...) and some
-inputs are float by schema (Resize's scales). The shadow is loaded in onnxruntime, and
-every op type it refuses is run in float32 between Casts, one op type per retry; the
-ops kept in float32 are listed in :attr:`Float64Shadow.float32_ops` so a report can say
-exactly which semantics the reference used.
+inputs are float by schema (Resize's scales). Each op type is probed with a one-node
+model, and the ones onnxruntime refuses (or that the full load still refuses, one op type
+per retry) run in float32 between Casts; they are listed in
+:attr:`Float64Shadow.float32_ops` so a report can say exactly which semantics the
+reference used.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
     patch.infer_types(shadow)  # types decide what widens, and which inputs a float32 op must narrow back
     for graph in (shadow.graph, *shadow.graph.subgraphs(), *shadow.functions.values()):
         _widen_graph(graph)
-    float32_ops: list[str] = []
+    float32_ops = _ops_without_double_kernels(shadow)
+    for op_type in float32_ops:
+        _narrow_op(shadow, op_type)
     for _ in range(_MAX_RETRIES):
         try:
             session = inference_session(shadow)
@@ -81,27 +84,84 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
     raise CheckFailedError(f"the float64 evaluation of the model still fails after keeping {float32_ops} in float32")
 
 
+_KERNEL_PROBES: dict[tuple, bool] = {}
+
+
+def _ops_without_double_kernels(model: ir.Model) -> list[str]:
+    """Op types whose double-typed nodes onnxruntime's CPU provider has no kernel for.
+
+    Each distinct (op, input types) is probed with a one-node model, a few milliseconds
+    each and cached, instead of loading the whole model once per missing kernel.
+    """
+    import onnxruntime as ort
+
+    refused: list[str] = []
+    opset = model.opset_imports
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for node in graph:
+            if node.op_type in refused or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+                continue
+            types = tuple(v.dtype if v is not None else None for v in node.inputs)
+            if ir.DataType.DOUBLE not in types or any(t is None for t, v in zip(types, node.inputs) if v is not None):
+                continue
+            key = (node.domain, node.op_type, opset.get(node.domain, opset.get("", 0)), types)
+            if key not in _KERNEL_PROBES:
+                probe = _probe_model(node, opset, model.ir_version)
+                options = ort.SessionOptions()
+                options.log_severity_level = 4
+                try:
+                    ort.InferenceSession(probe, sess_options=options, providers=["CPUExecutionProvider"])
+                    _KERNEL_PROBES[key] = True
+                except Exception as error:  # noqa: BLE001
+                    _KERNEL_PROBES[key] = "Could not find an implementation" not in str(error)
+            if not _KERNEL_PROBES[key]:
+                refused.append(node.op_type)
+    return refused
+
+
+def _probe_model(node: ir.Node, opset: dict[str, int], ir_version: int) -> bytes:
+    """A model made of ``node`` alone, its inputs typed as in the graph, shapes unknown."""
+    import onnx
+    from onnx import helper
+
+    proto = ir.serde.serialize_node(node)
+    proto.ClearField("input")
+    proto.ClearField("output")
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
+    proto.input.extend(names)
+    proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
+    inputs = [helper.make_tensor_value_info(n, int(v.dtype), None) for n, v in zip(names, node.inputs) if v is not None]
+    outputs = [helper.make_value_info(f"out{i}", onnx.TypeProto()) for i in range(len(node.outputs))]
+    graph = helper.make_graph([proto], "probe", inputs, outputs)
+    imports = [helper.make_opsetid(domain, version) for domain, version in opset.items()]
+    return helper.make_model(graph, opset_imports=imports, ir_version=ir_version).SerializeToString()
+
+
 def _narrow_op(model: ir.Model, op_type: str) -> None:
     """Run every ``op_type`` node in float32: Casts to float32 before its double inputs,
     back to double after its outputs (its own type attributes follow)."""
     double, single = ir.DataType.DOUBLE, ir.DataType.FLOAT
+    count = 0
     for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
         for node in [n for n in graph if n.op_type == op_type]:
+            count += 1
+            prefix = f"svs/fp64/{node.name or op_type}_{count}"
             for index, value in enumerate(node.inputs):
                 if value is not None and value.dtype == double:
-                    cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", single)], name=f"{node.name}/to_float32_{index}")
+                    cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", single)], name=f"{prefix}/to_float32_{index}")
                     cast.outputs[0].dtype, cast.outputs[0].shape = single, value.shape
+                    cast.outputs[0].name = f"{prefix}/input_{index}"
                     graph.insert_before(node, cast)
                     node.replace_input_with(index, cast.outputs[0])
-            for value in node.outputs:
+            for index, value in enumerate(node.outputs):
                 if value.dtype != double:
                     continue
-                back = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", double)], name=f"{node.name}/to_float64")
+                back = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", double)], name=f"{prefix}/to_float64_{index}")
                 back.outputs[0].dtype, back.outputs[0].shape = double, value.shape
                 graph.insert_after(node, back)
                 value.replace_all_uses_with(back.outputs[0], replace_graph_outputs=True)
                 back.replace_input_with(0, value)
-                back.outputs[0].name, value.name = value.name, f"{value.name}/float32"
+                back.outputs[0].name, value.name = value.name, f"{prefix}/output_{index}"
                 value.dtype = single
             for name, attribute in list(node.attributes.items()):
                 if name in _TYPE_ATTRIBUTES and attribute.type == ir.AttributeType.INT and attribute.value == double:
