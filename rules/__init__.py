@@ -12,9 +12,11 @@ from svsurgery.rules import casts, layer_norm, lossy_casts
 
 __all__ = ["CATALOG", "select"]
 
+# layer-norm first: below opset 17 it converts the model, and the conversion brings every
+# value's type, which the cast rules then need without another shape inference.
 CATALOG: tuple[RuleFamily, ...] = (
-    casts.FAMILY,
     layer_norm.FAMILY,
+    casts.FAMILY,
     lossy_casts.FAMILY,
 )
 

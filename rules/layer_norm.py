@@ -34,7 +34,7 @@ from svsurgery.errors import BadInputError
 from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 from svsurgery.opset import ai_onnx_opset, convert_opset
 
-__all__ = ["FAMILY", "LayerNormFusion", "LayerNormInFloat32", "layer_norm_rules"]
+__all__ = ["FAMILY", "BiasAbsorption", "LayerNormFusion", "LayerNormInFloat32", "ScaleAbsorption", "constants_last"]
 
 _LAYER_NORM_OPSET = 17
 _NORMALIZABLE = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
@@ -43,34 +43,28 @@ _PREFIX = "svs/rule/layer-norm"
 
 
 class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
-    """The pattern and the checks both rules share; subclasses say what replaces it."""
+    """The normalisation core, ``(x - mean) / sqrt(variance + eps)``, and the checks both rules
+    share; subclasses say what replaces it. The affine part that usually follows is absorbed
+    afterwards (:class:`ScaleAbsorption`, :class:`BiasAbsorption`), so three patterns cover
+    what would otherwise take twelve (scale and bias each optional)."""
 
-    def __init__(self, with_scale: bool, with_bias: bool, normalize: str) -> None:
-        parts = [p for p, on in (("scale", with_scale), ("bias", with_bias)) if on] + [normalize]
-        super().__init__(f"{type(self).__name__}[{'+'.join(parts)}]")
-        self._with_scale = with_scale
-        self._with_bias = with_bias
+    def __init__(self, normalize: str) -> None:
+        super().__init__(f"{type(self).__name__}[{normalize}]")
         self._normalize = normalize  # "div": d / std; "mul": d * (1/std); "mul-swapped": (1/std) * d
 
-    def pattern(self, op, x, exponent, epsilon, scale, bias):
+    def pattern(self, op, x, exponent, epsilon):
         mean = op.ReduceMean(x, _allow_other_attributes=True, _allow_other_inputs=True, _outputs=["mean"])
         deviation = op.Sub(x, mean)
         squared = pattern.OrValue([op.Pow(deviation, exponent), op.Mul(deviation, deviation)])
         variance = op.ReduceMean(squared, _allow_other_attributes=True, _allow_other_inputs=True, _outputs=["variance"])
         std = op.Sqrt(op.Add(variance, epsilon))
         if self._normalize == "div":
-            normalized = op.Div(deviation, std)
-        elif self._normalize == "mul":
-            normalized = op.Mul(deviation, op.Reciprocal(std))
-        else:
-            normalized = op.Mul(op.Reciprocal(std), deviation)
-        if self._with_scale:
-            normalized = op.Mul(normalized, scale)
-        if self._with_bias:
-            normalized = op.Add(normalized, bias)
-        return normalized
+            return op.Div(deviation, std)
+        if self._normalize == "mul":
+            return op.Mul(deviation, op.Reciprocal(std))
+        return op.Mul(op.Reciprocal(std), deviation)
 
-    def check(self, context, x, exponent, epsilon, mean, variance, scale=None, bias=None, **_) -> pattern.MatchResult:
+    def check(self, context, x, exponent, epsilon, mean, variance, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
         if x.dtype not in _NORMALIZABLE:
             return result.fail("the input's element type is unknown or not floating point (run shape inference)", x)
@@ -101,93 +95,123 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         if epsilon.dtype is not None and epsilon.dtype != x.dtype:
             return result.fail(f"epsilon is {epsilon.dtype.name} but the input {x.dtype.name}: a mixed-precision chain", epsilon)
         normalized_shape = _trailing_dims(x, len(normalized_axes))
-        for name, operand in (("scale", scale), ("bias", bias)):
-            if operand is None:
-                continue
-            if operand.dtype is not None and operand.dtype != x.dtype:
-                return result.fail(f"the {name} is {operand.dtype.name} but the input {x.dtype.name}", operand)
-            if _as_normalized_tensor(operand, normalized_shape) is None and not _has_shape(operand, normalized_shape):
-                return result.fail(f"the {name} does not have the normalised shape {normalized_shape}", operand)
-        if (scale is None or bias is None) and (normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape)):
-            return result.fail("without both scale and bias, the normalised size must be static", x)
-        self._normalized_rank = len(normalized_axes)
+        if normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape):
+            return result.fail(f"the normalised shape {normalized_shape} is not static", x)
+        self._normalized_shape = normalized_shape
         self._epsilon = eps
         return self.extra_check(context, x, result)
 
     def extra_check(self, context, x, result: pattern.MatchResult) -> pattern.MatchResult:
         return result
 
-    def _operand(self, op, operand, x, fill: float, role: str, scope: str):
-        """scale/bias as LayerNormalization wants them: a tensor of the normalised shape."""
-        shape = _trailing_dims(x, self._normalized_rank)
-        if operand is None:
-            array = np.full(shape, fill, dtype=x.dtype.numpy())
-            return op.initializer(ir.tensor(array), name=f"{_PREFIX}{scope}/{role}")
-        tensor = _as_normalized_tensor(operand, shape)
-        if tensor is not None and tensor.shape != operand.shape:
-            return op.initializer(tensor, name=f"{_PREFIX}{scope}/{role}")
-        return operand
-
 
 class LayerNormFusion(_DecomposedLayerNorm):
-    """Decomposed LayerNorm -> LayerNormalization (opset >= 17), epsilon kept exactly."""
+    """Decomposed LayerNorm -> LayerNormalization (opset >= 17), epsilon kept exactly; the scale is
+    ones until :class:`ScaleAbsorption` takes in the Mul that follows."""
 
     def extra_check(self, context, x, result):
         if (ai_onnx_opset(context.model) or 0) < _LAYER_NORM_OPSET:
             return result.fail(f"LayerNormalization needs ai.onnx opset {_LAYER_NORM_OPSET}", x)
         return result
 
-    def rewrite(self, op, x, mean, scale=None, bias=None, **_):
+    def rewrite(self, op, x, mean, **_):
         scope = _scope(mean.producer())
-        scale = self._operand(op, scale, x, 1.0, "scale", scope)
-        bias = self._operand(op, bias, x, 0.0, "bias", scope)
+        ones = op.initializer(ir.tensor(np.ones(self._normalized_shape, x.dtype.numpy())), name=f"{_PREFIX}{scope}/ones")
         return op.op(
-            "LayerNormalization", x, scale, bias,
-            axis=-self._normalized_rank, epsilon=self._epsilon, stash_type=int(_stash_type(x.dtype)),
+            "LayerNormalization", x, ones,
+            axis=-len(self._normalized_shape), epsilon=self._epsilon, stash_type=int(_stash_type(x.dtype)),
             _name=f"{_PREFIX}{scope}/LayerNormalization",
         )  # fmt: skip
 
 
+class _AffineAbsorption(pattern.RewriteRuleClassBase):
+    """Shared checks: only LayerNormalization nodes this family just made take in the Mul/Add after
+    them (an export's own LayerNormalization is left as it was), and the operand must be a
+    constant of the normalised size or a value of exactly the normalised shape."""
+
+    def _check_operand(self, x, operand, normalized) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        node = normalized.producer()
+        if not (node.name or "").startswith(_PREFIX):
+            return result.fail("not a LayerNormalization this rule family made", node)
+        shape = _trailing_dims(x, -node.attributes.get_int("axis", -1))
+        self._tensor = _as_normalized_tensor(operand, shape)
+        if self._tensor is None and not _has_shape(operand, shape):
+            return result.fail(f"the operand does not have the normalised shape {shape}", operand)
+        if operand.dtype is not None and operand.dtype != x.dtype:
+            return result.fail(f"the operand is {operand.dtype.name}, the input {x.dtype.name}", operand)
+        return result
+
+    def _value(self, op, operand, normalized, role: str):
+        """The operand as LayerNormalization wants it: a tensor of the normalised shape."""
+        if self._tensor is None or list(self._tensor.shape) == list(operand.shape or []):
+            return operand
+        return op.initializer(self._tensor, name=f"{normalized.producer().name}/{role}")
+
+
+class ScaleAbsorption(_AffineAbsorption):
+    """LayerNormalization(x, ones) * scale -> LayerNormalization(x, scale)."""
+
+    def pattern(self, op, x, ones, operand):
+        return op.Mul(op.LayerNormalization(x, ones, _allow_other_attributes=True, _outputs=["normalized"]), operand)
+
+    def check(self, context, x, ones, operand, normalized, **_) -> pattern.MatchResult:
+        result = self._check_operand(x, operand, normalized)
+        if result and not _all_equal(ones, 1.0):
+            return result.fail("the LayerNormalization already has a scale", ones)
+        return result
+
+    def rewrite(self, op, x, ones, operand, normalized, **_):
+        node = normalized.producer()
+        scale = self._value(op, operand, normalized, "scale")
+        return op.op("LayerNormalization", x, scale, **node.attributes, _name=node.name)
+
+
+class BiasAbsorption(_AffineAbsorption):
+    """LayerNormalization(x, scale) + bias -> LayerNormalization(x, scale, bias)."""
+
+    def pattern(self, op, x, scale, operand):
+        return op.Add(op.LayerNormalization(x, scale, _allow_other_attributes=True, _outputs=["normalized"]), operand)
+
+    def check(self, context, x, scale, operand, normalized, **_) -> pattern.MatchResult:
+        return self._check_operand(x, operand, normalized)
+
+    def rewrite(self, op, x, scale, operand, normalized, **_):
+        node = normalized.producer()
+        bias = self._value(op, operand, normalized, "bias")
+        return op.op("LayerNormalization", x, scale, bias, **node.attributes, _name=node.name)
+
+
 class LayerNormInFloat32(_DecomposedLayerNorm):
     """Decomposed float16/bfloat16 LayerNorm kept decomposed but computed in float32 between Casts
-    (for models that stay below opset 17)."""
+    (for models that stay below opset 17); the affine part after it is left as it was."""
 
     def extra_check(self, context, x, result):
         if x.dtype not in _LOW_PRECISION:
             return result.fail("already computed in float32 or double", x)
         return result
 
-    def rewrite(self, op, x, mean, scale=None, bias=None, **_):
-        scope = _scope(mean.producer())
-        name = f"{_PREFIX}{scope}"
+    def rewrite(self, op, x, mean, **_):
+        name = f"{_PREFIX}{_scope(mean.producer())}"
         f32 = int(ir.DataType.FLOAT)
         wide = op.op("Cast", x, to=f32, _name=f"{name}/Cast_to_float32")
-        axes = [-(i + 1) for i in reversed(range(self._normalized_rank))]
+        axes = list(range(-len(self._normalized_shape), 0))
         mean32 = op.op("ReduceMean", wide, axes=axes, keepdims=1, _name=f"{name}/ReduceMean")
         deviation = op.op("Sub", wide, mean32, _name=f"{name}/Sub")
-        variance = op.op("ReduceMean", op.op("Mul", deviation, deviation, _name=f"{name}/Square"), axes=axes, keepdims=1, _name=f"{name}/ReduceMean_1")
+        squared = op.op("Mul", deviation, deviation, _name=f"{name}/Square")
+        variance = op.op("ReduceMean", squared, axes=axes, keepdims=1, _name=f"{name}/ReduceMean_1")
         eps = op.initializer(ir.tensor(np.array(self._epsilon, dtype=np.float32)), name=f"{name}/epsilon")
-        normalized = op.op("Div", deviation, op.op("Sqrt", op.op("Add", variance, eps, _name=f"{name}/AddEps"), _name=f"{name}/Sqrt"), _name=f"{name}/Div")
-        for operand, role, combine in ((scale, "scale", "Mul"), (bias, "bias", "Add")):
-            if operand is not None:
-                normalized = op.op(combine, normalized, op.op("Cast", operand, to=f32, _name=f"{name}/Cast_{role}"), _name=f"{name}/{combine}")
+        std = op.op("Sqrt", op.op("Add", variance, eps, _name=f"{name}/AddEps"), _name=f"{name}/Sqrt")
+        normalized = op.op("Div", deviation, std, _name=f"{name}/Div")
         return op.op("Cast", normalized, to=int(x.dtype), _name=f"{name}/Cast_back")
+
+
+_NORMALIZE_FORMS = ("div", "mul", "mul-swapped")
 
 
 def _stash_type(dtype: ir.DataType) -> ir.DataType:
     """Statistics in float32, or in double for double inputs (float32 would lose precision there)."""
     return ir.DataType.DOUBLE if dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
-
-
-def layer_norm_rules(rule_class: type[_DecomposedLayerNorm]) -> list[pattern.RewriteRule]:
-    """Every variant (scale, bias: each optional; Div, or Mul by Reciprocal either way round),
-    longest first. Constant operands of Add/Mul are put second first (:func:`constants_last`),
-    so the patterns need not try every operand order (trying them all costs 8x the time)."""
-    return [
-        rule_class.rule(with_scale, with_bias, normalize)
-        for with_scale, with_bias in ((True, True), (True, False), (False, True), (False, False))
-        for normalize in ("div", "mul", "mul-swapped")
-    ]
 
 
 def _reduce_axes(node: ir.Node, rank: int | None) -> list[int] | None:
@@ -223,6 +247,11 @@ def _trailing_dims(x: ir.Value, count: int) -> list[int | ir.SymbolicDim] | None
     return list(x.shape)[len(x.shape) - count :]
 
 
+def _all_equal(value: ir.Value, number: float) -> bool:
+    tensor = ir.convenience.get_const_tensor(value)
+    return tensor is not None and bool(np.all(tensor.numpy() == number))
+
+
 def _as_normalized_tensor(value: ir.Value, shape) -> ir.Tensor | None:
     """A constant operand reshaped (or broadcast, for scalars) to the normalised shape."""
     tensor = ir.convenience.get_const_tensor(value)
@@ -241,15 +270,24 @@ def _has_shape(value: ir.Value, shape) -> bool:
     return shape is not None and value.shape is not None and list(value.shape) == list(shape)
 
 
+_TAKEN: set[str] = set()  # node and initializer names in the model being fused (filled by _fuse)
+
+
 def _scope(node: ir.Node) -> str:
-    """'/encoder/encoders.0/norm1' from '/encoder/encoders.0/norm1/ReduceMean' (module path for readers)."""
+    """'/encoder/encoders.0/norm1' from '/encoder/encoders.0/norm1/ReduceMean' (the module path, for
+    readers), made unique among the names in the model."""
     name = node.name or ""
     scope = name.rsplit("/", 1)[0] if "/" in name else name
-    return scope if scope.startswith("/") else "/" + scope
+    scope = scope if scope.startswith("/") else "/" + scope
+    unique, counter = scope, 1
+    while f"{_PREFIX}{unique}/LayerNormalization" in _TAKEN:
+        unique, counter = f"{scope}_{counter}", counter + 1
+    _TAKEN.add(f"{_PREFIX}{unique}/LayerNormalization")
+    return unique
 
 
-FUSION_RULES = layer_norm_rules(LayerNormFusion)
-FLOAT32_RULES = layer_norm_rules(LayerNormInFloat32)
+FUSION_RULES = [*(LayerNormFusion.rule(form) for form in _NORMALIZE_FORMS), ScaleAbsorption.rule(), BiasAbsorption.rule()]
+FLOAT32_RULES = [LayerNormInFloat32.rule(form) for form in _NORMALIZE_FORMS]
 
 
 def constants_last(model: ir.Model) -> int:
@@ -289,27 +327,46 @@ def _candidates(model: ir.Model) -> list[ir.Value]:
     return found
 
 
+def _fuse(model: ir.Model) -> int:
+    """Apply the fusion rules; returns how many LayerNormalization nodes they made."""
+    global _TAKEN
+    _TAKEN = {n.name for g in (model.graph, *model.graph.subgraphs()) for n in g if n.name}
+    _TAKEN |= {name for g in (model.graph, *model.graph.subgraphs()) for name in g.initializers}
+    try:
+        apply_rewrite_rules(model, FUSION_RULES)
+    finally:
+        _TAKEN = set()
+    fused = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        fused += sum(1 for n in graph if n.op_type == "LayerNormalization" and (n.name or "").startswith(_PREFIX))
+        for name, value in list(graph.initializers.items()):
+            if name.startswith(_PREFIX) and not value.uses():  # ones that a scale replaced
+                graph.initializers.pop(name)
+    return fused
+
+
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     candidates = _candidates(model)
     if not candidates:
         return Applied(0)
-    patch.infer_types(model, only_if_missing=candidates)
     constants_last(model)
     opset = ai_onnx_opset(model) or 0
-    if opset >= _LAYER_NORM_OPSET:
-        return Applied(apply_rewrite_rules(model, FUSION_RULES))
     reason = "the engine was told to keep the opset (--keep-opset)"
-    if options.raise_opset:
+    if opset < _LAYER_NORM_OPSET and options.raise_opset:
         try:
-            upgraded = convert_opset(model, _LAYER_NORM_OPSET)
+            upgraded = convert_opset(model, _LAYER_NORM_OPSET, infer_types=True)
+        except BadInputError as error:
+            reason = str(error)
+        else:
             patch.infer_types(upgraded, only_if_missing=_candidates(upgraded))
-            count = apply_rewrite_rules(upgraded, FUSION_RULES)
+            count = _fuse(upgraded)
             if count == 0:
                 return Applied(0)
             note = f"raised ai.onnx opset {opset} -> {_LAYER_NORM_OPSET} (onnx.version_converter) for LayerNormalization"
             return Applied(count, model=upgraded, notes=[note])
-        except BadInputError as error:
-            reason = str(error)
+    patch.infer_types(model, only_if_missing=candidates)
+    if opset >= _LAYER_NORM_OPSET:
+        return Applied(_fuse(model))
     count = apply_rewrite_rules(model, FLOAT32_RULES)
     note = f"kept the decomposed form (opset {opset} < {_LAYER_NORM_OPSET}: {reason}); {count} float16 chains now compute in float32"
     return Applied(count, notes=[note])

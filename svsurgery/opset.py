@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
@@ -15,11 +16,13 @@ def ai_onnx_opset(model: ir.Model) -> int | None:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
 
 
-def convert_opset(model: ir.Model, target: int, label: str = "model") -> ir.Model:
+def convert_opset(model: ir.Model, target: int, label: str = "model", *, infer_types: bool = False) -> ir.Model:
     """A new model at ai.onnx ``target``, converted by ``onnx.version_converter``.
 
     Tensors that lived in external data files stay there (the converter only sees their
-    references); the model's ``meta`` (where it was loaded from) carries over.
+    references); the model's ``meta`` (where it was loaded from) carries over. With
+    ``infer_types``, ONNX shape inference runs on the converted proto, so the new model
+    comes with value types at little extra cost.
     """
     from onnx import version_converter
 
@@ -33,6 +36,11 @@ def convert_opset(model: ir.Model, target: int, label: str = "model") -> ir.Mode
             f"{label}: onnx's version converter cannot take ai.onnx opset {current} to {target}: "
             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
         ) from None
+    if infer_types:
+        try:
+            converted = onnx.shape_inference.infer_shapes(converted, strict_mode=False, data_prop=True)
+        except (onnx.shape_inference.InferenceError, RuntimeError):
+            pass  # types stay unknown; rules that need them infer on the IR
     upgraded = ir.from_proto(converted)
     _restore_external_tensors(model, upgraded)
     upgraded.meta.update(model.meta)

@@ -119,7 +119,7 @@ def test_fix_command_writes_a_valid_model_with_provenance(tmp_path, capsys, lega
         assert rule in stdout
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["written"] and report["reference_kind"] == "fp64"
-    assert [s["family"] for s in report["steps"]] == ["casts", "layer-norm", "lossy-casts"]
+    assert [s["family"] for s in report["steps"]] == ["layer-norm", "casts", "lossy-casts"]
     assert "speech" in report["inputs"] and "fbank" in report["inputs"]["speech"]
     written = svsurgery.load(out)
     svsurgery.validate(written)
@@ -181,7 +181,7 @@ def test_rules_module_errors_are_one_line(tmp_path, capsys, legacy_path):
 def test_rules_command_lists_the_catalog(capsys):
     code, stdout, _ = _cli(capsys, "rules", "--json")
     catalog = json.loads(stdout)
-    assert code == 0 and [r["id"] for r in catalog] == ["casts", "layer-norm", "lossy-casts"]
+    assert code == 0 and [r["id"] for r in catalog] == ["layer-norm", "casts", "lossy-casts"]
     assert all(r["title"] and r["fixes"] and r["safe_when"] for r in catalog)
 
 

@@ -1,0 +1,123 @@
+"""Rule engine speed: the reference encoder at SenseVoice-Small depth (50 + 20 blocks, width
+128), and at 2x and 4x that depth, exported as FunASR does (legacy exporter, opset 14).
+
+For each depth, best of N after a warm-up (each run on a fresh load of the same file):
+- rules: every catalog family applied once, no verification;
+- one check: one verification of the result (validity gate + onnxruntime run + metrics
+  against precomputed reference outputs);
+- rules + one check: the sum, the issue's goal (< 5 s at 1x, growing linearly);
+- fp64 reference: building and running the float64 shadow once;
+- full fix: ``svsurgery.fix`` end to end (inputs, float64 reference, a verification after
+  every pass, provenance), what the command line does;
+with seconds per 1000 nodes and the ratio of each time to the 1x time next to the ratio
+of node counts, so linear growth reads as equal ratios. Single machine, default threads.
+
+    python bench/engine.py [--repeats 3] [--depths 1,2,4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from svsurgery import rules
+from svsurgery.engine import Verifier, default_tolerance, fix
+from svsurgery.family import ApplyOptions
+from svsurgery.io import load
+from svsurgery.parity.inputs import generate_inputs
+from svsurgery.parity.references import Float64Reference
+
+
+def node_count(model) -> int:
+    return sum(1 for graph in (model.graph, *model.graph.subgraphs()) for _ in graph)
+
+
+def apply_catalog(model):
+    for family in rules.CATALOG:
+        for site in family.sites(model) if family.sites is not None else [None]:
+            applied = family.apply(model, ApplyOptions(site=site))
+            model = applied.model or model
+    return model
+
+
+def best(function, repeats: int, prepare=lambda: None) -> tuple[float, object]:
+    """Fastest of ``repeats`` calls of ``function(prepare())`` after a warm-up; ``prepare`` is not timed."""
+    function(prepare())  # warm-up
+    timings, result = [], None
+    for _ in range(repeats):
+        argument = prepare()
+        start = time.perf_counter()
+        result = function(argument)
+        timings.append(time.perf_counter() - start)
+    return min(timings), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depths", default="1,2,4", help="depth multipliers of SenseVoice-Small's 50 + 20 blocks")
+    parser.add_argument("--json", help="also write the table as JSON")
+    args = parser.parse_args()
+
+    from svsurgery.testing.encoder import EncoderConfig, build_encoder
+    from svsurgery.testing.export import export_legacy
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="svsurgery-bench-") as scratch:
+        for depth in (int(d) for d in args.depths.split(",")):
+            path = export_legacy(build_encoder(EncoderConfig.small_depth(depth)), Path(scratch) / f"encoder_x{depth}.onnx")
+            model = load(path)
+            inputs = generate_inputs(model, path)
+            fresh = lambda: load(path)  # noqa: E731 - loading is not what is measured
+            fp64_seconds, reference = best(Float64Reference, 1, fresh)
+            expected = reference.outputs(inputs.feeds)
+            verify = Verifier(expected, inputs.feeds, default_tolerance(model), path.name)
+
+            rules_seconds, rewritten = best(apply_catalog, args.repeats, fresh)
+            check_seconds, parity = best(verify, args.repeats, lambda: rewritten)
+            assert parity.passed, parity.failures()
+            full_seconds, (_, report) = best(fix, 1, fresh)
+            assert report.passed and [s.status for s in report.steps][:2] == ["accepted", "accepted"]
+            nodes = node_count(model)
+            rows.append({
+                "depth": f"{depth}x ({50 * depth}+{20 * depth} blocks)", "nodes": nodes,
+                "rules_s": rules_seconds, "check_s": check_seconds, "rules_and_check_s": rules_seconds + check_seconds,
+                "fp64_reference_s": fp64_seconds, "full_fix_s": full_seconds,
+                "rules_and_check_s_per_1000_nodes": (rules_seconds + check_seconds) * 1000 / nodes,
+                "full_fix_s_per_1000_nodes": full_seconds * 1000 / nodes,
+                "rewrites": {s.family: s.matches for s in report.steps},
+            })  # fmt: skip
+            del model, rewritten, reference
+
+    base = rows[0]
+    for row in rows:
+        row["node_ratio"] = row["nodes"] / base["nodes"]
+        row["rules_and_check_ratio"] = row["rules_and_check_s"] / base["rules_and_check_s"]
+        row["full_fix_ratio"] = row["full_fix_s"] / base["full_fix_s"]
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"rule engine, all rules (legacy export, opset 14 -> 17), best of {args.repeats}")
+    columns = ("depth", "nodes", "rules s", "one check s", "rules+check s", "per 1k nodes", "fp64 ref s",
+               "full fix s", "per 1k nodes ", "x nodes", "x rules+check", "x full fix")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "depth" else "right")
+    for row in rows:
+        table.add_row(
+            row["depth"], str(row["nodes"]), f"{row['rules_s']:.2f}", f"{row['check_s']:.2f}",
+            f"{row['rules_and_check_s']:.2f}", f"{row['rules_and_check_s_per_1000_nodes']:.3f}",
+            f"{row['fp64_reference_s']:.2f}", f"{row['full_fix_s']:.2f}", f"{row['full_fix_s_per_1000_nodes']:.3f}",
+            f"{row['node_ratio']:.2f}", f"{row['rules_and_check_ratio']:.2f}", f"{row['full_fix_ratio']:.2f}",
+        )  # fmt: skip
+    Console(width=160).print(table)
+    print("rewrites at 1x:", base["rewrites"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
