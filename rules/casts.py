@@ -43,10 +43,10 @@ def _cast_target(node: ir.Node) -> ir.DataType | None:
     return ir.DataType(attribute.value)
 
 
-def _typed_graphs(model: ir.Model) -> list[ir.Graph]:
-    """Graphs whose values carry inferred types: the main graph and its If/Loop/Scan bodies
-    (function bodies have no types to prove anything with)."""
-    return [model.graph, *model.graph.subgraphs()]
+def _typed_graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
+    """Every graph whose values can carry types: the main graph, its If/Loop/Scan bodies and the
+    model's functions (typed from their call sites by ``patch.infer_types``)."""
+    return [model.graph, *model.graph.subgraphs(), *model.functions.values()]
 
 
 def removable_cast(node: ir.Node) -> bool:
@@ -151,8 +151,9 @@ def lossy_round_trips(model: ir.Model) -> Iterator[tuple[ir.Node, ir.Node, Lossy
 
 
 def cast_inputs(model: ir.Model) -> list[ir.Value | None]:
-    """The inputs of every Cast the rules could inspect (their types decide everything)."""
-    return [node.inputs[0] for graph in _typed_graphs(model) for node in graph if _cast_target(node) is not None]
+    """The inputs of every Cast in the graphs shape inference can type (their types decide
+    everything); function bodies are typed along with them when their call sites allow."""
+    return [node.inputs[0] for graph in (model.graph, *model.graph.subgraphs()) for node in graph if _cast_target(node) is not None]
 
 
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:

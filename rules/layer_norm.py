@@ -116,7 +116,8 @@ class LayerNormFusion(_DecomposedLayerNorm):
 
     def rewrite(self, op, x, mean, **_):
         scope = _scope(mean.producer())
-        ones = op.initializer(ir.tensor(np.ones(self._normalized_shape, x.dtype.numpy())), name=f"{_PREFIX}{scope}/ones")
+        # a Constant node, not an initializer: functions cannot hold initializers
+        ones = op.op("Constant", value=ir.tensor(np.ones(self._normalized_shape, x.dtype.numpy())), _name=f"{_PREFIX}{scope}/ones")
         return op.op(
             "LayerNormalization", x, ones,
             axis=-len(self._normalized_shape), epsilon=self._epsilon, stash_type=int(_stash_type(x.dtype)),
@@ -146,7 +147,7 @@ class _AffineAbsorption(pattern.RewriteRuleClassBase):
         """The operand as LayerNormalization wants it: a tensor of the normalised shape."""
         if self._tensor is None or list(self._tensor.shape) == list(operand.shape or []):
             return operand
-        return op.initializer(self._tensor, name=f"{normalized.producer().name}/{role}")
+        return op.op("Constant", value=self._tensor, _name=f"{normalized.producer().name}/{role}")
 
 
 class ScaleAbsorption(_AffineAbsorption):
@@ -270,7 +271,7 @@ def _has_shape(value: ir.Value, shape) -> bool:
     return shape is not None and value.shape is not None and list(value.shape) == list(shape)
 
 
-_TAKEN: set[str] = set()  # node and initializer names in the model being fused (filled by _fuse)
+_TAKEN: set[str] = set()  # node names in the model being fused (filled by _fuse)
 
 
 def _scope(node: ir.Node) -> str:
@@ -330,18 +331,18 @@ def _candidates(model: ir.Model) -> list[ir.Value]:
 def _fuse(model: ir.Model) -> int:
     """Apply the fusion rules; returns how many LayerNormalization nodes they made."""
     global _TAKEN
-    _TAKEN = {n.name for g in (model.graph, *model.graph.subgraphs()) for n in g if n.name}
-    _TAKEN |= {name for g in (model.graph, *model.graph.subgraphs()) for name in g.initializers}
+    _TAKEN = {n.name for g in (model.graph, *model.graph.subgraphs(), *model.functions.values()) for n in g if n.name}
     try:
         apply_rewrite_rules(model, FUSION_RULES)
     finally:
         _TAKEN = set()
     fused = 0
-    for graph in (model.graph, *model.graph.subgraphs()):
-        fused += sum(1 for n in graph if n.op_type == "LayerNormalization" and (n.name or "").startswith(_PREFIX))
-        for name, value in list(graph.initializers.items()):
-            if name.startswith(_PREFIX) and not value.uses():  # ones that a scale replaced
-                graph.initializers.pop(name)
+    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        ours = [n for n in graph if (n.name or "").startswith(_PREFIX)]
+        fused += sum(1 for n in ours if n.op_type == "LayerNormalization")
+        for node in ours:
+            if node.op_type == "Constant" and not node.outputs[0].uses():  # ones that a scale replaced
+                graph.remove(node, safe=True)
     return fused
 
 

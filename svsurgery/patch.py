@@ -576,6 +576,64 @@ def infer_types(model: ir.Model, only_if_missing: Iterable[ir.Value | None] | No
     from onnx_ir.passes.common import ShapeInferencePass
 
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    for function in model.functions.values():
+        _infer_function_types(model, function)
+
+
+def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
+    """Type a model-local function's values from its call sites (ONNX inference leaves function
+    bodies untyped): when every call feeds the same input types, the body is inferred as a
+    graph with those inputs. Bodies with attribute references stay untyped."""
+    import onnx
+
+    calls = [
+        node for graph in (model.graph, *model.graph.subgraphs()) for node in graph
+        if (node.domain, node.op_type, node.overload) == function.identifier()
+    ]  # fmt: skip
+    if not calls:
+        return
+    input_types, input_shapes = [], []
+    for index in range(len(function.inputs)):
+        fed = [c.inputs[index] if index < len(c.inputs) else None for c in calls]
+        types = {str(v.type) if v is not None else None for v in fed}
+        if len(types) != 1 or None in types or "None" in types:
+            return
+        input_types.append(fed[0].type)
+        shapes = [v.shape for v in fed]
+        if any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
+            input_shapes.append(None)  # rank differs between calls: unknown
+        else:  # a dimension every call agrees on is kept, the others are unknown
+            input_shapes.append([
+                d if all(str(other[i]) == str(d) for other in shapes) else None
+                for i, d in enumerate(shapes[0])
+            ])  # fmt: skip
+    try:
+        proto = ir.serde.serialize_function(function)
+        inputs = [
+            onnx.helper.make_tensor_value_info(
+                name, int(t.dtype), None if shape is None else [d if isinstance(d, int) else (d.value if d is not None else None) for d in shape]
+            )
+            for name, t, shape in zip(proto.input, input_types, input_shapes)
+        ]
+        graph = onnx.helper.make_graph(list(proto.node), "function_body", inputs, [onnx.ValueInfoProto(name=n) for n in proto.output])
+        opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()]
+        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph, opset_imports=opsets), data_prop=True)
+    except Exception:  # noqa: BLE001 - attribute references and the like: leave the body untyped
+        return
+    known = {info.name: info for info in (*inferred.graph.value_info, *inferred.graph.output)}
+    for value in (*function.inputs, *(v for node in function for v in node.outputs)):
+        info = known.get(value.name)
+        if value.type is None and info is not None and info.type.tensor_type.elem_type:
+            value.dtype = ir.DataType(info.type.tensor_type.elem_type)
+            if info.type.tensor_type.HasField("shape"):
+                value.shape = ir.Shape(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in info.type.tensor_type.shape.dim
+                )
+    for value, t, shape in zip(function.inputs, input_types, input_shapes):
+        if value.type is None:
+            value.type = copy.deepcopy(t)
+        if value.shape is None and shape is not None:
+            value.shape = ir.Shape(d if isinstance(d, int) else (d.value if d is not None else None) for d in shape)
 
 
 def expose(model: ir.Model, values: Sequence[ValueLike]) -> list[ir.Value]:

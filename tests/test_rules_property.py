@@ -156,3 +156,37 @@ def test_rules_apply_inside_if_loop_and_scan_bodies(opset):
         feeds = {"x": x, "cond": np.array(cond)}
         expected = Float64Reference(ir.from_proto(proto)).outputs(feeds)["y"]
         assert np.abs(run(fixed, feeds)["y"] - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_rules_apply_inside_model_local_functions():
+    """A decomposed LayerNorm behind a no-op Cast inside a function, called twice: the function
+    body is typed from its call sites, then fused like any graph."""
+    spec = LayerNormSpec(cast_front=True)
+    body, weights = layer_norm_nodes(spec, "x", "y", prefix="/block/ln")
+    constants = [helper.make_node("Constant", [], [w.name], value=w) for w in weights]  # functions hold no initializers
+    function = helper.make_function(
+        "svs.test", "Block", ["x"], ["y"], constants + body,
+        opset_imports=[helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    nodes = [
+        helper.make_node("Block", ["x"], ["h"], domain="svs.test", name="/block0"),
+        helper.make_node("Block", ["h"], ["y"], domain="svs.test", name="/block1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "with_functions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 16])],
+    )  # fmt: skip
+    proto = helper.make_model(
+        graph, functions=[function], ir_version=8,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("svs.test", 1)],
+    )  # fmt: skip
+    onnx.checker.check_model(proto, full_check=True)
+    feeds = feeds_for(spec)
+    fixed, report = svsurgery.fix(ir.from_proto(proto), inputs=feeds, tolerance="fp32-strict")
+    statuses = {s.family: (s.status, s.matches) for s in report.steps}
+    assert statuses["layer-norm"] == ("accepted", 1) and statuses["casts"] == ("accepted", 1), statuses
+    (body,) = fixed.functions.values()
+    assert [n.op_type for n in body if n.op_type != "Constant"] == ["LayerNormalization", "Identity"]
+    svsurgery.validate(fixed)
+    expected = Float64Reference(ir.from_proto(proto)).outputs(feeds)["y"]
+    assert np.abs(run(fixed, feeds)["y"] - expected).max() <= 1e-5 * np.abs(expected).max()
