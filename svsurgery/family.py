@@ -100,10 +100,32 @@ class RuleFamily:
 
 def apply_rewrite_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *, commute: bool = False) -> int:
     """Apply onnxscript rules everywhere in the model (subgraphs and functions included);
-    returns how many places were rewritten."""
+    returns how many places were rewritten. Constants that only the rewritten nodes read
+    (epsilons, exponents) are removed with them; other dead code is left as it was."""
     if not rules:
         return 0
-    return pattern.RewriteRuleSet(list(rules), commute=commute).apply_to_model(model)
+    live = _live_constants(model)
+    count = pattern.RewriteRuleSet(list(rules), commute=commute).apply_to_model(model)
+    if count:
+        for graph, value in live:
+            if value.uses() or value.is_graph_output() or value.is_graph_input():
+                continue
+            producer = value.producer()
+            if producer is not None and producer.graph is graph:
+                graph.remove(producer, safe=True)
+            elif isinstance(graph, ir.Graph) and graph.initializers.get(value.name) is value:
+                graph.initializers.pop(value.name)
+    return count
+
+
+def _live_constants(model: ir.Model) -> list[tuple[ir.Graph | ir.Function, ir.Value]]:
+    """(graph, value) of every read Constant-node output and initializer."""
+    live = []
+    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        if isinstance(graph, ir.Graph):
+            live.extend((graph, v) for v in graph.initializers.values() if v.uses())
+        live.extend((graph, n.outputs[0]) for n in graph if n.op_type == "Constant" and n.outputs and n.outputs[0].uses())
+    return live
 
 
 def from_rewrite_rules(
