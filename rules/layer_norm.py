@@ -201,7 +201,7 @@ class LayerNormInFloat32(_DecomposedLayerNorm):
         deviation = op.op("Sub", wide, mean32, _name=f"{name}/Sub")
         squared = op.op("Mul", deviation, deviation, _name=f"{name}/Square")
         variance = op.op("ReduceMean", squared, axes=axes, keepdims=1, _name=f"{name}/ReduceMean_1")
-        eps = op.initializer(ir.tensor(np.array(self._epsilon, dtype=np.float32)), name=f"{name}/epsilon")
+        eps = op.op("Constant", value=ir.tensor(np.array(self._epsilon, dtype=np.float32)), _name=f"{name}/epsilon")
         std = op.op("Sqrt", op.op("Add", variance, eps, _name=f"{name}/AddEps"), _name=f"{name}/Sqrt")
         normalized = op.op("Div", deviation, std, _name=f"{name}/Div")
         return op.op("Cast", normalized, to=int(x.dtype), _name=f"{name}/Cast_back")
@@ -328,14 +328,19 @@ def _candidates(model: ir.Model) -> list[ir.Value]:
     return found
 
 
-def _fuse(model: ir.Model) -> int:
-    """Apply the fusion rules; returns how many LayerNormalization nodes they made."""
+def _rewrite(model: ir.Model, rules: list[pattern.RewriteRule]) -> int:
+    """Apply ``rules`` with the model's node names known, so the names added are unique."""
     global _TAKEN
     _TAKEN = {n.name for g in (model.graph, *model.graph.subgraphs(), *model.functions.values()) for n in g if n.name}
     try:
-        apply_rewrite_rules(model, FUSION_RULES)
+        return apply_rewrite_rules(model, rules)
     finally:
         _TAKEN = set()
+
+
+def _fuse(model: ir.Model) -> int:
+    """Apply the fusion rules; returns how many LayerNormalization nodes they made."""
+    _rewrite(model, FUSION_RULES)
     fused = 0
     for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
         ours = [n for n in graph if (n.name or "").startswith(_PREFIX)]
@@ -368,7 +373,7 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     patch.infer_types(model, only_if_missing=candidates)
     if opset >= _LAYER_NORM_OPSET:
         return Applied(_fuse(model))
-    count = apply_rewrite_rules(model, FLOAT32_RULES)
+    count = _rewrite(model, FLOAT32_RULES)
     note = f"kept the decomposed form (opset {opset} < {_LAYER_NORM_OPSET}: {reason}); {count} float16 chains now compute in float32"
     return Applied(count, notes=[note])
 
