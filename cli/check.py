@@ -37,11 +37,6 @@ class CheckReport(Report):
     def passed(self) -> bool:
         return self.parity.passed
 
-    def to_dict(self) -> dict:
-        data = super().to_dict()
-        data["passed"] = self.passed
-        return data
-
     def render(self, console) -> None:
         from rich.markup import escape
         from rich.table import Table

@@ -94,11 +94,6 @@ class FixReport(Report):
     def passed(self) -> bool:
         return self.final.passed
 
-    def to_dict(self) -> dict:
-        data = super().to_dict()
-        data["passed"] = self.passed
-        return data
-
     def render(self, console) -> None:
         from rich import box
         from rich.markup import escape

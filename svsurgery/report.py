@@ -21,7 +21,11 @@ class Report:
     """Mixin for dataclass reports."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        passed = getattr(type(self), "passed", None)
+        if isinstance(passed, property):  # a verdict derived from the figures is part of the JSON too
+            data["passed"] = self.passed
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)
