@@ -221,7 +221,10 @@ def load_rules_module(spec: str) -> list[RuleFamily]:
         items = list(module.SVSURGERY_RULES)
         explicit = True
     else:
-        items = [value for name, value in vars(module).items() if not name.startswith("_")]
+        items = [
+            value for name, value in vars(module).items()
+            if not name.startswith("_") and not (inspect.isclass(value) and value.__module__ != module.__name__)
+        ]  # rule classes count only where they are defined, not where they are imported
         explicit = False
     families = []
     for index, item in enumerate(items):

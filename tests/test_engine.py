@@ -257,3 +257,28 @@ def test_generated_inputs_are_realistic(legacy_path):
     for name in made.feeds:
         np.testing.assert_array_equal(made.feeds[name], again.feeds[name])
     run(model, made.feeds)
+
+
+def test_rules_module_without_a_list_takes_what_it_defines(tmp_path, legacy_path):
+    from svsurgery.family import load_rules_module
+
+    module = tmp_path / "defined_rules.py"
+    module.write_text(textwrap.dedent(
+        '''
+        from onnxscript.rewriter import pattern
+        from svsurgery.rules.layer_norm import LayerNormFusion  # imported: not one of this module's rules
+
+        class ReluOfRelu(pattern.RewriteRuleClassBase):
+            """Relu(Relu(x)) is Relu(x)."""
+
+            def pattern(self, op, x):
+                return op.Relu(op.Relu(x))
+
+            def rewrite(self, op, x):
+                return op.Relu(x)
+        '''
+    ))  # fmt: skip
+    (family,) = load_rules_module(str(module))
+    assert family.id == "defined_rules.ReluOfRelu" and family.title == "Relu(Relu(x)) is Relu(x)."
+    _, report = svsurgery.fix(svsurgery.load(legacy_path), [family])
+    assert report.steps[0].status == "no match"
