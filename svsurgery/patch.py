@@ -692,9 +692,16 @@ def clone(model: ir.Model) -> ir.Model:
 
     ``ir.Model.clone`` shares tensors (fine: edits replace tensors, they do not write into
     them) but also the type objects of values, so setting ``value.dtype`` on the copy
-    would change the original; here every value gets its own type.
+    would change the original; here every value gets its own type. Cloning needs nodes in
+    topological order (some converters append nodes out of order): a graph that is not is
+    sorted first, which changes no computation.
     """
-    copied = model.clone()
+    try:
+        copied = model.clone()
+    except (ValueError, RuntimeError):
+        for graph in (model.graph, *model.graph.subgraphs()):
+            graph.sort()
+        copied = model.clone()
     copied.meta.update(model.meta)
     graphs: list[ir.Graph | ir.Function] = [copied.graph, *copied.graph.subgraphs()]
     for function in copied.functions.values():

@@ -12,7 +12,7 @@ import numpy as np
 from svsurgery.frontend.kaldi_math import mel_banks, window_function
 from svsurgery.frontend.options import FbankOptions, LfrOptions
 
-__all__ = ["FLT_EPSILON", "apply_cmvn", "apply_lfr", "fbank", "frame_indices"]
+__all__ = ["FLT_EPSILON", "apply_cmvn", "apply_lfr", "fbank", "frame_indices", "speech_statistics"]
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 
@@ -95,3 +95,12 @@ def apply_lfr(features: np.ndarray, lfr: LfrOptions) -> np.ndarray:
 def apply_cmvn(features: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """FunASR's apply_cmvn: (x + shift) * scale, per feature column."""
     return (np.asarray(features, dtype=np.float64) + shift[None, :]) * scale[None, :]
+
+
+def speech_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per dimension over the frames that are not digital silence, as a corpus
+    CMVN (``am.mvn``) is estimated: on speech. Digital silence (log-mel at log(FLT_EPSILON))
+    then normalises to the large negative values real deployments feed their encoders."""
+    audible = features.min(axis=1) > np.log(FLT_EPSILON) + 1.0  # no bin (of any stacked frame) at the floor
+    speech = features[audible] if audible.any() else features
+    return speech.mean(axis=0), np.maximum(speech.std(axis=0), 1e-3)

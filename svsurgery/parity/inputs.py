@@ -4,9 +4,11 @@ When the user gives no inputs, they are made from the signature with fixed seeds
 ranges a real deployment would feed, and every input records how it was made:
 
 - the speech-feature input (float [B, T, D], found as ``fuse-preproc`` finds it) gets
-  real features: Kaldi fbank + LFR of the built-in speech-like waveform, two rows of
-  different lengths, normalised by the CMVN the model was shipped with (``am.mvn``
-  beside it, sherpa-onnx metadata) or by the features' own statistics;
+  real features: Kaldi fbank + LFR of the built-in speech-like waveform (pauses of digital
+  silence included), two rows of different lengths, normalised by the CMVN the model was
+  shipped with (``am.mvn`` beside it, sherpa-onnx metadata) or by the statistics of their
+  speech frames, as a corpus CMVN is estimated (silence then takes the large negative
+  values real deployments feed encoders);
 - its length input gets each row's frame count;
 - integer inputs that index a table (``Gather`` into an embedding, through Cast/Reshape
   and the like) get random ids inside the table; other integers get zeros;
@@ -146,10 +148,9 @@ def _speech_features(model: ir.Model, model_path, dim: int) -> tuple[np.ndarray,
         stacked = [reference.apply_cmvn(s, cmvn.shift, cmvn.scale) for s in stacked]
         settings += f", CMVN from {cmvn.source}"
     else:
-        every = np.concatenate(stacked)
-        mean, std = every.mean(axis=0), np.maximum(every.std(axis=0), 1e-3)
+        mean, std = reference.speech_statistics(np.concatenate(stacked))
         stacked = [(s - mean) / std for s in stacked]
-        settings += ", normalised by their own mean and std (no CMVN shipped with the model)"
+        settings += ", normalised by the mean and std of their speech frames (no CMVN shipped with the model)"
     lengths = np.array([s.shape[0] for s in stacked])
     batch = np.zeros((len(stacked), lengths.max(), dim))
     for row, features in enumerate(stacked):

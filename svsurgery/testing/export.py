@@ -89,15 +89,14 @@ def export_dynamo(model: SenseVoiceEncoder, path: str | os.PathLike, opset: int 
 
 
 def cmvn_statistics(seconds: float = 8.0):
-    """(shift, scale) = (-mean, 1/std) of SenseVoice LFR features of the built-in waveform,
-    standing in for the am.mvn a trained model ships."""
-    import numpy as np
-
+    """(shift, scale) = (-mean, 1/std) of SenseVoice LFR features of the built-in waveform's
+    speech frames, standing in for the am.mvn a trained model ships."""
     from svsurgery.frontend import FbankOptions, LfrOptions, reference
     from svsurgery.parity.waveforms import speech_like
 
     stacked = reference.apply_lfr(reference.fbank(speech_like(seconds, seed=7), FbankOptions.sensevoice()), LfrOptions(7, 6))
-    return -stacked.mean(axis=0), 1.0 / np.maximum(stacked.std(axis=0), 1e-3)
+    mean, std = reference.speech_statistics(stacked)
+    return -mean, 1.0 / std
 
 
 def write_am_mvn(path: str | os.PathLike, shift, scale) -> Path:

@@ -1,0 +1,94 @@
+"""True float16 evaluation: what a float16 model computes on a GPU, on this CPU.
+
+onnxruntime's CPU provider runs most float16 ops in float32 (it inserts Casts), so a model
+that overflows on a GPU looks fine on a CPU. This evaluator runs the model with
+``onnx.reference`` instead, where every float16 op really produces float16: each result is
+rounded to float16 (and overflows to inf beyond 65504). Where GPU kernels accumulate in
+float32, so does it: MatMul, Gemm, Conv and the reductions, Softmax, InstanceNormalization
+and BatchNormalization compute in float32 and round their outputs (onnx.reference alone
+would accumulate in float16, harsher than any GPU); LayerNormalization computes its
+statistics in its ``stash_type`` (onnx.reference alone ignores it). :data:`SEMANTICS`
+says this in one sentence for reports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+from onnx.reference.ops import load_op
+
+from svsurgery.io import to_proto
+
+__all__ = ["SEMANTICS", "Float16Evaluator"]
+
+SEMANTICS = (
+    "true float16 (onnx.reference): every float16 result rounded to float16, inf beyond 65504; "
+    "MatMul/Gemm/Conv, reductions, Softmax and normalizations accumulate in float32 as GPU kernels do; "
+    "LayerNormalization statistics in its stash_type"
+)
+
+# ops whose GPU kernels accumulate or compute internally in float32, rounding only the result
+_FLOAT32_INSIDE = (
+    "MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum",
+    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp",
+    "Softmax", "LogSoftmax", "InstanceNormalization", "BatchNormalization", "GroupNormalization",
+    "LayerNormalization",
+)  # fmt: skip
+
+
+def _widen(value):
+    return value.astype(np.float32) if isinstance(value, np.ndarray) and value.dtype == np.float16 else value
+
+
+def _accumulating_in_float32(op_type: str) -> type[OpRun]:
+    """An onnx.reference op that runs the standard implementation on float32 copies of its
+    float16 inputs and rounds the float32 results back to float16."""
+
+    def __init__(self, onnx_node, run_params, schema=None):
+        OpRun.__init__(self, onnx_node, run_params, schema)
+        standard = load_op("", op_type, run_params["opsets"][""], evaluator_cls=run_params["evaluator_cls"])
+        self._standard = standard(onnx_node, run_params)
+
+    def run(self, *inputs, **context):
+        low = any(isinstance(x, np.ndarray) and x.dtype == np.float16 for x in inputs)
+        stash = self._standard.onnx_node.attribute
+        if op_type == "LayerNormalization" and any(a.name == "stash_type" and a.i != 1 for a in stash):
+            low = False  # statistics asked for in another type: leave them to the standard implementation
+        if not low:
+            return self._standard.run(*inputs, **context)
+        outputs = self._standard.run(*(_widen(x) for x in inputs), **context)
+        return tuple(o.astype(np.float16) if isinstance(o, np.ndarray) and o.dtype == np.float32 else o for o in outputs)
+
+    def _run(self, *inputs, **attributes):  # never called: run() delegates whole
+        raise NotImplementedError
+
+    return type(op_type, (OpRun,), {"op_domain": "", "__init__": __init__, "run": run, "_run": _run})
+
+
+_OVERRIDES = [_accumulating_in_float32(op) for op in _FLOAT32_INSIDE]
+
+
+class Float16Evaluator:
+    """Runs a model (float16 or mixed) with true float16 arithmetic; outputs by name."""
+
+    semantics = SEMANTICS
+
+    def __init__(self, model: ir.Model) -> None:
+        from svsurgery import patch
+
+        self._inputs = {v.name: v.dtype for v in model.graph.inputs}
+        ordered = patch.clone(model)  # onnx.reference runs nodes in order, which the clone guarantees
+        self._evaluator = ReferenceEvaluator(to_proto(ordered, inline_external_data=True), new_ops=_OVERRIDES)
+        self.output_names = list(self._evaluator.output_names)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        typed = {}
+        for name, value in feeds.items():
+            dtype = self._inputs.get(name)
+            array = np.asarray(value)
+            typed[name] = array.astype(dtype.numpy()) if dtype is not None and dtype.is_floating_point() else array
+        with np.errstate(all="ignore"):  # overflow to inf and NaN are what is being looked for
+            outputs = self._evaluator.run(None, typed)
+        return dict(zip(self.output_names, outputs))
