@@ -40,11 +40,11 @@ def add_tolerance_arguments(parser) -> None:
     group.add_argument("--min-argmax", type=float, metavar="F", help="override the minimum argmax agreement (0..1)")
 
 
-def tolerance_from_args(args, model):
+def tolerance_from_args(args, model, precision=None):
     from svsurgery.engine import default_tolerance
     from svsurgery.parity.metrics import tolerance
 
-    name = args.tolerance or default_tolerance(model).name
+    name = args.tolerance or default_tolerance(model, precision).name
     return tolerance(
         name, max_abs=args.max_abs, max_rel=args.max_rel, min_cosine=args.min_cosine,
         min_argmax_agreement=args.min_argmax,

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from svsurgery.errors import BadInputError
 from svsurgery.family import RuleFamily
-from svsurgery.rules import casts, layer_norm, lossy_casts
+from svsurgery.rules import casts, layer_norm, lossy_casts, masks, positional, softmax
 
 __all__ = ["CATALOG", "select"]
 
 # layer-norm first: below opset 17 it converts the model, and the conversion brings every
 # value's type, which the cast rules then need without another shape inference.
+# The precision families (mask-fill for float16 and -inf fills; softmax-fp32 and
+# positional-fp32 only for models computed in float16) come before lossy-casts, which
+# judges single sites against whatever precision the model has by then.
 CATALOG: tuple[RuleFamily, ...] = (
     layer_norm.FAMILY,
     casts.FAMILY,
+    masks.FAMILY,
+    softmax.FAMILY,
+    positional.FAMILY,
     lossy_casts.FAMILY,
 )
 

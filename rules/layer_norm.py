@@ -33,6 +33,7 @@ from svsurgery import patch
 from svsurgery.errors import BadInputError
 from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 from svsurgery.opset import ai_onnx_opset, convert_opset
+from svsurgery.precision import keep_in_float32
 
 __all__ = ["FAMILY", "BiasAbsorption", "LayerNormFusion", "LayerNormInFloat32", "ScaleAbsorption", "constants_last"]
 
@@ -202,8 +203,11 @@ class LayerNormInFloat32(_DecomposedLayerNorm):
         squared = op.op("Mul", deviation, deviation, _name=f"{name}/Square")
         variance = op.op("ReduceMean", squared, axes=axes, keepdims=1, _name=f"{name}/ReduceMean_1")
         eps = op.op("Constant", value=ir.tensor(np.array(self._epsilon, dtype=np.float32)), _name=f"{name}/epsilon")
-        std = op.op("Sqrt", op.op("Add", variance, eps, _name=f"{name}/AddEps"), _name=f"{name}/Sqrt")
+        shifted = op.op("Add", variance, eps, _name=f"{name}/AddEps")
+        std = op.op("Sqrt", shifted, _name=f"{name}/Sqrt")
         normalized = op.op("Div", deviation, std, _name=f"{name}/Div")
+        for value in (wide, mean32, deviation, squared, variance, eps, shifted, std, normalized):
+            keep_in_float32(value.producer(), "layer-norm: decomposed LayerNorm widened to float32")
         return op.op("Cast", normalized, to=int(x.dtype), _name=f"{name}/Cast_back")
 
 

@@ -34,9 +34,10 @@ from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs
 from svsurgery.parity.judge import Margin, improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
+from svsurgery.precision import convert_to_float16
 from svsurgery.report import Report, dumps
 
-__all__ = ["FixReport", "Step", "Verifier", "default_tolerance", "fix"]
+__all__ = ["Float16Verifier", "FixReport", "Step", "Verifier", "default_tolerance", "fix", "model_precision"]
 
 ACCEPTED, ROLLED_BACK, NO_MATCH = "accepted", "rolled back", "no match"
 
@@ -61,6 +62,8 @@ class Step:
 class Verifier:
     """Validity gate + parity against the expected outputs, for any candidate model."""
 
+    evaluation = "onnxruntime CPU session, default graph optimizations"
+
     def __init__(self, expected: dict, feeds: dict, tolerance: Tolerance, label: str) -> None:
         self.expected = expected
         self.feeds = feeds
@@ -76,6 +79,26 @@ class Verifier:
         return compare_outputs(outputs, self.expected, self.tolerance)
 
 
+class Float16Verifier(Verifier):
+    """The candidate converted to float16 (its marked regions in float32), gated, and evaluated
+    with true float16 arithmetic (onnxruntime's CPU provider would hide overflow)."""
+
+    def __init__(self, expected: dict, feeds: dict, tolerance: Tolerance, label: str, keep_io_types: bool) -> None:
+        from svsurgery.parity.float16 import SEMANTICS
+
+        super().__init__(expected, feeds, tolerance, label)
+        self.keep_io_types = keep_io_types
+        self.evaluation = f"converted to float16, evaluated in {SEMANTICS}"
+
+    def __call__(self, model: ir.Model) -> ParityResult:
+        from svsurgery.parity.float16 import Float16Evaluator
+
+        converted, _ = convert_to_float16(model, keep_io_types=self.keep_io_types)
+        validate(converted, self.label)  # the float16 model is what gets shipped: it must load
+        outputs = Float16Evaluator(converted).run(self.feeds)
+        return compare_outputs({n: outputs[n] for n in self.expected if n in outputs}, self.expected, self.tolerance)
+
+
 @dataclasses.dataclass
 class FixReport(Report):
     model: str
@@ -89,6 +112,9 @@ class FixReport(Report):
     final: ParityResult
     steps: list[Step]
     versions: dict
+    precision: str = "FLOAT"  # what the result computes in
+    evaluation: str = Verifier.evaluation  # how candidates were run
+    conversion: list[str] = dataclasses.field(default_factory=list)  # what the float16 conversion did
 
     @property
     def passed(self) -> bool:
@@ -102,7 +128,7 @@ class FixReport(Report):
         console.print(f"[bold]fix[/bold] {escape(self.model)}")
         console.print(f"  reference: {escape(self.reference)}")
         console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
-        console.print(f"  tolerance: {escape(self.tolerance['name'])}")
+        console.print(f"  tolerance: {escape(self.tolerance['name'])}; evaluation: {escape(self.evaluation)}")
         table = Table(box=box.SIMPLE_HEAD)
         for column in ("rule", "n", "result", "max abs", "after", "cosine", "argmax"):
             table.add_column(column, justify="left" if column in ("rule", "result") else "right", no_wrap=True)
@@ -123,9 +149,12 @@ class FixReport(Report):
                 colour = "red" if step.status == ROLLED_BACK else "green"
                 console.print(f"  [{colour}]{rule} {step.status}[/{colour}]: {escape(step.reason)}")
             for note in step.notes:
-                console.print(f"  [cyan]{rule}[/cyan]: {escape(note)}")
+                tried = "tried: " if step.status == ROLLED_BACK else ""
+                console.print(f"  [cyan]{rule}[/cyan]: {tried}{escape(note)}")
             for finding in step.findings:
                 console.print(f"  [yellow]{rule} found[/yellow]: {escape(finding)}")
+        for line in self.conversion:
+            console.print(f"  [cyan]float16 conversion[/cyan]: {escape(line)}")
         final = self.final.summary()
         verdict = "[green]within tolerance[/green]" if self.passed else "[red]beyond tolerance: " + escape("; ".join(self.final.failures())) + "[/red]"
         argmax = "-" if final["min_argmax"] is None else f"{final['min_argmax']:.2%}"
@@ -137,11 +166,25 @@ class FixReport(Report):
             console.print(f"[green]wrote[/green] {escape(str(self.output))}")
 
 
-def default_tolerance(model: ir.Model) -> Tolerance:
-    """``fp16`` for models whose graph inputs or outputs are float16, ``fp32`` otherwise."""
-    low = {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
-    interface = [*model.graph.inputs, *model.graph.outputs]
-    return tolerance_profile("fp16" if any(v.dtype in low for v in interface) else "fp32")
+_LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
+
+
+def model_precision(model: ir.Model) -> ir.DataType:
+    """FLOAT16 for models whose float weights are mostly float16, FLOAT otherwise."""
+    sizes: dict[ir.DataType, int] = {}
+    for value in model.graph.initializers.values():
+        if value.dtype is not None and value.dtype.is_floating_point():
+            sizes[value.dtype] = sizes.get(value.dtype, 0) + (value.const_value.size if value.const_value is not None else 0)
+    interface = [v.dtype for v in (*model.graph.inputs, *model.graph.outputs) if v.dtype is not None and v.dtype.is_floating_point()]
+    if sizes:
+        return max(sizes, key=sizes.get) if max(sizes, key=sizes.get) in _LOW_PRECISION else ir.DataType.FLOAT
+    return ir.DataType.FLOAT16 if any(t in _LOW_PRECISION for t in interface) else ir.DataType.FLOAT
+
+
+def default_tolerance(model: ir.Model, precision: ir.DataType | None = None) -> Tolerance:
+    """``fp16`` for models that compute (or will compute) in float16, ``fp32`` otherwise."""
+    precision = precision or model_precision(model)
+    return tolerance_profile("fp16" if precision in _LOW_PRECISION else "fp32")
 
 
 def fix(
@@ -155,6 +198,8 @@ def fix(
     tolerance: Tolerance | str | None = None,
     margin: Margin = Margin(),
     raise_opset: bool = True,
+    precision: ir.DataType | None = None,
+    keep_io_types: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[ir.Model, FixReport]:
     """Apply rule families one verified pass at a time; returns the fixed copy and the report.
@@ -168,6 +213,10 @@ def fix(
     the signature; ``tolerance`` to :func:`default_tolerance`. The returned model carries
     provenance in metadata_props (``svsurgery.rules_applied``, ``svsurgery.parity``,
     ``svsurgery.versions``); the model passed in is not changed.
+
+    ``precision`` FLOAT16 (default for float16 models) verifies every candidate converted
+    to float16 and evaluated in true float16, lets the precision rules mark float32
+    regions, and returns the float16 model (``keep_io_types``: float32 inputs and outputs).
     """
     from svsurgery.io import load
     from svsurgery.parity.references import TorchReference
@@ -176,9 +225,11 @@ def fix(
         model = load(model)
     families = _families(families)
     label = Path(model.meta.get(SOURCE_PATH_KEY, "model")).name
+    precision = precision or model_precision(model)
+    low = precision in _LOW_PRECISION
     if isinstance(tolerance, str):
         tolerance = tolerance_profile(tolerance)
-    tolerance = tolerance or default_tolerance(model)
+    tolerance = tolerance or default_tolerance(model, precision)
     if example_inputs is not None and inputs is None:
         inputs = _example_feeds(model, example_inputs)
     if isinstance(inputs, Mapping):
@@ -198,7 +249,11 @@ def fix(
     unknown = [name for name in expected if name not in {o.name for o in model.graph.outputs}]
     if unknown:
         raise BadInputError(f"the reference has outputs the model lacks: {', '.join(unknown)}")
-    verify = Verifier(expected, inputs.feeds, tolerance, label)
+    if low:
+        verify: Verifier = Float16Verifier(expected, inputs.feeds, tolerance, label, keep_io_types)
+    else:
+        verify = Verifier(expected, inputs.feeds, tolerance, label)
+    options = ApplyOptions(raise_opset=raise_opset, precision=precision)
 
     working = patch.clone(model)
     try:
@@ -214,8 +269,12 @@ def fix(
         for site in sites:
             if progress is not None:
                 progress(family.id + (f" @ {site}" if site else ""))
-            working, current, step = _step(family, site, working, current, verify, margin, raise_opset)
+            working, current, step = _step(family, site, working, current, verify, margin, options)
             steps.append(step)
+    conversion = []
+    if low:
+        working, converted = convert_to_float16(working, keep_io_types=keep_io_types)
+        conversion = converted.describe()
 
     report = FixReport(
         model=str(model.meta.get(SOURCE_PATH_KEY, "model")),
@@ -229,6 +288,9 @@ def fix(
         final=current,
         steps=steps,
         versions=versions(),
+        precision=precision.name,
+        evaluation=verify.evaluation,
+        conversion=conversion,
     )
     _record_provenance(working, report)
     return working, report
@@ -240,6 +302,8 @@ def _families(families) -> list[RuleFamily]:
 
     if families is None or isinstance(families, str):
         return rules.select(families)
+    if all(isinstance(item, str) for item in families):
+        return rules.select(list(families))
     return [as_family(item, f"user.{index}") for index, item in enumerate(families)]
 
 
@@ -266,7 +330,7 @@ def _step(
     current: ParityResult,
     verify: Verifier,
     margin: Margin,
-    raise_opset: bool,
+    options: ApplyOptions,
 ) -> tuple[ir.Model, ParityResult, Step]:
     start = time.perf_counter()
     snapshot = patch.clone(working)
@@ -277,7 +341,7 @@ def _step(
         return model, parity, step
 
     try:
-        applied = family.apply(working, ApplyOptions(raise_opset=raise_opset, site=site))
+        applied = family.apply(working, dataclasses.replace(options, site=site))
     except Exception as error:  # noqa: BLE001 - a user's rule may raise anything; the model is restored
         step.status, step.reason = ROLLED_BACK, f"the rule raised {_describe_exception(error)}"
         return done(snapshot, current)
@@ -332,6 +396,9 @@ def _record_provenance(model: ir.Model, report: FixReport) -> None:
             "before": report.baseline.summary(),
             "after": report.final.summary(),
             "passed": report.passed,
+            "precision": report.precision,
+            "evaluation": report.evaluation,
+            "conversion": report.conversion,
             "outputs": [dataclasses.asdict(o) for o in report.final.outputs],
         }
     )

@@ -45,6 +45,12 @@ class ApplyOptions:
 
     raise_opset: bool = True  # may a family raise the model's ai.onnx opset (with onnx's version converter)?
     site: str | None = None  # for families verified site by site: the one site to change
+    precision: ir.DataType = ir.DataType.FLOAT  # what the model computes in when verified and shipped
+    # (FLOAT16 for `svsurgery fp16` and for float16 models: precision rules act only then)
+
+    @property
+    def low_precision(self) -> bool:
+        return self.precision in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 @dataclasses.dataclass

@@ -44,6 +44,8 @@ def _worse(before: OutputParity, after: OutputParity, margin: Margin) -> str | N
         return f"{name}: {after.problem}"
     if after.nan_count + after.inf_count > before.nan_count + before.inf_count:
         return f"{name}: NaN/Inf values {before.nan_count + before.inf_count} -> {after.nan_count + after.inf_count}"
+    if after.nan_count + after.inf_count < before.nan_count + before.inf_count:
+        return None  # fewer NaN/Inf: the other figures were measured over different values
     if after.exact:
         return f"{name}: integer values now differ" if after.max_abs > before.max_abs else None
     if after.max_abs > before.max_abs + margin.allowed_growth(before):

@@ -1,0 +1,33 @@
+"""``svsurgery fp16 MODEL``: a float16 model that keeps parity, verified in true float16."""
+
+from __future__ import annotations
+
+import argparse
+
+import onnx_ir as ir
+
+from svsurgery.cli.fix import add_engine_arguments, run_engine
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser(
+        "fp16",
+        help="convert to float16 with the precision rules, verified after every pass in true float16 arithmetic",
+        description="Convert weights and compute to float16, keeping the regions the precision rules mark "
+        "(LayerNorm statistics, Softmax and its score path, positional encodings) in float32 and mask fills "
+        "finite. Every pass is verified on the float16 conversion, evaluated with true float16 arithmetic "
+        "(onnxruntime's CPU provider would hide overflow), against the reference (default: the original "
+        "model as is); passes that do not help are rolled back. Written only within tolerance (profile fp16).",
+    )
+    add_engine_arguments(parser, default_reference="the original model as is", output_suffix="fp16")
+    parser.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts inside)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from svsurgery.parity.references import ModelReference
+
+    return run_engine(
+        args, output_suffix="fp16", precision=ir.DataType.FLOAT16,
+        default_reference=lambda model: ModelReference(model, label="the original model"),
+    )  # fmt: skip
