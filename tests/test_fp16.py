@@ -55,7 +55,7 @@ def test_naive_float16_conversions_fail(wide):
     converted = ort_float16.convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
     logits = Float16Evaluator(ir.from_proto(converted)).run(inputs.feeds)["ctc_logits"]
     parity = compare("ctc_logits", logits, expected)
-    assert parity.cosine < 0.99 and parity.argmax_agreement < 0.9, parity
+    assert parity.cosine < 0.9 and parity.argmax_agreement < 0.9, parity  # the issue: cosine < 0.9
     # ... which onnxruntime's CPU provider hides: it runs those ops in float32
     hidden = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     on_cpu = compare("ctc_logits", hidden.run(["ctc_logits"], inputs.feeds)[0], expected)
