@@ -2,7 +2,9 @@
 
 Same encoder in both (the reference SenseVoice encoder at SenseVoice-Small depth, width
 reduced), espeak-ng speech of 10 s and 60 s, onnxruntime single-threaded, best of N.
-Prints ms and the fused/two-step ratio measured in the same run. Goal: fused <= 0.9x.
+Prints ms and the fused/two-step ratio measured in the same run, calls interleaved so that
+drift of a shared machine hits both alike, and the encoder alone (what neither can save).
+Goal: fused <= 0.9x.
 
     python bench/fused.py [--repeats 5] [--size tiny|small-depth] [--json out.json]
 """
@@ -15,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _timing import best_of  # bench/ is on sys.path when run as a script
+from _timing import best_of_interleaved  # bench/ is on sys.path when run as a script
 
 from svsurgery.frontend import knf, reference
 from svsurgery.frontend.config import discover
@@ -50,27 +52,38 @@ def main() -> None:
         for seconds in (10, 60):
             waveform = audio.speech(seconds, seed=seconds)
 
-            def two_step():
+            def two_step_features():
                 fbank = knf.fbank(waveform, frontend.fbank)
                 stacked = reference.apply_lfr(fbank, frontend.lfr)
-                features = ((stacked + frontend.cmvn.shift) * frontend.cmvn.scale).astype(np.float32)
+                return ((stacked + frontend.cmvn.shift) * frontend.cmvn.scale).astype(np.float32)
+
+            def two_step():
+                features = two_step_features()
                 return encoder.run(None, {"speech": features[None], "speech_lengths": np.array([features.shape[0]], np.int32), **ids})
 
             def one_model():
                 return fused.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
 
-            two_step_s = best_of(two_step, args.repeats)
-            fused_s = best_of(one_model, args.repeats)
-            rows.append({"audio_s": seconds, "two_step_ms": two_step_s * 1e3, "fused_ms": fused_s * 1e3, "ratio": fused_s / two_step_s})
+            features = two_step_features()
+
+            def encoder_alone():
+                return encoder.run(None, {"speech": features[None], "speech_lengths": np.array([features.shape[0]], np.int32), **ids})
+
+            timings = best_of_interleaved({"two_step": two_step, "fused": one_model, "encoder": encoder_alone}, args.repeats)
+            rows.append({
+                "audio_s": seconds, "two_step_ms": timings["two_step"] * 1e3, "fused_ms": timings["fused"] * 1e3,
+                "encoder_ms": timings["encoder"] * 1e3, "ratio": timings["fused"] / timings["two_step"],
+            })  # fmt: skip
 
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"fused vs two-step, encoder {args.size}, ORT 1 thread, best of {args.repeats}")
-    for column in ("audio", "two-step ms (knf + numpy + ORT)", "fused ms (ORT)", "fused / two-step"):
+    for column in ("audio", "two-step ms (knf + numpy + ORT)", "fused ms (ORT)", "fused / two-step", "encoder alone ms"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(f"{row['audio_s']} s", f"{row['two_step_ms']:.1f}", f"{row['fused_ms']:.1f}", f"{row['ratio']:.2f}")
+        table.add_row(f"{row['audio_s']} s", f"{row['two_step_ms']:.1f}", f"{row['fused_ms']:.1f}", f"{row['ratio']:.2f}",
+                      f"{row['encoder_ms']:.1f}")
     Console().print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
