@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from svsurgery._version import __version__
-from svsurgery.cli import check, demo, example, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
+from svsurgery.cli import check, demo, diff, example, extract, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
 from svsurgery.errors import EXIT_BAD_INPUT, SvsError
 
 __all__ = ["build_parser", "main"]
 
-VERBS = (demo, fuse_preproc, frontend, fix, fp16, rules, golden, check, inspect, example)
+VERBS = (demo, fuse_preproc, frontend, fix, fp16, rules, golden, check, diff, extract, inspect, example)
 
 
 def build_parser() -> argparse.ArgumentParser:

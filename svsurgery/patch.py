@@ -50,6 +50,7 @@ __all__ = [
     "find_node",
     "find_nodes",
     "find_value",
+    "find_values",
     "infer_types",
     "insert_after",
     "insert_before",
@@ -151,6 +152,18 @@ def find_value(model: ir.Model | ir.Graph, name: ValueLike) -> ir.Value:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise BadInputError(f"no value named '{name}' in the model{hint}")
+
+
+def find_values(model: ir.Model | ir.Graph, names: Iterable[ValueLike]) -> list[ir.Value]:
+    """:func:`find_value` for many names at once, in one walk over the model."""
+    names = list(names)
+    wanted = {n for n in names if not isinstance(n, ir.Value)}
+    index: dict[str, ir.Value] = {}
+    if wanted:
+        for value in _all_values(model):
+            if value.name in wanted and value.name not in index:
+                index[value.name] = value
+    return [n if isinstance(n, ir.Value) else index.get(n) or find_value(model, n) for n in names]
 
 
 def _find_node(model: ir.Model | ir.Graph, node: NodeLike) -> ir.Node:
@@ -471,8 +484,8 @@ def replace_subgraph(
     that reaches a graph input not listed, or whose intermediate values are read from
     outside it, is refused with the offending value named. Returns the new nodes.
     """
-    input_values = [find_value(model, v) for v in inputs]
-    output_values = [find_value(model, v) for v in outputs]
+    input_values = find_values(model, inputs)
+    output_values = find_values(model, outputs)
     graph = _owning_graph(output_values[0])
     region = _region_between(input_values, output_values)
     region_ids = {id(n) for n in region}
@@ -638,7 +651,7 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
 
 def expose(model: ir.Model, values: Sequence[ValueLike]) -> list[ir.Value]:
     """Add intermediate values of the main graph as graph outputs (types inferred if missing)."""
-    found = [find_value(model, v) for v in values]
+    found = find_values(model, values)
     for value in found:
         if value.graph is not model.graph:
             owner = value.producer()
@@ -660,8 +673,8 @@ def extract(model: ir.Model, inputs: Sequence[ValueLike], outputs: Sequence[Valu
 
     The original model is not changed. Input types come from the model (inferred if missing).
     """
-    input_values = [find_value(model, v) for v in inputs]
-    output_values = [find_value(model, v) for v in outputs]
+    input_values = find_values(model, inputs)
+    output_values = find_values(model, outputs)
     infer_types(model, only_if_missing=[*input_values, *output_values])
     for value in [*input_values, *output_values]:
         if value.graph is not model.graph:

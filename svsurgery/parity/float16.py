@@ -84,11 +84,19 @@ class Float16Evaluator:
         self.output_names = list(self._evaluator.output_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph outputs by name."""
+        return self._run(feeds, intermediate=False)
+
+    def run_intermediates(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every value the graph computes (inputs and weights included), by name."""
+        return self._run(feeds, intermediate=True)
+
+    def _run(self, feeds: dict[str, np.ndarray], intermediate: bool) -> dict[str, np.ndarray]:
         typed = {}
         for name, value in feeds.items():
             dtype = self._inputs.get(name)
             array = np.asarray(value)
             typed[name] = array.astype(dtype.numpy()) if dtype is not None and dtype.is_floating_point() else array
         with np.errstate(all="ignore"):  # overflow to inf and NaN are what is being looked for
-            outputs = self._evaluator.run(None, typed)
-        return dict(zip(self.output_names, outputs))
+            outputs = self._evaluator.run(None, typed, intermediate=intermediate)
+        return dict(outputs) if intermediate else dict(zip(self.output_names, outputs))
