@@ -32,7 +32,7 @@ def register(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from svsurgery.diff import diff, diff_models
+    from svsurgery.layerwise import diff, diff_models
     from svsurgery.io import load
     from svsurgery.parity.inputs import generate_inputs, load_inputs
     from svsurgery.parity.metrics import tolerance

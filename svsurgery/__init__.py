@@ -18,6 +18,7 @@ from svsurgery.inspect import summarize
 from svsurgery.io import load, save, validate, validate_file
 
 __all__ = [
+    "diff",
     "fix",
     "golden",
     "BadInputError",
@@ -42,6 +43,10 @@ def __getattr__(name: str):
         from svsurgery.engine import fix
 
         return fix
+    if name == "diff":  # svsurgery.diff(module, model, inputs): the layer-by-layer comparison
+        from svsurgery.layerwise import diff
+
+        return diff
     if name == "golden":
         import svsurgery.golden
 

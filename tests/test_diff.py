@@ -16,7 +16,7 @@ import pytest
 import svsurgery
 from svsurgery import golden, patch
 from svsurgery.cli.main import main
-from svsurgery.diff import diff, diff_models, module_scopes
+from svsurgery.layerwise import diff, diff_models, module_scopes
 from svsurgery.parity.inputs import generate_inputs
 from svsurgery.repro import extract_repro
 
@@ -50,7 +50,7 @@ def _change_epsilon(model: ir.Model, module: str) -> None:
 def test_planted_divergence_is_named_first(exported, torch_encoder, kind, plant, module):
     model = svsurgery.load(exported[kind])
     inputs = generate_inputs(model, exported[kind]).feeds
-    faithful = diff(torch_encoder, model, inputs)
+    faithful = svsurgery.diff(torch_encoder, model, inputs)  # the top-level API
     assert faithful.passed and faithful.compared >= 25, faithful.first
     plant(model, module)
     report = diff(torch_encoder, model, inputs)
