@@ -65,21 +65,41 @@ def build(
     waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, ["batch"])
     graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_frontend")
     g = GraphOps(graph, opset)
+    features, lengths = frontend_values(g, waveform, waveform_lengths, fbank, lfr, cmvn, length_dtype)
+    return finish_frontend_model(graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn))
+
+
+def frontend_values(
+    g: GraphOps,
+    waveform: ir.Value,
+    waveform_lengths: ir.Value,
+    fbank: FbankOptions,
+    lfr: LfrOptions | None,
+    cmvn: Cmvn | None,
+    length_dtype: ir.DataType,
+) -> tuple[ir.Value, ir.Value]:
+    """Features [B, T, D] (zero past each row's frames) and lengths of ``waveform`` rows, as values."""
     features, counts = fbank_graph(g, waveform, waveform_lengths, fbank)
     if lfr is not None:
         features, counts = lfr_graph(g, features, counts, lfr)
     if cmvn is not None:
         features = cmvn_graph(g, features, cmvn)
     features = mask_frames(g, features, counts)
-    lengths = g.op.Cast(counts, to=length_dtype)
+    return features, g.op.Cast(counts, to=length_dtype)
 
-    _prefix_internal_names(graph)
+
+def finish_frontend_model(
+    graph: ir.Graph, opset: int, features: ir.Value, lengths: ir.Value, dim: int, metadata: dict, extra_outputs=()
+) -> ir.Model:
+    """Name, type and prefix everything, make the outputs ``features``, ``feature_lengths``
+    (then ``extra_outputs``, already named) and wrap the graph as a model."""
+    _prefix_internal_names(graph, keep={v.name for v in extra_outputs})
     features.name, lengths.name = FEATURES, FEATURE_LENGTHS
     features.dtype, features.shape = ir.DataType.FLOAT, ir.Shape(["batch", "frames", dim])
-    lengths.dtype, lengths.shape = length_dtype, ir.Shape(["batch"])
-    graph.outputs.extend([features, lengths])
+    lengths.shape = ir.Shape(["batch"])
+    graph.outputs.extend([features, lengths, *extra_outputs])
     model = ir.Model(graph, ir_version=min_ir_version(opset), producer_name="svsurgery", producer_version=__version__)
-    model.metadata_props["svsurgery.frontend"] = json.dumps(frontend_metadata(fbank, lfr, cmvn), sort_keys=True)
+    model.metadata_props["svsurgery.frontend"] = json.dumps(metadata, sort_keys=True)
     return model
 
 
@@ -106,12 +126,12 @@ def min_ir_version(opset: int) -> int:
     return min(candidates) if candidates else onnx.IR_VERSION
 
 
-def _prefix_internal_names(graph: ir.Graph) -> None:
+def _prefix_internal_names(graph: ir.Graph, keep: set[str] = frozenset()) -> None:
     """Everything the front end adds is named svs/frontend/... so it is recognisable after fusing."""
-    for node in graph:
+    for node in ir.traversal.RecursiveGraphIterator(graph):
         node.name = NAME_PREFIX + (node.name or node.op_type)
         for output in node.outputs:
-            if output.name and not output.name.startswith(NAME_PREFIX):
+            if output.name and not output.name.startswith(NAME_PREFIX) and output.name not in keep:
                 output.name = NAME_PREFIX + output.name
     for name in list(graph.initializers):
         if not name.startswith(NAME_PREFIX):

@@ -1,0 +1,79 @@
+"""The VAD front end as a model: one waveform in, the features of each segment out.
+
+    waveform f32 [1, N] (samples in [-1, 1]), waveform_lengths i64 [1]
+      -> VAD flags per frame -> segments -> spans (merged, or cut to a maximum)
+      -> rows [K, Lmax] cut from the waveform -> fbank / LFR / CMVN per row
+      -> features f32 [K, T, D], feature_lengths [K], segments i64 [K, 2] (ms)
+
+One recording per call, as FunASR's generate() processes one input at a time: the batch
+axis of the waveform is fixed at 1. No speech gives K = 0 and empty outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from svsurgery.errors import BadInputError
+from svsurgery.frontend._ops import MIN_OPSET, GraphOps
+from svsurgery.frontend.build import DEFAULT_OPSET, WAVEFORM, WAVEFORM_LENGTHS, finish_frontend_model, frontend_metadata, frontend_values
+from svsurgery.frontend.cmvn import Cmvn
+from svsurgery.frontend.options import FbankOptions, LfrOptions
+from svsurgery.vad.energy import energy_flags
+from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
+from svsurgery.vad.segment import cut_rows, flags_to_segments, segment_spans
+
+__all__ = ["SEGMENTS", "build_vad_frontend"]
+
+SEGMENTS = "segments"
+
+
+def build_vad_frontend(
+    vad: EnergyVadOptions,
+    segmentation: SegmentOptions | None = None,
+    fbank: FbankOptions | None = None,
+    lfr: LfrOptions | None = None,
+    cmvn: Cmvn | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    length_dtype: ir.DataType = ir.DataType.INT32,
+) -> ir.Model:
+    """The VAD + segmentation + front end model (see the module docstring)."""
+    from onnx_ir.passes.common import NameFixPass
+
+    segmentation = (segmentation or SegmentOptions()).validate()
+    fbank = (fbank or FbankOptions.sensevoice()).validate()
+    vad = vad.validate()
+    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
+        raise BadInputError(f"opset {opset}: the VAD front end can be built for ai.onnx {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    if vad.samp_freq != fbank.frame_opts.samp_freq:
+        raise BadInputError(f"the VAD runs at {vad.samp_freq} Hz but the fbank at {fbank.frame_opts.samp_freq} Hz")
+    dim = fbank.feature_dim * (lfr.m if lfr else 1)
+    waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, [1, "samples"])
+    waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, [1])
+    graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad_frontend")
+    g = GraphOps(graph, opset)
+    op = g.op
+    length = op.Min(op.Max(waveform_lengths, g.i64(0)), g.dim(waveform, 1))
+    samples = op.Slice(op.Squeeze(waveform, g.i64(0)), g.i64(0), length, g.i64(0))  # [N] of the one recording
+    found = flags_to_segments(g, energy_flags(g, samples, vad), vad.frame_ms)
+    spans = segment_spans(g, found, segmentation)
+    rows, row_lengths = cut_rows(g, samples, spans, vad.samp_freq)
+    # one empty row more, cut off after the front end: its shapes need a batch of at least one
+    count = g.dim(spans, 0)
+    empty_row = op.Expand(g.f32(np.zeros((1, 1))), op.Concat(g.i64(1), g.dim(rows, 1), axis=0))
+    rows = op.Concat(rows, empty_row, axis=0)
+    row_lengths = op.Concat(row_lengths, g.i64(0), axis=0)
+    features, lengths = frontend_values(g, rows, row_lengths, fbank, lfr, cmvn, length_dtype)
+    features = op.Slice(features, g.i64(0), count, g.i64(0))
+    lengths = op.Slice(lengths, g.i64(0), count, g.i64(0))
+    spans = op.Identity(spans)
+    spans.name, spans.dtype, spans.shape = SEGMENTS, ir.DataType.INT64, ir.Shape(["batch", 2])
+    metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": {"mode": "energy", **dataclasses.asdict(vad)},
+                "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
+    model = finish_frontend_model(graph, opset, features, lengths, dim, metadata, extra_outputs=[spans])
+    NameFixPass()(model)  # subgraph builders number their values from 0: make every name unique
+    return model
