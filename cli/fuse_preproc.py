@@ -10,6 +10,7 @@ from svsurgery.errors import EXIT_CHECK_FAILED
 from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.fuse import fuse_preprocessing
+from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
 
 
 def register(verbs) -> None:
@@ -34,6 +35,11 @@ def register(verbs) -> None:
     parser.add_argument("--keep-features", action="store_true", help="also output the features and their lengths")
     parser.add_argument("--report", metavar="JSON", help="write the report as JSON")
     parser.add_argument("--in-place", action="store_true", help="allow -o to be the encoder file itself")
+    vad = parser.add_argument_group("VAD inside the graph (one recording per call; outputs segments [K, 2] in ms)")
+    vad.add_argument("--vad", choices=("energy",), help="find speech and decode each span: energy (weight-free, for clean recordings)")
+    vad.add_argument("--merge-length-s", type=float, default=15.0, help="FunASR merge_vad span length in s (default 15)")
+    vad.add_argument("--no-merge", action="store_true", help="decode each VAD segment alone instead of merged spans")
+    vad.add_argument("--max-segment-s", type=float, default=30.0, help="with --no-merge, cut longer segments (default 30 s)")
     parser.set_defaults(run=run)
 
 
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             length_input=args.length_input,
             keep_features=args.keep_features,
             overwrite_input=args.in_place,
+            vad=EnergyVadOptions() if args.vad == "energy" else None,
+            segmentation=SegmentOptions(merge=not args.no_merge, merge_length_s=args.merge_length_s, max_segment_s=args.max_segment_s),
         )
     report.render(console())
     if args.report:

@@ -113,8 +113,9 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     if clash:
         raise BadInputError(f"the encoder already has an input named '{clash[0]}'; the fused model needs that name")
     waveform, waveform_lengths = source.inputs
-    features, lengths = source.outputs
+    features, lengths, *extras = source.outputs  # extras: a VAD front end's segments [K, 2]
     _rename_clashes(encoder, frontend, keep=(binding.features.name, binding.lengths.name if binding.lengths else None))
+    encoder_outputs = list(graph.outputs)
 
     nodes = list(source)
     source.remove(nodes)
@@ -130,10 +131,14 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     else:
         graph.extend(nodes)
 
-    binding.features.replace_all_uses_with(features, replace_graph_outputs=True)
+    to_encoder, lengths_to_encoder = features, lengths
+    if extras:  # the front end decides the batch (one row per segment): the encoder follows it
+        to_encoder, lengths_to_encoder = _rows_for_encoder(graph, nodes[-1], features, lengths, extras[0], remaining, encoder_outputs)
+    binding.features.replace_all_uses_with(to_encoder, replace_graph_outputs=True)
     if binding.lengths is not None:
-        binding.lengths.replace_all_uses_with(lengths, replace_graph_outputs=True)
+        binding.lengths.replace_all_uses_with(lengths_to_encoder, replace_graph_outputs=True)
     graph.inputs[:] = [waveform, waveform_lengths, *remaining]
+    graph.outputs.extend(extras)
     if keep_features:
         interface = {v.name for v in (*remaining, *graph.outputs)}
         features.name = FEATURES if FEATURES not in interface else "svs/frontend/features"
@@ -147,6 +152,47 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     for key, value in frontend.metadata_props.items():
         encoder.metadata_props[key] = value
     return encoder
+
+
+def _rows_for_encoder(graph, after: ir.Node, features, lengths, segments, others, outputs) -> tuple[ir.Value, ir.Value]:
+    """Feed the encoder one row per segment: its other inputs (language ids...), given for the
+    one recording, are broadcast to the segments; with no segment at all it still gets one
+    empty row (encoders rarely accept a batch of 0) and its outputs are cut back to none."""
+    from svsurgery.frontend._ops import GraphOps
+
+    g = GraphOps(graph, graph.opset_imports.get("", 13))  # appends its nodes at the end of the graph
+    op = g.op
+    existing = {id(n) for n in graph}
+    count = g.dim(segments, 0)  # K
+    rows = op.Max(count, g.i64(1))
+    missing = op.Sub(rows, count)  # 1 when K = 0
+    padded_features = op.Pad(features, op.Concat(g.i64(0, 0, 0), missing, g.i64(0, 0), axis=0))
+    padded_lengths = op.Pad(lengths, op.Concat(g.i64(0), missing, axis=0))
+    expanded_inputs = []
+    for value in others:
+        if value.shape is None or len(value.shape) == 0 or (isinstance(value.shape[0], int) and value.shape[0] != 1):
+            continue
+        shape = op.Concat(rows, op.Slice(op.Shape(value), g.i64(1), g.i64(2**62), g.i64(0)), axis=0)
+        expanded_inputs.append((value, op.Expand(value, shape)))
+        value.shape = ir.Shape([1, *list(value.shape)[1:]])  # given once, for the one recording
+    feeding = [n for n in graph if id(n) not in existing]
+    graph.remove(feeding)
+    graph.insert_after(after, feeding)  # between the front end and the encoder
+    feeding_ids = {id(n) for n in feeding}
+    for value, expanded in expanded_inputs:
+        for use in list(value.uses()):
+            if id(use.node) not in feeding_ids:  # the broadcast's own Shape and Expand keep reading the input
+                use.node.replace_input_with(use.idx, expanded)
+    for index, output in enumerate(list(graph.outputs)):
+        if output in outputs and output.shape is not None and len(output.shape) >= 1:
+            cut = op.Slice(output, g.i64(0), count, g.i64(0))  # appended after the encoder
+            graph.outputs[index] = cut
+            cut.name, output.name = output.name, f"svs/frontend/rows/{output.name}"
+            cut.dtype, cut.shape = output.dtype, output.shape
+    for node in graph:
+        if id(node) not in existing:
+            node.name = f"svs/frontend/rows/{node.name or node.op_type}"
+    return padded_features, padded_lengths
 
 
 def _rename_clashes(encoder: ir.Model, frontend: ir.Model, keep: tuple[str | None, ...]) -> None:

@@ -34,6 +34,7 @@ from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
 from svsurgery.parity.waveforms import speech_like
 from svsurgery.report import Report
+from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
 from svsurgery.runtime import inference_session
 
 __all__ = ["FuseReport", "fuse_preprocessing", "verification_waveforms"]
@@ -140,8 +141,15 @@ def fuse_preprocessing(
     length_input: str | None = None,
     keep_features: bool = False,
     overwrite_input: bool = False,
+    vad: EnergyVadOptions | None = None,
+    segmentation: SegmentOptions | None = None,
 ) -> tuple[ir.Model, FuseReport]:
-    """Fuse the front end into the encoder at ``encoder_path``; write ``output`` if parity holds."""
+    """Fuse the front end into the encoder at ``encoder_path``; write ``output`` if parity holds.
+
+    With ``vad``, the fused model takes one recording, finds its speech, cuts it into spans
+    (``segmentation``: FunASR's merge_vad by default) and runs the encoder on one row per
+    span; it also outputs ``segments`` [K, 2] in ms.
+    """
     encoder_path = Path(encoder_path)
     model = load(encoder_path)
     found = discover(model, encoder_path, config=config, cmvn=cmvn, lfr=lfr, preset=preset, use_cmvn=use_cmvn)
@@ -164,6 +172,11 @@ def fuse_preprocessing(
         notices.append(f"encoder converted from ai.onnx opset {opset} to {MIN_OPSET} (the front end needs {MIN_OPSET})")
         opset = MIN_OPSET
     frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
+    if vad is not None:
+        return _fuse_with_vad(
+            model, encoder_path, output, frontend_model, found, binding, notices, vad, segmentation or SegmentOptions(),
+            opset=opset, keep_features=keep_features, overwrite_input=overwrite_input,
+        )  # fmt: skip
 
     rows = verification_waveforms()
     waveform_batch = _pad([r[:, None] for r in rows])[:, :, 0]
@@ -224,3 +237,94 @@ def fuse_preprocessing(
         save(fused, output, overwrite_input=overwrite_input)
         report.written = True
     return fused, report
+
+
+def vad_verification_waveform() -> np.ndarray:
+    """20 s of the built-in speech-like waveform: pauses for the VAD, more than one 15 s span."""
+    return speech_like(20.0, seed=3)
+
+
+def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, notices, vad, segmentation, *,
+                   opset, keep_features, overwrite_input) -> tuple[ir.Model, FuseReport]:  # fmt: skip
+    """The VAD fusion, verified against the same pipeline run step by step: the VAD and the
+    segmentation in numpy, then each span through the front end and the encoder alone (as
+    FunASR decodes each span alone), and against kaldi-native-fbank features per span."""
+    from svsurgery.vad import build_vad_frontend
+    from svsurgery.vad import reference as vad_reference
+
+    waveform = vad_verification_waveform()
+    spans = vad_reference.segment(vad_reference.segments(vad_reference.energy_vad(waveform, vad), vad.frame_ms), segmentation)
+    pieces = vad_reference.cut_rows(waveform, spans, vad.samp_freq)
+    others = _feeds_for_other_inputs(model, binding, 1)
+    encoder_session = inference_session(encoder_path)
+    frontend_session = inference_session(frontend_model)
+
+    def encoder_alone(features: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {binding.features.name: features[None].astype(binding.features.dtype.numpy()), **others}
+        if binding.lengths is not None:
+            feeds[binding.lengths.name] = np.array([features.shape[0]], _NUMPY_INTEGERS[binding.length_dtype])
+        names = [o.name for o in encoder_session.get_outputs()]
+        return dict(zip(names, encoder_session.run(names, feeds)))
+
+    two_step, reference_runs = [], []
+    reference_rows, reference_name = _reference_features(pieces, found)
+    for piece, reference_features in zip(pieces, reference_rows):
+        features, lengths = frontend_session.run(None, {WAVEFORM: piece[None], WAVEFORM_LENGTHS: np.array([piece.size])})
+        two_step.append(encoder_alone(features[0, : lengths[0]]))
+        reference_runs.append(encoder_alone(reference_features))
+
+    vad_model = build_vad_frontend(vad, segmentation, found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
+    fused = prepend_frontend(model, vad_model, binding, keep_features=keep_features)
+    fused_session = inference_session(fused)
+    names = [o.name for o in fused_session.get_outputs()]
+    fused_outputs = dict(zip(names, fused_session.run(names, {WAVEFORM: waveform[None], WAVEFORM_LENGTHS: np.array([waveform.size]), **others})))
+
+    vs_two_step = _per_span_parity(fused_outputs, two_step, spans, PROFILES["segments"])
+    vs_reference = _per_span_parity(fused_outputs, reference_runs, spans, PROFILES["frontend"])
+    passed = all(p.passed for p in vs_two_step + vs_reference)
+    options = {**frontend_metadata(found.fbank, found.lfr, found.cmvn), "vad": json.loads(vad_model.metadata_props["svsurgery.frontend"])["vad"],
+               "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
+    report = FuseReport(
+        encoder=str(encoder_path), output=str(output) if output else None, written=False, inputs_found=binding.how,
+        sources=found.sources, notices=notices, frontend=options, reference_frontend=reference_name,
+        waveform=f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms",
+        fused_vs_two_step=vs_two_step, fused_vs_reference=vs_reference, passed=passed,
+    )  # fmt: skip
+    fused.metadata_props["svsurgery.fuse"] = json.dumps(
+        {"svsurgery": __version__, "onnx": onnx.__version__, "sources": found.sources, "reference": reference_name,
+         "vad": options["vad"], "segmentation": options["segmentation"],
+         "parity": {"fused_vs_two_step": [dataclasses.asdict(p) for p in vs_two_step],
+                    "fused_vs_reference": [dataclasses.asdict(p) for p in vs_reference]}},
+        sort_keys=True,
+    )  # fmt: skip
+    if passed and output is not None:
+        save(fused, output, overwrite_input=overwrite_input)
+        report.written = True
+    return fused, report
+
+
+def _per_span_parity(fused: dict, alone: list[dict], spans: np.ndarray, tolerance) -> list[OutputParity]:
+    """Each output of the fused model, row by row, against the runs of each span alone (valid
+    frames only: a row's own run is as long as its valid part); plus the segments themselves."""
+    from svsurgery.parity.metrics import compare
+
+    results = []
+    segments = fused.get("segments")
+    same = segments is not None and np.array_equal(segments, spans)
+    problem = None if same else f"segments {None if segments is None else segments.tolist()} != {spans.tolist()}"
+    results.append(OutputParity("segments", [len(spans), 2], 0.0 if same else float("inf"), 0.0, 0.0, 1.0, None, 0, 0,
+                                exact=True, problem=problem).check(tolerance))  # fmt: skip
+    if not same or not alone:
+        return results
+    for name in alone[0]:
+        actual, expected = [], []
+        for row, run in enumerate(alone):
+            reference_value = run[name][0]
+            produced = fused[name][row]
+            if reference_value.ndim >= 1:
+                produced = produced[: reference_value.shape[0]]
+            actual.append(np.asarray(produced).reshape(-1))
+            expected.append(np.asarray(reference_value).reshape(-1))
+        parity = compare(name, np.concatenate(actual), np.concatenate(expected), rel_floor=tolerance.rel_floor)
+        results.append(parity.check(tolerance))
+    return results

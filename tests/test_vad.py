@@ -150,3 +150,56 @@ def _synthetic_speech() -> np.ndarray:
     from svsurgery.parity.waveforms import speech_like
 
     return speech_like(40.0, seed=5)
+
+
+# ----------------------------------------------------------------------------- fused with the encoder
+
+
+@pytest.fixture(scope="module")
+def funasr_folder(tmp_path_factory):
+    from svsurgery.testing.export import write_model_folders
+
+    return write_model_folders(tmp_path_factory.mktemp("vad_folders"))["funasr"]
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp_path, merge):
+    """The fused graph vs the same pipeline in Python: numpy VAD and segmentation, then each span
+    through the front end and the encoder alone: same segments, per-span logits within 1e-4."""
+    import svsurgery
+    from svsurgery.frontend.config import discover
+    from svsurgery.fuse import fuse_preprocessing
+
+    segmentation = vad.SegmentOptions(merge=merge, max_segment_s=5.0)
+    out = tmp_path / "fused.onnx"
+    _, report = fuse_preprocessing(funasr_folder, out, vad=vad.EnergyVadOptions(), segmentation=segmentation)
+    assert report.passed and report.written
+    fused = inference_session(out)
+    assert [i.name for i in fused.get_inputs()] == ["waveform", "waveform_lengths", "language", "textnorm"]
+    found = discover(svsurgery.load(funasr_folder), funasr_folder)
+    frontend_alone = inference_session(frontend.build(found.fbank, found.lfr, found.cmvn, opset=14))
+    encoder = inference_session(funasr_folder)
+    waveform = read_wav(RECORDINGS[1]) if RECORDINGS else _synthetic_speech()
+    ids = {"language": np.array([4], np.int32), "textnorm": np.array([15], np.int32)}
+    logits, lengths, spans = fused.run(["ctc_logits", "encoder_out_lens", "segments"], {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
+    expected = reference.segment(reference.segments(reference.energy_vad(waveform, vad.EnergyVadOptions()), 10), segmentation)
+    np.testing.assert_array_equal(spans, expected)
+    assert len(spans) >= 3 and (merge or (spans[:, 1] - spans[:, 0]).max() <= 5000)
+    for row, piece in enumerate(reference.cut_rows(waveform, spans)):
+        features, feature_lengths = frontend_alone.run(None, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
+        own_logits, own_lengths = encoder.run(None, {"speech": features[:, : feature_lengths[0]], "speech_lengths": feature_lengths, **ids})
+        assert lengths[row] == own_lengths[0]
+        assert np.abs(logits[row, : own_logits.shape[1]] - own_logits[0]).max() <= 1e-4
+
+
+def test_fused_vad_model_without_speech_gives_empty_outputs(funasr_folder, tmp_path, capsys):
+    from svsurgery.cli.main import main
+
+    out = tmp_path / "fused.onnx"
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(out), "--vad", "energy", "--no-merge"]) == 0
+    assert "segments" in capsys.readouterr().out
+    session = inference_session(out)
+    feeds = {"waveform": np.zeros((1, 32000), np.float32), "waveform_lengths": np.array([32000]),
+             "language": np.array([0], np.int32), "textnorm": np.array([15], np.int32)}  # fmt: skip
+    logits, lengths, spans = session.run(["ctc_logits", "encoder_out_lens", "segments"], feeds)
+    assert logits.shape[0] == lengths.shape[0] == spans.shape[0] == 0 and spans.shape == (0, 2)

@@ -39,6 +39,8 @@ PROFILES: dict[str, Tolerance] = {
     # a float16 model against a float32/float64 reference: errors are relative to 5 % of the
     # output's scale at least (float16 keeps 3 decimal digits; near-zero logits carry no more)
     "fp16": Tolerance("fp16", max_rel=5e-2, min_cosine=0.9999, min_argmax_agreement=0.999, rel_floor=5e-2),
+    # each span of a segmented recording run in one padded batch vs run alone (VAD fusion)
+    "segments": Tolerance("segments", max_abs=1e-4, min_cosine=0.999999, min_argmax_agreement=1.0),
     # intermediate activations (svsurgery diff): no argmax (hidden channels tie), scale-relative errors
     "fp32-intermediate": Tolerance("fp32-intermediate", max_rel=1e-2, min_cosine=0.99999),
     "fp16-intermediate": Tolerance("fp16-intermediate", max_rel=5e-2, min_cosine=0.999, rel_floor=5e-2),
