@@ -23,7 +23,10 @@ __all__ = [
     "WAVEFORM",
     "WAVEFORM_LENGTHS",
     "build",
+    "checked_options",
+    "finish_frontend_model",
     "frontend_metadata",
+    "frontend_values",
     "min_ir_version",
 ]
 
@@ -47,6 +50,19 @@ def build(
     Rows of different lengths give the same valid frames as each row alone. ``lfr=None``
     and ``cmvn=None`` leave those stages out. The graph uses ai.onnx ``opset`` (>= 13).
     """
+    fbank, dim = checked_options(fbank, lfr, cmvn, opset, length_dtype)
+    waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, ["batch", "samples"])
+    waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, ["batch"])
+    graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_frontend")
+    g = GraphOps(graph, opset)
+    features, lengths = frontend_values(g, waveform, waveform_lengths, fbank, lfr, cmvn, length_dtype)
+    return finish_frontend_model(graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn))
+
+
+def checked_options(
+    fbank: FbankOptions | None, lfr: LfrOptions | None, cmvn: Cmvn | None, opset: int, length_dtype: ir.DataType
+) -> tuple[FbankOptions, int]:
+    """The fbank options to use (SenseVoice's by default) and the feature width, or a clear error."""
     fbank = (fbank or FbankOptions.sensevoice()).validate()
     if lfr is not None:
         lfr.validate()
@@ -60,13 +76,7 @@ def build(
             f"CMVN from {cmvn.source} has {cmvn.dim} values, but the features have {dim} "
             f"({fbank.feature_dim} fbank x LFR m={lfr.m if lfr else 1})"
         )
-
-    waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, ["batch", "samples"])
-    waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, ["batch"])
-    graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_frontend")
-    g = GraphOps(graph, opset)
-    features, lengths = frontend_values(g, waveform, waveform_lengths, fbank, lfr, cmvn, length_dtype)
-    return finish_frontend_model(graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn))
+    return fbank, dim
 
 
 def frontend_values(

@@ -14,12 +14,19 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
-from svsurgery.frontend._ops import MIN_OPSET, GraphOps
-from svsurgery.frontend.build import DEFAULT_OPSET, WAVEFORM, WAVEFORM_LENGTHS, finish_frontend_model, frontend_metadata, frontend_values
+from svsurgery.frontend._ops import GraphOps
+from svsurgery.frontend.build import (
+    DEFAULT_OPSET,
+    WAVEFORM,
+    WAVEFORM_LENGTHS,
+    checked_options,
+    finish_frontend_model,
+    frontend_metadata,
+    frontend_values,
+)
 from svsurgery.frontend.cmvn import Cmvn
 from svsurgery.frontend.options import FbankOptions, LfrOptions
 from svsurgery.vad.energy import energy_flags
@@ -45,13 +52,10 @@ def build_vad_frontend(
     from onnx_ir.passes.common import NameFixPass
 
     segmentation = (segmentation or SegmentOptions()).validate()
-    fbank = (fbank or FbankOptions.sensevoice()).validate()
+    fbank, dim = checked_options(fbank, lfr, cmvn, opset, length_dtype)
     vad = vad.validate()
-    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
-        raise BadInputError(f"opset {opset}: the VAD front end can be built for ai.onnx {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     if vad.samp_freq != fbank.frame_opts.samp_freq:
         raise BadInputError(f"the VAD runs at {vad.samp_freq} Hz but the fbank at {fbank.frame_opts.samp_freq} Hz")
-    dim = fbank.feature_dim * (lfr.m if lfr else 1)
     waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, [1, "samples"])
     waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, [1])
     graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad_frontend")
