@@ -220,20 +220,26 @@ def fuse_preprocessing(
         fused_vs_reference=vs_reference,
         passed=passed,
     )
+    return _record_and_save(fused, report, output, overwrite_input)
+
+
+def _record_and_save(fused: ir.Model, report: FuseReport, output, overwrite_input: bool, **extra) -> tuple[ir.Model, FuseReport]:
+    """Provenance and parity into metadata_props; the model written only when parity held."""
     fused.metadata_props["svsurgery.fuse"] = json.dumps(
         {
             "svsurgery": __version__,
             "onnx": onnx.__version__,
-            "sources": found.sources,
-            "reference": reference_name,
+            "sources": report.sources,
+            "reference": report.reference_frontend,
+            **extra,
             "parity": {
-                "fused_vs_two_step": [dataclasses.asdict(p) for p in vs_two_step],
-                "fused_vs_reference": [dataclasses.asdict(p) for p in vs_reference],
+                "fused_vs_two_step": [dataclasses.asdict(p) for p in report.fused_vs_two_step],
+                "fused_vs_reference": [dataclasses.asdict(p) for p in report.fused_vs_reference],
             },
         },
         sort_keys=True,
     )
-    if passed and output is not None:
+    if report.passed and output is not None:
         save(fused, output, overwrite_input=overwrite_input)
         report.written = True
     return fused, report
@@ -290,17 +296,7 @@ def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, 
         waveform=f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms",
         fused_vs_two_step=vs_two_step, fused_vs_reference=vs_reference, passed=passed,
     )  # fmt: skip
-    fused.metadata_props["svsurgery.fuse"] = json.dumps(
-        {"svsurgery": __version__, "onnx": onnx.__version__, "sources": found.sources, "reference": reference_name,
-         "vad": options["vad"], "segmentation": options["segmentation"],
-         "parity": {"fused_vs_two_step": [dataclasses.asdict(p) for p in vs_two_step],
-                    "fused_vs_reference": [dataclasses.asdict(p) for p in vs_reference]}},
-        sort_keys=True,
-    )  # fmt: skip
-    if passed and output is not None:
-        save(fused, output, overwrite_input=overwrite_input)
-        report.written = True
-    return fused, report
+    return _record_and_save(fused, report, output, overwrite_input, vad=options["vad"], segmentation=options["segmentation"])
 
 
 def _per_span_parity(fused: dict, alone: list[dict], spans: np.ndarray, tolerance) -> list[OutputParity]:
