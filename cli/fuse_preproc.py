@@ -10,7 +10,8 @@ from svsurgery.errors import EXIT_CHECK_FAILED
 from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.fuse import fuse_preprocessing
-from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
+from svsurgery.errors import BadInputError
+from svsurgery.vad.options import EnergyVadOptions, SegmentOptions, SileroVadOptions
 
 
 def register(verbs) -> None:
@@ -36,7 +37,18 @@ def register(verbs) -> None:
     parser.add_argument("--report", metavar="JSON", help="write the report as JSON")
     parser.add_argument("--in-place", action="store_true", help="allow -o to be the encoder file itself")
     vad = parser.add_argument_group("VAD inside the graph (one recording per call; outputs segments [K, 2] in ms)")
-    vad.add_argument("--vad", choices=("energy",), help="find speech and decode each span: energy (weight-free, for clean recordings)")
+    vad.add_argument(
+        "--vad", metavar="MODE",
+        help="find speech and decode each span: 'silero' (silero-vad's model, from the installed package or "
+        "--silero-model), 'fsmn:DIR' (a FunASR fsmn-vad folder: model.onnx, am.mvn, config.yaml), or 'energy' "
+        "(weight-free, for clean recordings only)",
+    )
+    vad.add_argument("--silero-model", metavar="ONNX", help="silero's silero_vad_16k_sequence.onnx (default: the installed silero-vad's)")
+    vad.add_argument("--silero-threshold", type=float, default=0.5, help="silero speech threshold (default 0.5)")
+    vad.add_argument("--min-speech-ms", type=float, default=250.0, help="silero: shorter speech is dropped (default 250)")
+    vad.add_argument("--min-silence-ms", type=float, default=100.0, help="silero: silence that ends speech (default 100)")
+    vad.add_argument("--speech-pad-ms", type=float, default=30.0, help="silero: padding each side (default 30)")
+    vad.add_argument("--max-speech-s", type=float, default=float("inf"), help="silero: cut longer speech (default: no limit)")
     vad.add_argument("--merge-length-s", type=float, default=15.0, help="FunASR merge_vad span length in s (default 15)")
     vad.add_argument("--no-merge", action="store_true", help="decode each VAD segment alone instead of merged spans")
     vad.add_argument("--max-segment-s", type=float, default=30.0, help="with --no-merge, cut longer segments (default 30 s)")
@@ -59,10 +71,24 @@ def run(args: argparse.Namespace) -> int:
             length_input=args.length_input,
             keep_features=args.keep_features,
             overwrite_input=args.in_place,
-            vad=EnergyVadOptions() if args.vad == "energy" else None,
+            vad=_vad_options(args),
             segmentation=SegmentOptions(merge=not args.no_merge, merge_length_s=args.merge_length_s, max_segment_s=args.max_segment_s),
         )
     report.render(console())
     if args.report:
         report.write_json(args.report)
     return 0 if report.passed else EXIT_CHECK_FAILED
+
+
+def _vad_options(args: argparse.Namespace):
+    if args.vad is None:
+        return None
+    if args.vad == "energy":
+        return EnergyVadOptions()
+    if args.vad == "silero":
+        return SileroVadOptions(
+            model=args.silero_model, threshold=args.silero_threshold, min_speech_duration_ms=args.min_speech_ms,
+            min_silence_duration_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
+            max_speech_duration_s=args.max_speech_s,
+        ).validate()
+    raise BadInputError(f"--vad {args.vad}: expected silero, fsmn:DIR or energy")

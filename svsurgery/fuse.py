@@ -34,7 +34,8 @@ from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
 from svsurgery.parity.waveforms import speech_like
 from svsurgery.report import Report
-from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
+from svsurgery.vad.detect import VadOptions, required_opset
+from svsurgery.vad.options import SegmentOptions
 from svsurgery.runtime import inference_session
 
 __all__ = ["FuseReport", "fuse_preprocessing", "verification_waveforms"]
@@ -141,7 +142,7 @@ def fuse_preprocessing(
     length_input: str | None = None,
     keep_features: bool = False,
     overwrite_input: bool = False,
-    vad: EnergyVadOptions | None = None,
+    vad: VadOptions | None = None,
     segmentation: SegmentOptions | None = None,
 ) -> tuple[ir.Model, FuseReport]:
     """Fuse the front end into the encoder at ``encoder_path``; write ``output`` if parity holds.
@@ -166,11 +167,12 @@ def fuse_preprocessing(
     if not isinstance(dim, int):
         notices.append(f"feature dimension of '{binding.features.name}' is not fixed in the model; the front end makes {produced}")
     opset = ai_onnx_opset(model)
-    if opset is None or opset < MIN_OPSET:
-        model = convert_opset(model, MIN_OPSET, label=str(encoder_path))
+    needed = MIN_OPSET if vad is None else required_opset(vad)
+    if opset is None or opset < needed:
+        model = convert_opset(model, needed, label=str(encoder_path))
         binding = find_encoder_inputs(model, feature_input, length_input)
-        notices.append(f"encoder converted from ai.onnx opset {opset} to {MIN_OPSET} (the front end needs {MIN_OPSET})")
-        opset = MIN_OPSET
+        notices.append(f"encoder converted from ai.onnx opset {opset} to {needed} (the front end needs {needed})")
+        opset = needed
     frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
     if vad is not None:
         return _fuse_with_vad(
@@ -257,9 +259,11 @@ def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, 
     FunASR decodes each span alone), and against kaldi-native-fbank features per span."""
     from svsurgery.vad import build_vad_frontend
     from svsurgery.vad import reference as vad_reference
+    from svsurgery.vad.detect import reference_segments
 
     waveform = vad_verification_waveform()
-    spans = vad_reference.segment(vad_reference.segments(vad_reference.energy_vad(waveform, vad), vad.frame_ms), segmentation)
+    found_segments, vad_reference_name = reference_segments(waveform, vad)
+    spans = vad_reference.segment(found_segments, segmentation)
     pieces = vad_reference.cut_rows(waveform, spans, vad.samp_freq)
     others = _feeds_for_other_inputs(model, binding, 1)
     encoder_session = inference_session(encoder_path)
@@ -292,7 +296,8 @@ def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, 
                "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
     report = FuseReport(
         encoder=str(encoder_path), output=str(output) if output else None, written=False, inputs_found=binding.how,
-        sources=found.sources, notices=notices, frontend=options, reference_frontend=reference_name,
+        sources=found.sources, notices=[*notices, f"VAD segments checked against {vad_reference_name}"], frontend=options,
+        reference_frontend=reference_name,
         waveform=f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms",
         fused_vs_two_step=vs_two_step, fused_vs_reference=vs_reference, passed=passed,
     )  # fmt: skip

@@ -51,6 +51,7 @@ __all__ = [
     "find_nodes",
     "find_value",
     "find_values",
+    "graft",
     "infer_types",
     "insert_after",
     "insert_before",
@@ -727,6 +728,55 @@ def clone(model: ir.Model) -> ir.Model:
             if value.type is not None:
                 value.type = copy.deepcopy(value.type)
     return copied
+
+
+def graft(graph: ir.Graph, model: ir.Model, feeds: dict[str, ir.Value], prefix: str) -> dict[str, ir.Value]:
+    """Append ``model``'s computation to ``graph``, its inputs bound to ``feeds``; returns its
+    outputs by name.
+
+    For embedding a whole third-party model (a VAD network) in a graph being built: the
+    model is copied (the caller's stays as it was), converted to ``graph``'s ai.onnx opset
+    when it differs, and every value and node it brings gets ``prefix/`` so nothing clashes.
+    Inputs not in ``feeds`` must have initializer defaults. The caller declares the opsets
+    of other domains the model uses on its own model.
+    """
+    from svsurgery.opset import ai_onnx_opset, convert_opset
+
+    label = model.graph.name or "grafted model"
+    if model.functions:
+        raise BadInputError(f"{label}: models with local functions cannot be grafted (inline them first)")
+    target = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx"))
+    source = clone(model) if ai_onnx_opset(model) == target or target is None else convert_opset(model, target, label)
+    inner = source.graph
+    missing = [v.name for v in inner.inputs if v.name not in feeds and v.name not in inner.initializers]
+    if missing:
+        raise BadInputError(f"{label}: no value given for its inputs {missing} (given: {sorted(feeds)})")
+    unknown = sorted(set(feeds) - {v.name for v in inner.inputs})
+    if unknown:
+        raise BadInputError(f"{label}: has no inputs {unknown} (inputs: {[v.name for v in inner.inputs]})")
+    outputs = {value.name: value for value in inner.outputs}
+    for value in list(inner.inputs):
+        if value.name in feeds:
+            value.replace_all_uses_with(feeds[value.name])
+    nodes = list(inner)
+    inner.remove(nodes)
+    initializers = [v for v in inner.initializers.values() if v.name not in feeds]
+    inner.initializers.clear()
+    inner.inputs.clear()
+    inner.outputs.clear()
+    for value in initializers:
+        value.name = f"{prefix}/{value.name}"
+        graph.register_initializer(value)
+    for node in nodes:
+        node.name = f"{prefix}/{node.name or node.op_type}"
+        for value in node.outputs:
+            if value.name:
+                value.name = f"{prefix}/{value.name}"
+    graph.extend(nodes)
+    for domain, version in source.opset_imports.items():
+        if domain not in ("", "ai.onnx"):
+            graph.opset_imports.setdefault(domain, version)
+    return outputs
 
 
 def set_metadata(model: ir.Model, key: str, value: Any) -> None:

@@ -162,27 +162,41 @@ def funasr_folder(tmp_path_factory):
     return write_model_folders(tmp_path_factory.mktemp("vad_folders"))["funasr"]
 
 
+def _vad_modes():
+    modes = [("energy", vad.EnergyVadOptions())]
+    try:
+        import silero_vad  # noqa: F401 - the reference pipeline for the silero mode
+
+        modes.append(("silero", vad.SileroVadOptions()))
+    except ImportError:
+        pass
+    return modes
+
+
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
-def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp_path, merge):
-    """The fused graph vs the same pipeline in Python: numpy VAD and segmentation, then each span
-    through the front end and the encoder alone: same segments, per-span logits within 1e-4."""
+@pytest.mark.parametrize("name,options", _vad_modes(), ids=[m for m, _ in _vad_modes()])
+def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp_path, merge, name, options):
+    """The fused graph vs the same pipeline in Python: the mode's own VAD (numpy for energy,
+    silero's Python for silero) and FunASR's segmentation, then each span through the front
+    end and the encoder alone: same segments, per-span logits within 1e-4."""
     import svsurgery
     from svsurgery.frontend.config import discover
     from svsurgery.fuse import fuse_preprocessing
+    from svsurgery.vad.detect import reference_segments
 
     segmentation = vad.SegmentOptions(merge=merge, max_segment_s=5.0)
     out = tmp_path / "fused.onnx"
-    _, report = fuse_preprocessing(funasr_folder, out, vad=vad.EnergyVadOptions(), segmentation=segmentation)
+    _, report = fuse_preprocessing(funasr_folder, out, vad=options, segmentation=segmentation)
     assert report.passed and report.written
     fused = inference_session(out)
     assert [i.name for i in fused.get_inputs()] == ["waveform", "waveform_lengths", "language", "textnorm"]
     found = discover(svsurgery.load(funasr_folder), funasr_folder)
-    frontend_alone = inference_session(frontend.build(found.fbank, found.lfr, found.cmvn, opset=14))
+    frontend_alone = inference_session(frontend.build(found.fbank, found.lfr, found.cmvn, opset=16))
     encoder = inference_session(funasr_folder)
     waveform = read_wav(RECORDINGS[1]) if RECORDINGS else _synthetic_speech()
     ids = {"language": np.array([4], np.int32), "textnorm": np.array([15], np.int32)}
     logits, lengths, spans = fused.run(["ctc_logits", "encoder_out_lens", "segments"], {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
-    expected = reference.segment(reference.segments(reference.energy_vad(waveform, vad.EnergyVadOptions()), 10), segmentation)
+    expected = reference.segment(reference_segments(waveform, options)[0], segmentation)
     np.testing.assert_array_equal(spans, expected)
     assert len(spans) >= 3 and (merge or (spans[:, 1] - spans[:, 0]).max() <= 5000)
     for row, piece in enumerate(reference.cut_rows(waveform, spans)):

@@ -29,9 +29,10 @@ from svsurgery.frontend.build import (
 )
 from svsurgery.frontend.cmvn import Cmvn
 from svsurgery.frontend.options import FbankOptions, LfrOptions
-from svsurgery.vad.energy import energy_flags
-from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
-from svsurgery.vad.segment import cut_rows, flags_to_segments, segment_spans
+from svsurgery.vad.detect import VadOptions, detect_segments, required_opset
+from svsurgery.vad.detect import metadata as vad_metadata
+from svsurgery.vad.options import SegmentOptions
+from svsurgery.vad.segment import cut_rows, segment_spans
 
 __all__ = ["SEGMENTS", "build_vad_frontend"]
 
@@ -39,7 +40,7 @@ SEGMENTS = "segments"
 
 
 def build_vad_frontend(
-    vad: EnergyVadOptions,
+    vad: VadOptions,
     segmentation: SegmentOptions | None = None,
     fbank: FbankOptions | None = None,
     lfr: LfrOptions | None = None,
@@ -54,6 +55,8 @@ def build_vad_frontend(
     segmentation = (segmentation or SegmentOptions()).validate()
     fbank, dim = checked_options(fbank, lfr, cmvn, opset, length_dtype)
     vad = vad.validate()
+    if opset < required_opset(vad):
+        raise BadInputError(f"the {vad_metadata(vad)['mode']} VAD needs ai.onnx opset {required_opset(vad)} or newer, not {opset}")
     if vad.samp_freq != fbank.frame_opts.samp_freq:
         raise BadInputError(f"the VAD runs at {vad.samp_freq} Hz but the fbank at {fbank.frame_opts.samp_freq} Hz")
     waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, [1, "samples"])
@@ -63,7 +66,7 @@ def build_vad_frontend(
     op = g.op
     length = op.Min(op.Max(waveform_lengths, g.i64(0)), g.dim(waveform, 1))
     samples = op.Slice(op.Squeeze(waveform, g.i64(0)), g.i64(0), length, g.i64(0))  # [N] of the one recording
-    found = flags_to_segments(g, energy_flags(g, samples, vad), vad.frame_ms)
+    found = detect_segments(g, samples, vad)
     spans = segment_spans(g, found, segmentation)
     rows, row_lengths = cut_rows(g, samples, spans, vad.samp_freq)
     # one empty row more, cut off after the front end: its shapes need a batch of at least one
@@ -76,7 +79,7 @@ def build_vad_frontend(
     lengths = op.Slice(lengths, g.i64(0), count, g.i64(0))
     spans = op.Identity(spans)
     spans.name, spans.dtype, spans.shape = SEGMENTS, ir.DataType.INT64, ir.Shape(["batch", 2])
-    metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": {"mode": "energy", **dataclasses.asdict(vad)},
+    metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": vad_metadata(vad),
                 "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
     model = finish_frontend_model(graph, opset, features, lengths, dim, metadata, extra_outputs=[spans])
     NameFixPass()(model)  # subgraph builders number their values from 0: make every name unique

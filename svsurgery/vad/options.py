@@ -63,3 +63,38 @@ class SegmentOptions:
         if self.merge_length_s <= 0 or self.max_segment_s <= 0:
             raise BadInputError("segment lengths must be positive")
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class SileroVadOptions:
+    """silero VAD and its ``get_speech_timestamps``, named and defaulted as silero names them.
+
+    ``model`` is silero's sequence model (``silero_vad_16k_sequence.onnx``: all frames in
+    one LSTM call); None finds it in the installed ``silero-vad`` package. Frames are 512
+    samples (32 ms) at 16 kHz, each seen with the 64 samples before it.
+    """
+
+    model: str | None = None  # path to silero_vad_16k_sequence.onnx; None: the installed package's
+    threshold: float = 0.5  # speech probability at or above which a frame is speech
+    neg_threshold: float | None = None  # below it speech ends; None: max(threshold - 0.15, 0.01)
+    min_speech_duration_ms: float = 250.0  # ms; shorter speech is dropped
+    max_speech_duration_s: float = float("inf")  # s; longer speech is cut (at the longest silence)
+    min_silence_duration_ms: float = 100.0  # ms of silence that end speech
+    speech_pad_ms: float = 30.0  # ms added on each side of every speech chunk
+    min_silence_at_max_speech: float = 98.0  # ms; silences at least this long are cut candidates
+    use_max_poss_sil_at_max_speech: bool = True  # cut over-long speech at its longest silence
+    samp_freq: float = 16000.0  # Hz; the sequence model is 16 kHz only
+
+    @property
+    def resolved_neg_threshold(self) -> float:
+        return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
+
+    def validate(self) -> SileroVadOptions:
+        if self.samp_freq != 16000:
+            raise BadInputError(f"silero's sequence model runs at 16000 Hz, not {self.samp_freq}")
+        if not 0 <= self.threshold <= 1 or not 0 <= self.resolved_neg_threshold <= 1:
+            raise BadInputError(f"silero thresholds must be in [0, 1] (threshold {self.threshold}, neg {self.neg_threshold})")
+        durations = (self.min_speech_duration_ms, self.min_silence_duration_ms, self.speech_pad_ms, self.min_silence_at_max_speech)
+        if min(durations) < 0 or not self.max_speech_duration_s > 0:
+            raise BadInputError("silero durations must be >= 0 and max_speech_duration_s > 0")
+        return self

@@ -1,0 +1,107 @@
+"""One entry point per question about a VAD mode: its segments as ONNX ops, its segments from
+an independent implementation (to verify a fusion against), its metadata, its opset."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+import numpy as np
+import onnx_ir as ir
+
+from svsurgery.frontend._ops import MIN_OPSET, GraphOps
+from svsurgery.vad.options import EnergyVadOptions, SileroVadOptions
+
+__all__ = ["VadOptions", "detect_segments", "metadata", "mode", "reference_segments", "required_opset"]
+
+VadOptions = Union[EnergyVadOptions, SileroVadOptions]
+
+
+def mode(vad: VadOptions) -> str:
+    if isinstance(vad, EnergyVadOptions):
+        return "energy"
+    if isinstance(vad, SileroVadOptions):
+        return "silero"
+    raise TypeError(f"not VAD options: {type(vad).__name__}")
+
+
+def required_opset(vad: VadOptions) -> int:
+    """The lowest ai.onnx opset the mode's graph can be authored at."""
+    from svsurgery.vad import silero
+
+    return silero.MIN_OPSET if isinstance(vad, SileroVadOptions) else MIN_OPSET
+
+
+def detect_segments(g: GraphOps, samples: ir.Value, vad: VadOptions) -> ir.Value:
+    """[K, 2] int64 [start_ms, end_ms] of the speech in ``samples`` [N]."""
+    from svsurgery.vad.energy import energy_flags
+    from svsurgery.vad.segment import flags_to_segments
+    from svsurgery.vad.silero import silero_segments
+
+    vad.validate()
+    if isinstance(vad, EnergyVadOptions):
+        return flags_to_segments(g, energy_flags(g, samples, vad), vad.frame_ms)
+    if isinstance(vad, SileroVadOptions):
+        return silero_segments(g, samples, vad)[2]
+    raise TypeError(f"not VAD options: {type(vad).__name__}")
+
+
+def reference_segments(waveform: np.ndarray, vad: VadOptions) -> tuple[np.ndarray, str]:
+    """The mode's segments (ms) from an implementation independent of our graph, and its name."""
+    from svsurgery.vad import reference
+
+    if isinstance(vad, EnergyVadOptions):
+        return reference.segments(reference.energy_vad(waveform, vad), vad.frame_ms), "svsurgery's numpy energy VAD"
+    if isinstance(vad, SileroVadOptions):
+        return _silero_reference(waveform, vad)
+    raise TypeError(f"not VAD options: {type(vad).__name__}")
+
+
+def _silero_reference(waveform: np.ndarray, vad: SileroVadOptions) -> tuple[np.ndarray, str]:
+    """silero's own Python (its sequence runner and get_speech_timestamps_from_probs); they
+    import torch, so without it the reference is our graph's VAD part run on its own."""
+    from svsurgery.vad.silero import silero_model_path
+
+    path = silero_model_path(vad)
+    try:
+        from silero_vad.sequence_vad import SileroVADSequence
+        from silero_vad.utils_vad import get_speech_timestamps_from_probs
+    except ImportError:
+        return _own_graph_segments(waveform, vad), "the VAD part of the graph run alone (silero's Python needs torch)"
+    probabilities = SileroVADSequence(str(path)).audio_forward(np.ascontiguousarray(waveform, np.float32))
+    found = get_speech_timestamps_from_probs(
+        probabilities.astype(np.float64).tolist(), sampling_rate=16000, threshold=vad.threshold,
+        neg_threshold=vad.neg_threshold, min_speech_duration_ms=vad.min_speech_duration_ms,
+        max_speech_duration_s=vad.max_speech_duration_s, min_silence_duration_ms=vad.min_silence_duration_ms,
+        speech_pad_ms=vad.speech_pad_ms, min_silence_at_max_speech=vad.min_silence_at_max_speech,
+        use_max_poss_sil_at_max_speech=vad.use_max_poss_sil_at_max_speech, audio_length_samples=waveform.size,
+    )  # fmt: skip
+    samples = np.array([[s["start"], s["end"]] for s in found], dtype=np.int64).reshape(-1, 2)
+    per_ms = int(vad.samp_freq // 1000)
+    milliseconds = np.stack([samples[:, 0] // per_ms, -(-samples[:, 1] // per_ms)], axis=1) if len(samples) else samples
+    return milliseconds, "silero-vad's Python (sequence runner + get_speech_timestamps_from_probs)"
+
+
+def _own_graph_segments(waveform: np.ndarray, vad: VadOptions) -> np.ndarray:
+    from onnx_ir.passes.common import NameFixPass
+
+    from svsurgery.runtime import inference_session
+
+    samples = ir.val("samples", ir.DataType.FLOAT, ["n"])
+    opset = required_opset(vad)
+    graph = ir.Graph([samples], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad")
+    found = detect_segments(GraphOps(graph, opset), samples, vad)
+    found.name = "segments"
+    graph.outputs.append(found)
+    model = ir.Model(graph, ir_version=8)
+    NameFixPass()(model)
+    return inference_session(model).run(None, {"samples": np.ascontiguousarray(waveform, np.float32)})[0]
+
+
+def metadata(vad: VadOptions) -> dict:
+    """The options as strict-JSON values (an infinite limit is written "inf")."""
+
+    def plain(value):
+        return str(value) if isinstance(value, float) and not np.isfinite(value) else value
+
+    return {"mode": mode(vad), **{k: plain(v) for k, v in dataclasses.asdict(vad).items()}}

@@ -1,0 +1,249 @@
+"""silero VAD inside the graph: its sequence model over the whole waveform, then
+``get_speech_timestamps`` restated in ONNX ops.
+
+- :func:`speech_probabilities`: the waveform cut into 512-sample frames (the last one
+  zero-padded), each prefixed with the 64 samples before it (zeros for the first), as
+  silero's streaming wrapper feeds them; silero's ``silero_vad_16k_sequence.onnx`` is
+  grafted in and runs its LSTM over all frames in one call (no Scan over frames);
+- :func:`speech_timestamps`: silero's ``get_speech_timestamps_from_probs`` state machine
+  (start on ``threshold``, end after ``min_silence_duration_ms`` below ``neg_threshold``,
+  the ``max_speech_duration_s`` cut at the longest silence seen, minimum speech) as one
+  Loop over frames, then the padding by ``speech_pad_ms``, loop-free.
+
+Comparisons follow silero's Python: probabilities are compared as doubles; sample counts
+are compared with the float limits silero computes (an integer exceeds a float exactly
+when it exceeds its floor), so the timestamps are the same integers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript._internal.builder import make_value
+
+from svsurgery.errors import BadInputError
+from svsurgery.frontend._ops import GraphOps
+from svsurgery.vad.options import SileroVadOptions
+
+__all__ = ["FRAME", "CONTEXT", "MIN_OPSET", "silero_model", "silero_segments", "speech_probabilities", "speech_timestamps"]
+
+FRAME = 512  # samples per frame at 16 kHz
+CONTEXT = 64  # samples of the previous frame each frame is seen with
+MIN_OPSET = 16  # the sequence model's opset
+SEQUENCE_MODEL = "silero_vad_16k_sequence.onnx"
+_INT64, _BOOL, _DOUBLE = ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.DOUBLE
+_NEVER = 2**62  # a sample count no recording reaches
+
+
+def silero_model_path(options: SileroVadOptions) -> Path:
+    """The sequence model: the given path, or the one in the installed ``silero-vad`` package."""
+    if options.model is not None:
+        path = Path(options.model)
+        if path.is_dir():
+            path = path / SEQUENCE_MODEL
+        if not path.is_file():
+            raise BadInputError(f"silero VAD model {path} does not exist (expected {SEQUENCE_MODEL} or a path to it)")
+        return path
+    try:
+        import silero_vad
+    except ImportError:
+        raise BadInputError(
+            "--vad silero needs silero's sequence model: pip install silero-vad (or give its path)"
+        ) from None
+    path = Path(silero_vad.__file__).parent / "data" / SEQUENCE_MODEL
+    if not path.is_file():
+        raise BadInputError(f"the installed silero-vad package has no {SEQUENCE_MODEL} (version 6.2 or newer ships it)")
+    return path
+
+
+def silero_model(options: SileroVadOptions) -> ir.Model:
+    """The sequence model, checked to be the one this module feeds."""
+    from svsurgery.io import load
+
+    path = silero_model_path(options)
+    model = load(path)
+    inputs = {v.name: v for v in model.graph.inputs}
+    outputs = {v.name for v in model.graph.outputs}
+    if not {"input", "h", "c"} <= set(inputs) or "speech_probs" not in outputs:
+        raise BadInputError(
+            f"{path}: not silero's sequence model (expected inputs input [F, 576], h, c and output speech_probs; "
+            f"it has inputs {sorted(inputs)}, outputs {sorted(outputs)})"
+        )
+    return model
+
+
+def speech_probabilities(g: GraphOps, samples: ir.Value, options: SileroVadOptions) -> ir.Value:
+    """float [F] speech probability of each 512-sample frame of ``samples`` [N], F = ceil(N / 512)."""
+    from svsurgery.patch import graft
+
+    op = g.op
+    count = g.dim(samples, 0)
+    frames = op.Div(op.Add(count, g.i64(FRAME - 1)), g.i64(FRAME))  # ceil(N / 512)
+    computed = op.Max(frames, g.i64(1))  # the LSTM needs one frame; cut back to F after
+    padded = op.Pad(samples, op.Concat(g.i64(0), op.Sub(op.Mul(computed, g.i64(FRAME)), count), axis=0))
+    rows = op.Reshape(padded, op.Concat(computed, g.i64(FRAME), axis=0))  # [F', 512]
+    tails = op.Slice(rows, g.i64(FRAME - CONTEXT), g.i64(FRAME), g.i64(1))  # [F', 64]
+    contexts = op.Concat(g.f32(np.zeros((1, CONTEXT))), op.Slice(tails, g.i64(0), g.i64(-1), g.i64(0)), axis=0)
+    state = g.f32(np.zeros((1, 1, 128)))
+    outputs = graft(g.graph, silero_model(options), {"input": op.Concat(contexts, rows, axis=1), "h": state, "c": state}, "svs/vad/silero")
+    return op.Slice(op.Reshape(outputs["speech_probs"], g.i64(-1)), g.i64(0), frames, g.i64(0))
+
+
+def _scalar(name: str, dtype: ir.DataType):
+    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), ir.Shape([])))
+
+
+def _limits(options: SileroVadOptions) -> dict[str, int]:
+    """silero's float limits in samples, as the integers that compare the same way."""
+    rate = options.samp_freq
+    pad = rate * options.speech_pad_ms / 1000
+    max_speech = rate * options.max_speech_duration_s - FRAME - 2 * pad
+    return {
+        "min_speech": math.floor(rate * options.min_speech_duration_ms / 1000),  # length > it
+        "min_silence": math.ceil(rate * options.min_silence_duration_ms / 1000),  # silence < it goes on
+        "possible_end": math.floor(rate * options.min_silence_at_max_speech / 1000),  # silence > it
+        "max_speech": math.floor(max_speech) if math.isfinite(max_speech) else _NEVER,  # length > it
+    }
+
+
+def speech_timestamps(g: GraphOps, probabilities: ir.Value, count: ir.Value, options: SileroVadOptions) -> ir.Value:
+    """[K, 2] int64 [start, end) samples of speech, as ``get_speech_timestamps`` gives them,
+    from the frame probabilities [F] and the sample count [1]."""
+    options.validate()
+    op, builder = g.op, g.builder
+    limits = _limits(options)
+    use_longest = options.use_max_poss_sil_at_max_speech
+    probabilities = op.Cast(probabilities, to=_DOUBLE)
+    threshold = g.const(np.array(options.threshold), np.float64)
+    neg_threshold = g.const(np.array(options.resolved_neg_threshold), np.float64)
+    zero, frame = g.scalar_i64(0), g.scalar_i64(FRAME)
+    false = g.const(np.array(False))
+
+    def step(bop, index, condition, triggered, start, temp_end, prev_end, next_start, best_end, best_dur, has_possible):
+        def where(flag, a, b):
+            return bop.Where(flag, a, b)
+
+        probability = bop.Gather(probabilities, index, axis=0)
+        current = bop.Mul(index, frame)
+        speech = bop.GreaterOrEqual(probability, threshold)
+        quiet = bop.Less(probability, neg_threshold)
+        # speech again after a tentative end: that silence is a cut candidate if long enough
+        back = bop.And(speech, bop.Not(bop.Equal(temp_end, zero)))
+        silence = bop.Sub(current, temp_end)
+        candidate = bop.And(back, bop.Greater(silence, g.scalar_i64(limits["possible_end"])))
+        better = bop.And(candidate, bop.Or(bop.Not(has_possible), bop.Greater(silence, best_dur)))  # max() keeps the first longest
+        best_end, best_dur = where(better, temp_end, best_end), where(better, silence, best_dur)
+        has_possible = bop.Or(has_possible, candidate)
+        next_start = where(bop.And(back, bop.Less(next_start, prev_end)), current, next_start)
+        temp_end = where(back, zero, temp_end)
+        # start of speech: nothing else happens in this frame
+        begins = bop.And(speech, bop.Not(triggered))
+        going = bop.Not(begins)
+        # over the maximum length: cut at the longest silence, else at the last valid silence, else here
+        over = bop.And(bop.And(going, triggered), bop.Greater(bop.Sub(current, start), g.scalar_i64(limits["max_speech"])))
+        at_longest = bop.And(over, has_possible) if use_longest else bop.And(over, false)
+        rest = bop.And(over, bop.Not(at_longest))
+        at_last_silence = bop.And(rest, bop.Not(bop.Equal(prev_end, zero)))
+        here = bop.And(rest, bop.Equal(prev_end, zero))
+        resume_at = bop.Add(best_end, best_dur)
+        first_end = where(at_longest, best_end, where(at_last_silence, prev_end, current))
+        first_start = start
+        stays = bop.Or(
+            bop.And(at_longest, bop.Less(best_dur, current)),  # next_start < prev_end + current
+            bop.And(at_last_silence, bop.Not(bop.Less(next_start, prev_end))),
+        )
+        start = where(at_longest, resume_at, where(at_last_silence, next_start, start))
+        triggered = bop.Or(bop.And(over, stays), bop.And(bop.Not(over), triggered))  # no bool Where in onnxruntime
+        prev_end, next_start, temp_end = (where(over, zero, v) for v in (prev_end, next_start, temp_end))
+        has_possible = bop.And(has_possible, bop.Not(over))
+        best_end, best_dur = where(over, zero, best_end), where(over, zero, best_dur)
+        # silence while in speech: end it once it lasts min_silence_duration_ms
+        silent = bop.And(bop.And(bop.And(going, bop.Not(here)), quiet), triggered)
+        temp_end = where(bop.And(silent, bop.Equal(temp_end, zero)), current, temp_end)
+        silence_now = bop.Sub(current, temp_end)
+        if not use_longest:
+            prev_end = where(bop.And(silent, bop.Greater(silence_now, g.scalar_i64(limits["possible_end"]))), temp_end, prev_end)
+        ends = bop.And(silent, bop.Not(bop.Less(silence_now, g.scalar_i64(limits["min_silence"]))))
+        second_start, second_end = start, temp_end
+        second = bop.And(ends, bop.Greater(bop.Sub(second_end, second_start), g.scalar_i64(limits["min_speech"])))
+        triggered = bop.And(bop.Or(begins, triggered), bop.Not(ends))
+        start = where(begins, current, start)
+        prev_end, next_start, temp_end = (where(ends, zero, v) for v in (prev_end, next_start, temp_end))
+        has_possible = bop.And(has_possible, bop.Not(ends))
+        best_end, best_dur = where(ends, zero, best_end), where(ends, zero, best_dur)
+        carried = (triggered, start, temp_end, prev_end, next_start, best_end, best_dur, has_possible)
+        return (bop.Identity(condition), *carried, over, first_start, first_end, second, second_start, second_end)
+
+    names = ("triggered", "start", "temp_end", "prev_end", "next_start", "best_end", "best_dur", "has_possible")
+    types = (_BOOL, _INT64, _INT64, _INT64, _INT64, _INT64, _INT64, _BOOL)
+    emitted = (("cut", _BOOL), ("cut_start", _INT64), ("cut_end", _INT64), ("ended", _BOOL), ("end_start", _INT64), ("end_end", _INT64))
+    body = builder.subgraph(
+        step,
+        inputs=[_scalar("index", _INT64), _scalar("condition", _BOOL), *(_scalar(n, t) for n, t in zip(names, types))],
+        outputs=[_scalar("condition_out", _BOOL), *(_scalar(f"{n}_out", t) for n, t in zip(names, types)),
+                 *(_scalar(n, t) for n, t in emitted)],
+        name="get_speech_timestamps_step",
+    )  # fmt: skip
+    trips = op.Squeeze(g.dim(probabilities, 0), g.i64(0))
+    initial = (false, zero, zero, zero, zero, zero, zero, false)
+    triggered, start, *_, cut, cut_start, cut_end, ended, end_start, end_end = op.Loop(
+        trips, g.const(np.array(True)), *initial, body=body, _outputs=len(names) + len(emitted)
+    )
+    # per frame, the speech cut at the maximum comes before the one ended by silence
+    flags = op.Reshape(op.Concat(op.Unsqueeze(cut, g.i64(1)), op.Unsqueeze(ended, g.i64(1)), axis=1), g.i64(-1))
+    starts = op.Reshape(op.Concat(op.Unsqueeze(cut_start, g.i64(1)), op.Unsqueeze(end_start, g.i64(1)), axis=1), g.i64(-1))
+    ends = op.Reshape(op.Concat(op.Unsqueeze(cut_end, g.i64(1)), op.Unsqueeze(end_end, g.i64(1)), axis=1), g.i64(-1))
+    starts, ends = op.Compress(starts, flags, axis=0), op.Compress(ends, flags, axis=0)
+    # speech still open at the end of the recording runs to its last sample
+    samples = op.Squeeze(count, g.i64(0))
+    open_ = op.And(triggered, op.Greater(op.Sub(samples, start), g.scalar_i64(limits["min_speech"])))
+    starts = op.Concat(starts, op.Compress(op.Unsqueeze(start, g.i64(0)), op.Unsqueeze(open_, g.i64(0)), axis=0), axis=0)
+    ends = op.Concat(ends, op.Compress(op.Unsqueeze(samples, g.i64(0)), op.Unsqueeze(open_, g.i64(0)), axis=0), axis=0)
+    return _pad_speech(g, starts, ends, count, options)
+
+
+def _pad_speech(g: GraphOps, starts: ir.Value, ends: ir.Value, count: ir.Value, options: SileroVadOptions) -> ir.Value:
+    """silero's padding: ``speech_pad_ms`` each side, or half the silence between two
+    speeches shorter than two pads; computed on the unpadded neighbours, as silero's loop does."""
+    op = g.op
+    pad = options.samp_freq * options.speech_pad_ms / 1000
+    as_double = ir.DataType.DOUBLE
+    pad_value = g.const(np.array(pad), np.float64)
+    total = op.Cast(count, to=as_double)
+
+    def truncate(x):  # Python's int() of a non-negative float
+        return op.Cast(x, to=_INT64)
+
+    following = op.Slice(starts, g.i64(1), g.i64(_NEVER), g.i64(0))  # starts[i + 1]
+    inner_ends = op.Slice(ends, g.i64(0), g.i64(-1), g.i64(0))  # ends[i], i < K - 1
+    gap = op.Sub(following, inner_ends)
+    half = op.Div(gap, g.i64(2))
+    close = op.Less(op.Cast(gap, to=as_double), g.const(np.array(2 * pad), np.float64))
+    padded_end = truncate(op.Min(total, op.Add(op.Cast(ends, to=as_double), pad_value)))  # every end, padded alone
+    new_inner_ends = op.Where(close, op.Add(inner_ends, half), op.Slice(padded_end, g.i64(0), g.i64(-1), g.i64(0)))
+    zero = g.const(np.array(0.0), np.float64)
+    new_following = op.Where(
+        close,
+        truncate(op.Max(zero, op.Cast(op.Sub(following, half), to=as_double))),
+        truncate(op.Max(zero, op.Sub(op.Cast(following, to=as_double), pad_value))),
+    )
+    first = truncate(op.Max(zero, op.Sub(op.Cast(op.Slice(starts, g.i64(0), g.i64(1), g.i64(0)), to=as_double), pad_value)))
+    new_starts = op.Concat(first, new_following, axis=0)
+    new_ends = op.Concat(new_inner_ends, op.Slice(padded_end, g.i64(-1), g.i64(_NEVER), g.i64(0)), axis=0)
+    return op.Concat(op.Unsqueeze(new_starts, g.i64(1)), op.Unsqueeze(new_ends, g.i64(1)), axis=1)
+
+
+def silero_segments(g: GraphOps, samples: ir.Value, options: SileroVadOptions) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(probabilities [F], timestamps [K, 2] in samples, segments [K, 2] in ms) of ``samples`` [N].
+
+    Milliseconds round outwards (start down, end up), so a segment holds all its speech.
+    """
+    probabilities = speech_probabilities(g, samples, options)
+    timestamps = speech_timestamps(g, probabilities, g.dim(samples, 0), options)
+    per_ms = int(options.samp_freq // 1000)
+    starts = g.op.Div(g.op.Slice(timestamps, g.i64(0), g.i64(1), g.i64(1)), g.i64(per_ms))
+    ends = g.op.Div(g.op.Add(g.op.Slice(timestamps, g.i64(1), g.i64(2), g.i64(1)), g.i64(per_ms - 1)), g.i64(per_ms))
+    return probabilities, timestamps, g.op.Concat(starts, ends, axis=1)

@@ -1,0 +1,151 @@
+"""--vad silero: the grafted sequence model against silero's own Python chunk loop, and the
+in-graph get_speech_timestamps against silero's function, on synthetic probabilities and
+on the vad-dev corpus clean and in white/pink/babble noise at 20/10/5 dB."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from svsurgery.frontend._ops import GraphOps
+from svsurgery.runtime import inference_session
+from svsurgery.testing import vad_corpus
+from svsurgery.vad.options import SileroVadOptions
+from svsurgery.vad.silero import FRAME, silero_segments, speech_timestamps
+
+silero_vad = pytest.importorskip("silero_vad", reason="the silero reference is a test dependency (pip install silero-vad)")
+torch = pytest.importorskip("torch")
+from silero_vad.utils_vad import get_speech_timestamps_from_probs  # noqa: E402
+
+PROBABILITY_TOLERANCE = 1e-5  # the issue's bar against silero's Python chunk loop
+
+
+def _model(build, inputs):
+    from onnx_ir.passes.common import NameFixPass
+
+    graph = ir.Graph(inputs, [], nodes=[], opset_imports={"": 17}, name="probe")
+    outputs = build(GraphOps(graph, 17), *inputs)
+    for index, value in enumerate(outputs):
+        value.name = f"out{index}"
+    graph.outputs.extend(outputs)
+    model = ir.Model(graph, ir_version=8)
+    NameFixPass()(model)
+    return inference_session(model)
+
+
+def _timestamps_session(options: SileroVadOptions):
+    probabilities = ir.val("p", ir.DataType.FLOAT, ["frames"])
+    count = ir.val("n", ir.DataType.INT64, [1])
+    return _model(lambda g, p, n: (speech_timestamps(g, p, n, options),), [probabilities, count])
+
+
+def _silero_reference(probabilities: np.ndarray, samples: int, options: SileroVadOptions) -> list[list[int]]:
+    found = get_speech_timestamps_from_probs(
+        [float(p) for p in probabilities], sampling_rate=16000, threshold=options.threshold,
+        neg_threshold=options.neg_threshold, min_speech_duration_ms=options.min_speech_duration_ms,
+        max_speech_duration_s=options.max_speech_duration_s, min_silence_duration_ms=options.min_silence_duration_ms,
+        speech_pad_ms=options.speech_pad_ms, min_silence_at_max_speech=options.min_silence_at_max_speech,
+        use_max_poss_sil_at_max_speech=options.use_max_poss_sil_at_max_speech, audio_length_samples=samples,
+    )  # fmt: skip
+    return [[int(s["start"]), int(s["end"])] for s in found]
+
+
+def _sequences(rng: np.random.Generator) -> list[np.ndarray]:
+    """Random flicker, bursts and long speech with short dips, all silence, all speech, tiny."""
+    flicker = rng.random(400).astype(np.float32)
+    bursts = np.repeat(rng.random(60) > 0.5, rng.integers(1, 30, 60)).astype(np.float32) * 0.9 + 0.05
+    long_speech = np.full(900, 0.9, np.float32)
+    long_speech[rng.integers(0, 900, 25)] = 0.1  # one-frame dips: cut candidates of various lengths
+    dips = rng.integers(0, 880, 6)
+    for start, length in zip(dips, rng.integers(2, 20, 6)):
+        long_speech[start : start + length] = 0.2
+    near = np.full(300, 0.5, np.float32)  # exactly at the threshold
+    near[::7] = np.nextafter(np.float32(0.35), np.float32(0))
+    return [flicker, bursts, long_speech, near, np.zeros(50, np.float32), np.ones(120, np.float32),
+            np.array([0.9], np.float32), np.zeros(0, np.float32)]  # fmt: skip
+
+
+OPTION_SETS = {
+    "defaults": SileroVadOptions(),
+    "max-speech-longest-silence": SileroVadOptions(max_speech_duration_s=3.0),
+    "max-speech-legacy-cut": SileroVadOptions(max_speech_duration_s=2.5, use_max_poss_sil_at_max_speech=False),
+    "no-min-silence": SileroVadOptions(min_silence_duration_ms=0, min_speech_duration_ms=0, max_speech_duration_s=1.5),
+    "odd-durations": SileroVadOptions(threshold=0.3, neg_threshold=0.25, speech_pad_ms=45.5, min_silence_duration_ms=33,
+                                      min_speech_duration_ms=97.3, max_speech_duration_s=4.2),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_SETS))
+def test_timestamps_equal_silero_on_synthetic_probabilities(name):
+    options = OPTION_SETS[name]
+    session = _timestamps_session(options)
+    rng = np.random.default_rng(sorted(OPTION_SETS).index(name))
+    compared = 0
+    for probabilities in _sequences(rng):
+        for samples in {probabilities.size * FRAME, max(probabilities.size * FRAME - 300, 0)}:
+            (found,) = session.run(None, {"p": probabilities, "n": np.array([samples], np.int64)})
+            expected = _silero_reference(probabilities, samples, options)
+            assert found.tolist() == expected, f"{name}: {probabilities.size} frames, {samples} samples"
+            compared += len(expected)
+    assert compared > 10  # the sequences do produce speech to compare
+
+
+@pytest.fixture(scope="module")
+def silero_session():
+    waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
+    return _model(lambda g, w: silero_segments(g, w, SileroVadOptions()), [waveform])
+
+
+def _python_loop_probabilities(waveform: np.ndarray) -> np.ndarray:
+    """silero's get_speech_timestamps loop: the stock ONNX model, 512 samples per call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = silero_vad.load_silero_vad(onnx=True)
+    audio = torch.from_numpy(waveform)
+    probabilities = []
+    for start in range(0, audio.numel(), FRAME):
+        chunk = audio[start : start + FRAME]
+        if chunk.numel() < FRAME:
+            chunk = torch.nn.functional.pad(chunk, (0, FRAME - chunk.numel()))
+        probabilities.append(model(chunk, 16000).item())
+    return np.array(probabilities, dtype=np.float64)
+
+
+RECORDINGS = vad_corpus.recordings()
+
+
+@pytest.mark.skipif(not RECORDINGS, reason="the vad-dev corpus (shared/data/vad-dev) is not on this machine")
+@pytest.mark.parametrize("kind,snr", vad_corpus.CONDITIONS, ids=[f"{k}-{s}" for k, s in vad_corpus.CONDITIONS])
+def test_silero_mode_matches_python_pipeline_on_corpus(silero_session, kind, snr):
+    for recording in RECORDINGS:
+        waveform = vad_corpus.mix(recording, kind, snr)
+        probabilities, timestamps, segments = silero_session.run(None, {"w": waveform})
+        reference = _python_loop_probabilities(waveform)
+        assert probabilities.shape == reference.shape
+        assert np.max(np.abs(probabilities - reference)) <= PROBABILITY_TOLERANCE, recording.name
+        expected = _silero_reference(reference, waveform.size, SileroVadOptions())
+        assert timestamps.tolist() == expected, f"{recording.name} {kind} {snr}"
+        assert len(expected) > 0
+        assert np.array_equal(segments[:, 0], timestamps[:, 0] // 16) and np.array_equal(segments[:, 1], -(-timestamps[:, 1] // 16))
+
+
+def test_silero_edge_waveforms(silero_session):
+    for waveform in (np.zeros(0, np.float32), np.zeros(100, np.float32), np.zeros(16000, np.float32)):
+        probabilities, timestamps, segments = silero_session.run(None, {"w": waveform})
+        assert probabilities.shape == (-(-waveform.size // FRAME),)
+        assert timestamps.shape == (0, 2) and segments.shape == (0, 2)
+
+
+def test_silero_options_are_checked():
+    from svsurgery.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="16000"):
+        SileroVadOptions(samp_freq=8000).validate()
+    with pytest.raises(BadInputError, match="does not exist"):
+        from svsurgery.vad.silero import silero_model
+
+        silero_model(dataclasses.replace(SileroVadOptions(), model="/nonexistent/silero.onnx"))
