@@ -11,7 +11,7 @@ from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.fuse import fuse_preprocessing
 from svsurgery.errors import BadInputError
-from svsurgery.vad.options import EnergyVadOptions, SegmentOptions, SileroVadOptions
+from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
 
 
 def register(verbs) -> None:
@@ -49,6 +49,11 @@ def register(verbs) -> None:
     vad.add_argument("--min-silence-ms", type=float, default=100.0, help="silero: silence that ends speech (default 100)")
     vad.add_argument("--speech-pad-ms", type=float, default=30.0, help="silero: padding each side (default 30)")
     vad.add_argument("--max-speech-s", type=float, default=float("inf"), help="silero: cut longer speech (default: no limit)")
+    vad.add_argument("--static-silence", action="store_true",
+                     help="fsmn: config.yaml's fixed max_end_silence_time instead of FunASR 1.4.16's dynamic schedule")
+    vad.add_argument("--max-end-silence-ms", type=float, help="fsmn: a fixed end silence (as FunASR's generate kwarg)")
+    vad.add_argument("--max-single-segment-ms", type=float,
+                     help="fsmn: cut segments longer than this (default config.yaml's; SenseVoice's pipeline passes 30000)")
     vad.add_argument("--merge-length-s", type=float, default=15.0, help="FunASR merge_vad span length in s (default 15)")
     vad.add_argument("--no-merge", action="store_true", help="decode each VAD segment alone instead of merged spans")
     vad.add_argument("--max-segment-s", type=float, default=30.0, help="with --no-merge, cut longer segments (default 30 s)")
@@ -90,5 +95,10 @@ def _vad_options(args: argparse.Namespace):
             model=args.silero_model, threshold=args.silero_threshold, min_speech_duration_ms=args.min_speech_ms,
             min_silence_duration_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
             max_speech_duration_s=args.max_speech_s,
+        ).validate()
+    if args.vad.startswith("fsmn:") and len(args.vad) > 5:
+        return FsmnVadOptions(
+            folder=args.vad[5:], dynamic_silence=not args.static_silence, max_end_silence_time=args.max_end_silence_ms,
+            max_single_segment_time=args.max_single_segment_ms,
         ).validate()
     raise BadInputError(f"--vad {args.vad}: expected silero, fsmn:DIR or energy")

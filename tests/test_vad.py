@@ -162,23 +162,33 @@ def funasr_folder(tmp_path_factory):
     return write_model_folders(tmp_path_factory.mktemp("vad_folders"))["funasr"]
 
 
-def _vad_modes():
-    modes = [("energy", vad.EnergyVadOptions())]
-    try:
-        import silero_vad  # noqa: F401 - the reference pipeline for the silero mode
+def _vad_modes() -> list[str]:
+    import importlib.util
 
-        modes.append(("silero", vad.SileroVadOptions()))
-    except ImportError:
-        pass
+    modes = ["energy"]
+    if importlib.util.find_spec("silero_vad"):  # the reference pipeline for the silero mode
+        modes.append("silero")
+    if importlib.util.find_spec("funasr_onnx"):  # the reference state machine for the fsmn mode
+        modes.append("fsmn")
     return modes
 
 
+@pytest.fixture(scope="module")
+def fsmn_folder(tmp_path_factory):
+    from svsurgery.testing.fsmn import write_fsmn_vad_folder
+
+    return write_fsmn_vad_folder(tmp_path_factory.mktemp("fsmn_vad"))
+
+
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
-@pytest.mark.parametrize("name,options", _vad_modes(), ids=[m for m, _ in _vad_modes()])
-def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp_path, merge, name, options):
+@pytest.mark.parametrize("name", _vad_modes())
+def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp_path, merge, name, request):
     """The fused graph vs the same pipeline in Python: the mode's own VAD (numpy for energy,
-    silero's Python for silero) and FunASR's segmentation, then each span through the front
-    end and the encoder alone: same segments, per-span logits within 1e-4."""
+    silero's Python for silero, funasr-onnx's E2EVadModel for fsmn) and FunASR's segmentation,
+    then each span through the front end and the encoder alone: same segments, per-span
+    logits within 1e-4."""
+    options = {"energy": vad.EnergyVadOptions, "silero": vad.SileroVadOptions,
+               "fsmn": lambda: vad.FsmnVadOptions(str(request.getfixturevalue("fsmn_folder")))}[name]()  # fmt: skip
     import svsurgery
     from svsurgery.frontend.config import discover
     from svsurgery.fuse import fuse_preprocessing
@@ -217,3 +227,20 @@ def test_fused_vad_model_without_speech_gives_empty_outputs(funasr_folder, tmp_p
              "language": np.array([0], np.int32), "textnorm": np.array([15], np.int32)}  # fmt: skip
     logits, lengths, spans = session.run(["ctc_logits", "encoder_out_lens", "segments"], feeds)
     assert logits.shape[0] == lengths.shape[0] == spans.shape[0] == 0 and spans.shape == (0, 2)
+
+
+def test_cli_vad_modes_and_bad_mode(funasr_folder, fsmn_folder, tmp_path, capsys):
+    import json
+
+    from svsurgery.cli.main import main
+
+    out, report = tmp_path / "fused.onnx", tmp_path / "report.json"
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(out), "--vad", f"fsmn:{fsmn_folder}", "--static-silence",
+                 "--max-single-segment-ms", "30000", "--report", str(report)]) == 0  # fmt: skip
+    recorded = json.loads(report.read_text())["frontend"]["vad"]
+    assert recorded["mode"] == "fsmn" and recorded["dynamic_silence"] is False
+    assert recorded["state_machine"]["max_single_segment_time"] == 30000
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "x.onnx"), "--vad", "webrtc"]) == 2
+    assert "expected silero, fsmn:DIR or energy" in capsys.readouterr().err
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "y.onnx"), "--vad", f"fsmn:{tmp_path / 'nope'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -5,6 +5,6 @@
 """
 
 from svsurgery.vad.build import SEGMENTS, build_vad_frontend
-from svsurgery.vad.options import EnergyVadOptions, SegmentOptions, SileroVadOptions
+from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
 
-__all__ = ["SEGMENTS", "EnergyVadOptions", "SegmentOptions", "SileroVadOptions", "build_vad_frontend"]
+__all__ = ["SEGMENTS", "EnergyVadOptions", "FsmnVadOptions", "SegmentOptions", "SileroVadOptions", "build_vad_frontend"]

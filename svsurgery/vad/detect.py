@@ -10,11 +10,11 @@ import numpy as np
 import onnx_ir as ir
 
 from svsurgery.frontend._ops import MIN_OPSET, GraphOps
-from svsurgery.vad.options import EnergyVadOptions, SileroVadOptions
+from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SileroVadOptions
 
 __all__ = ["VadOptions", "detect_segments", "metadata", "mode", "reference_segments", "required_opset"]
 
-VadOptions = Union[EnergyVadOptions, SileroVadOptions]
+VadOptions = Union[EnergyVadOptions, SileroVadOptions, FsmnVadOptions]
 
 
 def mode(vad: VadOptions) -> str:
@@ -22,6 +22,8 @@ def mode(vad: VadOptions) -> str:
         return "energy"
     if isinstance(vad, SileroVadOptions):
         return "silero"
+    if isinstance(vad, FsmnVadOptions):
+        return "fsmn"
     raise TypeError(f"not VAD options: {type(vad).__name__}")
 
 
@@ -29,7 +31,14 @@ def required_opset(vad: VadOptions) -> int:
     """The lowest ai.onnx opset the mode's graph can be authored at."""
     from svsurgery.vad import silero
 
-    return silero.MIN_OPSET if isinstance(vad, SileroVadOptions) else MIN_OPSET
+    if isinstance(vad, SileroVadOptions):
+        return silero.MIN_OPSET
+    if isinstance(vad, FsmnVadOptions):  # its network is grafted at our opset: at least its own
+        from svsurgery.opset import ai_onnx_opset
+        from svsurgery.vad.fsmn import load_fsmn_vad
+
+        return max(MIN_OPSET, ai_onnx_opset(load_fsmn_vad(vad).model) or MIN_OPSET)
+    return MIN_OPSET
 
 
 def detect_segments(g: GraphOps, samples: ir.Value, vad: VadOptions) -> ir.Value:
@@ -43,6 +52,10 @@ def detect_segments(g: GraphOps, samples: ir.Value, vad: VadOptions) -> ir.Value
         return flags_to_segments(g, energy_flags(g, samples, vad), vad.frame_ms)
     if isinstance(vad, SileroVadOptions):
         return silero_segments(g, samples, vad)[2]
+    if isinstance(vad, FsmnVadOptions):
+        from svsurgery.vad.fsmn import fsmn_segments, load_fsmn_vad
+
+        return fsmn_segments(g, samples, load_fsmn_vad(vad))[1]
     raise TypeError(f"not VAD options: {type(vad).__name__}")
 
 
@@ -54,6 +67,8 @@ def reference_segments(waveform: np.ndarray, vad: VadOptions) -> tuple[np.ndarra
         return reference.segments(reference.energy_vad(waveform, vad), vad.frame_ms), "svsurgery's numpy energy VAD"
     if isinstance(vad, SileroVadOptions):
         return _silero_reference(waveform, vad)
+    if isinstance(vad, FsmnVadOptions):
+        return _fsmn_reference(waveform, vad)
     raise TypeError(f"not VAD options: {type(vad).__name__}")
 
 
@@ -82,7 +97,30 @@ def _silero_reference(waveform: np.ndarray, vad: SileroVadOptions) -> tuple[np.n
     return milliseconds, "silero-vad's Python (sequence runner + get_speech_timestamps_from_probs)"
 
 
+def _fsmn_reference(waveform: np.ndarray, vad: FsmnVadOptions) -> tuple[np.ndarray, str]:
+    """funasr-onnx's E2EVadModel (driven as FunASR 1.4.16's generate()) on the frame scores of
+    the graph's own front end and network (the front end is checked against
+    kaldi-native-fbank separately); without funasr-onnx, the VAD part run alone."""
+    from svsurgery.errors import MissingDependencyError
+    from svsurgery.vad.fsmn import load_fsmn_vad
+
+    try:
+        from svsurgery.vad.funasr_reference import e2e_vad_module, funasr_segments
+
+        e2e_vad_module()
+    except MissingDependencyError:
+        return _own_graph_segments(waveform, vad), "the VAD part of the graph run alone (funasr-onnx not installed)"
+    silence = _own_graph_outputs(waveform, vad)[0]
+    found = funasr_segments(silence.astype(np.float32)[None, :, None], waveform, load_fsmn_vad(vad))
+    return found, "funasr-onnx's E2EVadModel on the graph's frame scores"
+
+
 def _own_graph_segments(waveform: np.ndarray, vad: VadOptions) -> np.ndarray:
+    return _own_graph_outputs(waveform, vad)[-1]
+
+
+def _own_graph_outputs(waveform: np.ndarray, vad: VadOptions) -> list[np.ndarray]:
+    """The VAD part alone: (frame scores, segments) for fsmn, (segments,) otherwise."""
     from onnx_ir.passes.common import NameFixPass
 
     from svsurgery.runtime import inference_session
@@ -90,16 +128,27 @@ def _own_graph_segments(waveform: np.ndarray, vad: VadOptions) -> np.ndarray:
     samples = ir.val("samples", ir.DataType.FLOAT, ["n"])
     opset = required_opset(vad)
     graph = ir.Graph([samples], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad")
-    found = detect_segments(GraphOps(graph, opset), samples, vad)
-    found.name = "segments"
-    graph.outputs.append(found)
+    g = GraphOps(graph, opset)
+    if isinstance(vad, FsmnVadOptions):
+        from svsurgery.vad.fsmn import fsmn_segments, load_fsmn_vad
+
+        outputs = list(fsmn_segments(g, samples, load_fsmn_vad(vad)))
+    else:
+        outputs = [detect_segments(g, samples, vad)]
+    for index, value in enumerate(outputs):
+        value.name = f"output_{index}"
+    graph.outputs.extend(outputs)
     model = ir.Model(graph, ir_version=8)
     NameFixPass()(model)
-    return inference_session(model).run(None, {"samples": np.ascontiguousarray(waveform, np.float32)})[0]
+    return inference_session(model).run(None, {"samples": np.ascontiguousarray(waveform, np.float32)})
 
 
 def metadata(vad: VadOptions) -> dict:
     """The options as strict-JSON values (an infinite limit is written "inf")."""
+    if isinstance(vad, FsmnVadOptions):
+        from svsurgery.vad.fsmn import load_fsmn_vad
+
+        return {"mode": "fsmn", **load_fsmn_vad(vad).metadata()}
 
     def plain(value):
         return str(value) if isinstance(value, float) and not np.isfinite(value) else value

@@ -98,3 +98,32 @@ class SileroVadOptions:
         if min(durations) < 0 or not self.max_speech_duration_s > 0:
             raise BadInputError("silero durations must be >= 0 and max_speech_duration_s > 0")
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class FsmnVadOptions:
+    """FunASR's fsmn-vad from the user's model folder (model.onnx, am.mvn, config.yaml).
+
+    The state machine's parameters come from config.yaml ``model_conf`` (FunASR's
+    VADXOptions names). By default the end-silence follows FunASR 1.4.16's ``generate()``:
+    its dynamic schedule (2000 ms end silence and speech_noise_thres 0.5 for the first 60 s
+    chunk, shorter after long speech); ``dynamic_silence=False`` gives the static config
+    behaviour (``max_end_silence_time`` from config.yaml, or the one given here, which is
+    also what FunASR does when the caller passes it).
+    """
+
+    folder: str  # the fsmn-vad model folder
+    dynamic_silence: bool = True  # FunASR >= 1.3.9 generate()'s schedule; False: config.yaml's static value
+    max_end_silence_time: float | None = None  # ms; given: static end silence (as FunASR's generate kwarg)
+    max_single_segment_time: float | None = None  # ms; None: config.yaml's (SenseVoice's pipeline passes 30000)
+    chunk_size_ms: float = 60000.0  # ms; FunASR's offline chunk, the schedule's step
+    samp_freq: float = 16000.0  # Hz
+
+    def validate(self) -> FsmnVadOptions:
+        from pathlib import Path
+
+        if not Path(self.folder).is_dir():
+            raise BadInputError(f"--vad fsmn:{self.folder}: no such folder (expected model.onnx, am.mvn, config.yaml)")
+        if self.chunk_size_ms <= 0 or (self.max_single_segment_time is not None and self.max_single_segment_time <= 0):
+            raise BadInputError("fsmn-vad: chunk_size_ms and max_single_segment_time must be positive")
+        return self

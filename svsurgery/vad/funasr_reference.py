@@ -1,0 +1,77 @@
+"""funasr-onnx's E2EVadModel driven as FunASR 1.4.16's offline ``generate()`` drives its own:
+the reference the fsmn mode is checked against (a test dependency, installed with --no-deps).
+
+FunASR cuts the input into 60 s chunks; before each chunk its dynamic schedule sets the end
+silence from the speech accumulated while a segment stayed open across chunks (reset when a
+chunk completed a segment) and speech_noise_thres to 0.5; the state machine itself is the
+same one funasr-onnx ships. ``funasr_onnx/__init__`` imports librosa, which its E2EVadModel
+does not need, so the module is loaded from its file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+
+import numpy as np
+
+from svsurgery.errors import MissingDependencyError
+from svsurgery.vad.fsmn import DYNAMIC_SILENCE_SCHEDULE, DYNAMIC_SPEECH_NOISE_THRES, FsmnVad, chunk_starts
+
+__all__ = ["e2e_vad_module", "funasr_segments"]
+
+
+def e2e_vad_module():
+    """funasr_onnx.utils.e2e_vad, without running funasr_onnx/__init__."""
+    name = "svsurgery_funasr_onnx_e2e_vad"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("funasr_onnx")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("the fsmn reference needs funasr-onnx: pip install --no-deps funasr-onnx==0.4.3")
+    path = f"{list(spec.submodule_search_locations)[0]}/utils/e2e_vad.py"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def funasr_segments(scores: np.ndarray, waveform: np.ndarray, vad: FsmnVad) -> np.ndarray:
+    """[K, 2] int64 ms from funasr-onnx's E2EVadModel for network outputs ``scores`` [1, T, C]
+    of ``waveform`` [N] (samples in [-1, 1])."""
+    module = e2e_vad_module()
+    machine = vad.machine
+    post_args = {**dataclasses.asdict(machine), "sil_pdf_ids": list(machine.sil_pdf_ids)}
+    if vad.dynamic:
+        post_args["speech_noise_thres"] = DYNAMIC_SPEECH_NOISE_THRES
+    detector = module.E2EVadModel(post_args)
+    frames = scores.shape[1]
+    rate = machine.sample_rate
+    hop, window = int(machine.frame_in_ms * rate / 1000), int(machine.frame_length_ms * rate / 1000)
+    chunk_samples = int(vad.options.chunk_size_ms * rate / 1000)
+    first, period = chunk_starts(vad)
+    starts = [0] + [first + (k - 1) * period for k in range(1, waveform.size // chunk_samples + 1)]
+    starts = [s for s in starts if s < frames] or [0]
+    bounds = list(zip(starts, [*starts[1:], frames]))
+    accumulated, in_speech, found = 0, False, []
+    speech_to_silence = machine.speech_to_sil_time_thres
+    for index, (begin, end) in enumerate(bounds):
+        if vad.dynamic:
+            if detector.vad_state_machine.value == 2 or in_speech:  # a segment is open across the chunk start
+                accumulated += vad.options.chunk_size_ms
+                in_speech = True
+            silence = next(ms for limit, ms in DYNAMIC_SILENCE_SCHEDULE if accumulated <= limit)
+            end_silence = max(silence - speech_to_silence, 0) + speech_to_silence  # FunASR clips the threshold at 0
+        else:
+            end_silence = vad.static_end_silence
+        if end <= begin:
+            continue
+        package = waveform[begin * hop : min(waveform.size, (end - 1) * hop + window)]
+        part = detector(scores[:, begin:end], package[None].astype(np.float32), is_final=index == len(bounds) - 1,
+                        max_end_sil=end_silence, online=False)  # fmt: skip
+        if part:
+            found.extend(part[0])
+            accumulated, in_speech = 0, False
+    return np.array(found, dtype=np.int64).reshape(-1, 2)
