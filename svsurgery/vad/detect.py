@@ -12,7 +12,7 @@ import onnx_ir as ir
 from svsurgery.frontend._ops import MIN_OPSET, GraphOps
 from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SileroVadOptions
 
-__all__ = ["VadOptions", "detect_segments", "metadata", "mode", "reference_segments", "required_opset"]
+__all__ = ["VadOptions", "detect_segments", "metadata", "mode", "reference_segments", "required_opset", "vad_model"]
 
 VadOptions = Union[EnergyVadOptions, SileroVadOptions, FsmnVadOptions]
 
@@ -120,27 +120,37 @@ def _own_graph_segments(waveform: np.ndarray, vad: VadOptions) -> np.ndarray:
 
 
 def _own_graph_outputs(waveform: np.ndarray, vad: VadOptions) -> list[np.ndarray]:
-    """The VAD part alone: (frame scores, segments) for fsmn, (segments,) otherwise."""
-    from onnx_ir.passes.common import NameFixPass
-
     from svsurgery.runtime import inference_session
 
-    samples = ir.val("samples", ir.DataType.FLOAT, ["n"])
+    return inference_session(vad_model(vad)).run(None, {"samples": np.ascontiguousarray(waveform, np.float32)})
+
+
+def vad_model(vad: VadOptions) -> ir.Model:
+    """The mode's VAD alone: ``samples`` f32 [N] -> (fsmn: ``scores`` [T], the frames' silence
+    probability; silero: ``scores`` [F], speech probability per 512 samples) ``segments`` [K, 2] ms."""
+    from onnx_ir.passes.common import NameFixPass
+
+    samples = ir.val("samples", ir.DataType.FLOAT, ["samples"])
     opset = required_opset(vad)
-    graph = ir.Graph([samples], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad")
+    graph = ir.Graph([samples], [], nodes=[], opset_imports={"": opset}, name=f"svsurgery_vad_{mode(vad)}")
     g = GraphOps(graph, opset)
     if isinstance(vad, FsmnVadOptions):
         from svsurgery.vad.fsmn import fsmn_segments, load_fsmn_vad
 
         outputs = list(fsmn_segments(g, samples, load_fsmn_vad(vad)))
+    elif isinstance(vad, SileroVadOptions):
+        from svsurgery.vad.silero import silero_segments
+
+        scores, _, found = silero_segments(g, samples, vad)
+        outputs = [scores, found]
     else:
         outputs = [detect_segments(g, samples, vad)]
-    for index, value in enumerate(outputs):
-        value.name = f"output_{index}"
+    for value, name in zip(outputs[::-1], ("segments", "scores")):
+        value.name = name
     graph.outputs.extend(outputs)
     model = ir.Model(graph, ir_version=8)
     NameFixPass()(model)
-    return inference_session(model).run(None, {"samples": np.ascontiguousarray(waveform, np.float32)})
+    return model
 
 
 def metadata(vad: VadOptions) -> dict:
