@@ -134,7 +134,7 @@ def pipeline_timing(recordings, size: str, repeats: int) -> dict:
         for recording in recordings:
             waveform = recording.waveform
 
-            def python_pipeline():
+            def python_pipeline(waveform=waveform):
                 spans = vad_reference.merge_vad(np.round(silero(waveform)).astype(np.int64), segmentation.merge_length_s * 1000)
                 outputs = []
                 for piece in vad_reference.cut_rows(waveform, spans):
@@ -143,7 +143,7 @@ def pipeline_timing(recordings, size: str, repeats: int) -> dict:
                     outputs.append(encoder.run(None, {"speech": features[None], "speech_lengths": np.array([features.shape[0]], np.int32), **ids}))
                 return outputs
 
-            def fused_pipeline():
+            def fused_pipeline(waveform=waveform):
                 return fused.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
 
             best = best_of_interleaved({"python": python_pipeline, "fused": fused_pipeline}, repeats)

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from svsurgery.cli.common import console, error_console
-from svsurgery.errors import EXIT_CHECK_FAILED
+
+from svsurgery.errors import EXIT_CHECK_FAILED, BadInputError
 from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.fuse import fuse_preprocessing
-from svsurgery.errors import BadInputError
 from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
 
 

@@ -34,9 +34,9 @@ from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
 from svsurgery.parity.waveforms import speech_like
 from svsurgery.report import Report
+from svsurgery.runtime import inference_session
 from svsurgery.vad.detect import VadOptions, required_opset
 from svsurgery.vad.options import SegmentOptions
-from svsurgery.runtime import inference_session
 
 __all__ = ["FuseReport", "fuse_preprocessing", "verification_waveforms"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+from vad_support import probe_session
 
 from svsurgery import frontend, vad
-from svsurgery.frontend._ops import GraphOps
 from svsurgery.runtime import inference_session
 from svsurgery.testing.audio import read_wav
 from svsurgery.vad import reference
@@ -33,31 +33,17 @@ RECORDINGS = sorted(CORPUS.glob("rec*.wav"))
 MIN_F1_CLEAN = 0.98  # the bar for the energy mode on clean speech
 
 
-def _session(build, inputs):
-    from onnx_ir.passes.common import NameFixPass
-
-    graph = ir.Graph(inputs, [], nodes=[], opset_imports={"": 17}, name="probe")
-    g = GraphOps(graph, 17)
-    outputs = build(g, *inputs)
-    for index, value in enumerate(outputs):
-        value.name = f"out{index}"
-    graph.outputs.extend(outputs)
-    model = ir.Model(graph, ir_version=8)
-    NameFixPass()(model)
-    return inference_session(model)
-
-
 @pytest.fixture(scope="module")
 def energy_session():
     options = vad.EnergyVadOptions()
     wave = ir.val("w", ir.DataType.FLOAT, ["n"])
-    return _session(lambda g, w: (flags := energy_flags(g, w, options), flags_to_segments(g, flags, options.frame_ms)), [wave])
+    return probe_session(lambda g, w: (flags := energy_flags(g, w, options), flags_to_segments(g, flags, options.frame_ms)), [wave])
 
 
 @pytest.fixture(scope="module")
 def spans_session():
     found = ir.val("s", ir.DataType.INT64, ["k", 2])
-    return _session(lambda g, s: (merge_spans(g, s, 15000), split_long(g, s, 30000)), [found])
+    return probe_session(lambda g, s: (merge_spans(g, s, 15000), split_long(g, s, 30000)), [found])
 
 
 def _f1(flags: np.ndarray, labels: np.ndarray) -> float:

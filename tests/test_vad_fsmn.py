@@ -9,8 +9,8 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 import pytest
+from vad_support import probe_session
 
-from svsurgery.frontend._ops import GraphOps
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
 from svsurgery.vad.fsmn import decide_segments, frame_decibels, fsmn_segments, load_fsmn_vad
@@ -31,19 +31,6 @@ def folder(tmp_path_factory):
     return write_fsmn_vad_folder(tmp_path_factory.mktemp("fsmn_vad"))
 
 
-def _model(build, inputs):
-    from onnx_ir.passes.common import NameFixPass
-
-    graph = ir.Graph(inputs, [], nodes=[], opset_imports={"": 17}, name="probe")
-    outputs = build(GraphOps(graph, 17), *inputs)
-    for index, value in enumerate(outputs):
-        value.name = f"out{index}"
-    graph.outputs.extend(outputs)
-    model = ir.Model(graph, ir_version=8)
-    NameFixPass()(model)
-    return inference_session(model)
-
-
 def _decisions_session(vad):
     silence = ir.val("p", ir.DataType.DOUBLE, ["frames"])
     waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
@@ -52,7 +39,7 @@ def _decisions_session(vad):
         decibels = frame_decibels(g, w, g.dim(p, 0), vad.machine)
         return (decide_segments(g, p, decibels, g.dim(w, 0), vad),)
 
-    return _model(build, [silence, waveform])
+    return probe_session(build, [silence, waveform])
 
 
 def _variant(folder, **changes):
@@ -125,7 +112,7 @@ def fsmn_sessions(folder):
     for dynamic in (True, False):
         vad = load_fsmn_vad(FsmnVadOptions(str(folder), dynamic_silence=dynamic))
         waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
-        sessions[dynamic] = (vad, _model(lambda g, w, vad=vad: fsmn_segments(g, w, vad), [waveform]))
+        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: fsmn_segments(g, w, vad), [waveform]))
     return sessions
 
 
@@ -162,7 +149,7 @@ def test_fsmn_scores_follow_funasr_onnx_front_end(fsmn_sessions, folder):
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    vad, session = fsmn_sessions[True]
+    _, session = fsmn_sessions[True]
     import yaml
 
     conf = yaml.safe_load((folder / "config.yaml").read_text())["frontend_conf"]

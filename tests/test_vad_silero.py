@@ -10,37 +10,23 @@ import warnings
 import numpy as np
 import onnx_ir as ir
 import pytest
+from vad_support import probe_session
 
-from svsurgery.frontend._ops import GraphOps
-from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
 from svsurgery.vad.options import SileroVadOptions
 from svsurgery.vad.silero import FRAME, silero_segments, speech_timestamps
 
 silero_vad = pytest.importorskip("silero_vad", reason="the silero reference is a test dependency (pip install silero-vad)")
 torch = pytest.importorskip("torch")
-from silero_vad.utils_vad import get_speech_timestamps_from_probs  # noqa: E402
+from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
 PROBABILITY_TOLERANCE = 1e-5  # the bar against silero's Python chunk loop
-
-
-def _model(build, inputs):
-    from onnx_ir.passes.common import NameFixPass
-
-    graph = ir.Graph(inputs, [], nodes=[], opset_imports={"": 17}, name="probe")
-    outputs = build(GraphOps(graph, 17), *inputs)
-    for index, value in enumerate(outputs):
-        value.name = f"out{index}"
-    graph.outputs.extend(outputs)
-    model = ir.Model(graph, ir_version=8)
-    NameFixPass()(model)
-    return inference_session(model)
 
 
 def _timestamps_session(options: SileroVadOptions):
     probabilities = ir.val("p", ir.DataType.FLOAT, ["frames"])
     count = ir.val("n", ir.DataType.INT64, [1])
-    return _model(lambda g, p, n: (speech_timestamps(g, p, n, options),), [probabilities, count])
+    return probe_session(lambda g, p, n: (speech_timestamps(g, p, n, options),), [probabilities, count])
 
 
 def _silero_reference(probabilities: np.ndarray, samples: int, options: SileroVadOptions) -> list[list[int]]:
@@ -75,7 +61,7 @@ OPTION_SETS = {
     "max-speech-legacy-cut": SileroVadOptions(max_speech_duration_s=2.5, use_max_poss_sil_at_max_speech=False),
     "no-min-silence": SileroVadOptions(min_silence_duration_ms=0, min_speech_duration_ms=0, max_speech_duration_s=1.5),
     "odd-durations": SileroVadOptions(threshold=0.3, neg_threshold=0.25, speech_pad_ms=45.5, min_silence_duration_ms=33,
-                                      min_speech_duration_ms=97.3, max_speech_duration_s=4.2),  # fmt: skip
+                                      min_speech_duration_ms=97.3, max_speech_duration_s=4.2),
 }
 
 
@@ -97,7 +83,7 @@ def test_timestamps_equal_silero_on_synthetic_probabilities(name):
 @pytest.fixture(scope="module")
 def silero_session():
     waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
-    return _model(lambda g, w: silero_segments(g, w, SileroVadOptions()), [waveform])
+    return probe_session(lambda g, w: silero_segments(g, w, SileroVadOptions()), [waveform])
 
 
 def _python_loop_probabilities(waveform: np.ndarray) -> np.ndarray:

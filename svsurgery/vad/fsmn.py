@@ -33,8 +33,16 @@ from svsurgery.frontend._ops import GraphOps
 from svsurgery.frontend.config import FrontendConfig
 from svsurgery.vad.options import FsmnVadOptions
 
-__all__ = ["DYNAMIC_SILENCE_SCHEDULE", "FsmnVad", "StateMachineOptions", "chunk_starts", "decide_segments", "fsmn_segments",
-           "frame_decibels", "load_fsmn_vad"]
+__all__ = [
+    "DYNAMIC_SILENCE_SCHEDULE",
+    "FsmnVad",
+    "StateMachineOptions",
+    "chunk_starts",
+    "decide_segments",
+    "frame_decibels",
+    "fsmn_segments",
+    "load_fsmn_vad",
+]
 
 # FunASR 1.4.16 DEFAULT_SILENCE_SCHEDULE: (speech accumulated over chunks in ms, end silence in ms)
 DYNAMIC_SILENCE_SCHEDULE = ((10000, 2000), (20000, 1000), (30000, 800), (40000, 600), (50000, 400), (60000, 200), (math.inf, 100))

@@ -28,7 +28,7 @@ from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import GraphOps
 from svsurgery.vad.options import SileroVadOptions
 
-__all__ = ["FRAME", "CONTEXT", "MIN_OPSET", "silero_model", "silero_segments", "speech_probabilities", "speech_timestamps"]
+__all__ = ["CONTEXT", "FRAME", "MIN_OPSET", "silero_model", "silero_segments", "speech_probabilities", "speech_timestamps"]
 
 FRAME = 512  # samples per frame at 16 kHz
 CONTEXT = 64  # samples of the previous frame each frame is seen with
