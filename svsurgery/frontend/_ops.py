@@ -11,9 +11,17 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import GraphBuilder
 
-__all__ = ["MIN_OPSET", "GraphOps"]
+__all__ = ["MIN_OPSET", "GraphOps", "subgraph_value"]
 
 MIN_OPSET = 13  # Unsqueeze/Squeeze/ReduceSum take axes as inputs from here on
+
+
+def subgraph_value(name: str, dtype: ir.DataType, shape: tuple | list | None = ()) -> ir.Value:
+    """A typed input or output for ``builder.subgraph`` (Loop/If/Scan bodies): a scalar by
+    default, ``[None]`` a vector of unknown length, None a tensor of any shape."""
+    from onnxscript._internal.builder import make_value
+
+    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), None if shape is None else ir.Shape(list(shape))))
 
 
 class GraphOps:

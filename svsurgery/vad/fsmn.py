@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript._internal.builder import make_value
 
 from svsurgery.errors import BadInputError
-from svsurgery.frontend._ops import GraphOps
+from svsurgery.frontend._ops import GraphOps, subgraph_value
 from svsurgery.frontend.config import FrontendConfig
 from svsurgery.vad.options import FsmnVadOptions
 
@@ -45,7 +44,15 @@ __all__ = [
 ]
 
 # FunASR 1.4.16 DEFAULT_SILENCE_SCHEDULE: (speech accumulated over chunks in ms, end silence in ms)
-DYNAMIC_SILENCE_SCHEDULE = ((10000, 2000), (20000, 1000), (30000, 800), (40000, 600), (50000, 400), (60000, 200), (math.inf, 100))
+DYNAMIC_SILENCE_SCHEDULE = (
+    (10000, 2000),
+    (20000, 1000),
+    (30000, 800),
+    (40000, 600),
+    (50000, 400),
+    (60000, 200),
+    (math.inf, 100),
+)
 DYNAMIC_SPEECH_NOISE_THRES = 0.5  # what the schedule sets with every step
 _INT64, _BOOL, _DOUBLE = ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.DOUBLE
 
@@ -85,10 +92,14 @@ class StateMachineOptions:
             try:
                 values[key] = tuple(int(v) for v in value) if key == "sil_pdf_ids" else type(known[key].default)(value)
             except (TypeError, ValueError):
-                raise BadInputError(f"{where}: model_conf {key}={value!r} is not a {type(known[key].default).__name__}") from None
+                raise BadInputError(
+                    f"{where}: model_conf {key}={value!r} is not a {type(known[key].default).__name__}"
+                ) from None
         options = cls(**values)
         if options.frame_in_ms <= 0 or options.window_size_ms < options.frame_in_ms or not options.sil_pdf_ids:
-            raise BadInputError(f"{where}: model_conf needs frame_in_ms > 0, window_size_ms >= frame_in_ms and sil_pdf_ids")
+            raise BadInputError(
+                f"{where}: model_conf needs frame_in_ms > 0, window_size_ms >= frame_in_ms and sil_pdf_ids"
+            )
         return options
 
     def frames(self, milliseconds: float) -> int:
@@ -140,7 +151,9 @@ def load_fsmn_vad(options: FsmnVadOptions) -> FsmnVad:
     model_path, config_path = folder / "model.onnx", folder / "config.yaml"
     for path in (model_path, config_path):
         if not path.is_file():
-            raise BadInputError(f"--vad fsmn:{folder}: no {path.name} (a FunASR fsmn-vad export has model.onnx, am.mvn, config.yaml)")
+            raise BadInputError(
+                f"--vad fsmn:{folder}: no {path.name} (a FunASR fsmn-vad export has model.onnx, am.mvn, config.yaml)"
+            )
     model = load(model_path)
     frontend = discover(model, model_path, preset="fsmn-vad")
     data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
@@ -191,14 +204,6 @@ def chunk_starts(vad: FsmnVad) -> tuple[int, int]:
     return starts[0], period
 
 
-def _scalar(name: str, dtype: ir.DataType):
-    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), ir.Shape([])))
-
-
-def _vector(name: str, dtype: ir.DataType):
-    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), ir.Shape([None])))
-
-
 def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Value, ir.Value]:
     """(silence probability [T] as double, decibels [T] as double) of the T fbank frames."""
     from svsurgery.frontend.build import frontend_values
@@ -207,8 +212,7 @@ def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Valu
     op = g.op
     found = vad.frontend
     rows = op.Unsqueeze(samples, g.i64(0))
-    features, counts = frontend_values(g, rows, g.dim(samples, 0), found.fbank, found.lfr, found.cmvn, _INT64)
-    count = counts  # [1] frames
+    features, count = frontend_values(g, rows, g.dim(samples, 0), found.fbank, found.lfr, found.cmvn, _INT64)
     computed = op.Max(count, g.i64(1))  # the network needs one frame; cut back after
     features = op.Pad(features, op.Concat(g.i64(0, 0, 0, 0), op.Sub(computed, count), g.i64(0), axis=0))
     feeds, inputs = {}, list(vad.model.graph.inputs)
@@ -216,9 +220,11 @@ def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Valu
     if not floats:
         raise BadInputError("fsmn-vad model.onnx: no [1, T, D] feature input")
     feeds[floats[0].name] = features
-    for value in inputs[1:] if inputs[0] is floats[0] else [v for v in inputs if v is not floats[0]]:
+    for value in (v for v in inputs if v is not floats[0]):
         if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-            raise BadInputError(f"fsmn-vad model.onnx: cache input '{value.name}' has no fixed shape to fill with zeros")
+            raise BadInputError(
+                f"fsmn-vad model.onnx: cache input '{value.name}' has no fixed shape to fill with zeros"
+            )
         feeds[value.name] = g.const(np.zeros(tuple(value.shape), value.dtype.numpy()))
     outputs = graft(g.graph, vad.model, feeds, "svs/vad/fsmn")
     logits = outputs.get("logits", next(iter(outputs.values())))
@@ -239,7 +245,9 @@ def frame_decibels(g: GraphOps, samples: ir.Value, count: ir.Value, machine: Sta
     starts = op.Mul(g.range_(count), g.i64(hop))
     index = op.Add(op.Unsqueeze(starts, g.i64(1)), g.const(np.arange(window, dtype=np.int64)[None]))
     frames = op.Cast(op.Gather(op.Concat(samples, g.f32(np.zeros(window)), axis=0), index, axis=0), to=_DOUBLE)
-    energy = op.Add(g.reduce("ReduceSum", op.Mul(frames, frames), [1], keepdims=False), g.const(np.array(1e-6), np.float64))
+    energy = op.Add(
+        g.reduce("ReduceSum", op.Mul(frames, frames), [1], keepdims=False), g.const(np.array(1e-6), np.float64)
+    )
     return op.Mul(op.Log(energy), g.const(np.array(10 / np.log(10)), np.float64))
 
 
@@ -307,7 +315,9 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
         if vad.dynamic:
             since = bop.Sub(t, c(first_chunk))
             boundary = bop.And(bop.GreaterOrEqual(since, zero), bop.Equal(bop.Mod(since, c(period)), zero))
-            boundary = bop.And(boundary, bop.LessOrEqual(bop.Add(bop.Div(since, c(period)), one), chunks))  # that chunk exists
+            boundary = bop.And(
+                boundary, bop.LessOrEqual(bop.Add(bop.Div(since, c(period)), one), chunks)
+            )  # that chunk exists
             restart = bop.And(boundary, emitted)
             accumulated = pick(restart, zero, accumulated)
             in_speech = bop.And(in_speech, bop.Not(restart))
@@ -316,7 +326,11 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
             in_speech = bop.Or(in_speech, grows)
             scheduled = c(max(DYNAMIC_SILENCE_SCHEDULE[-1][1] - int(m.speech_to_sil_time_thres), 0))
             for limit, silence_ms in reversed(DYNAMIC_SILENCE_SCHEDULE[:-1]):
-                scheduled = bop.Where(bop.LessOrEqual(accumulated, c(limit)), c(max(silence_ms - int(m.speech_to_sil_time_thres), 0)), scheduled)
+                scheduled = bop.Where(
+                    bop.LessOrEqual(accumulated, c(limit)),
+                    c(max(silence_ms - int(m.speech_to_sil_time_thres), 0)),
+                    scheduled,
+                )
             thresh = pick(boundary, scheduled, thresh)
             emitted = bop.And(emitted, bop.Not(boundary))
         final = bop.Equal(t, last)
@@ -324,8 +338,12 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
         decibel = bop.Gather(decibels, t, axis=0)
         speech = bop.And(bop.Gather(candidate, t, axis=0),
                          bop.GreaterOrEqual(bop.Sub(decibel, noise), c(m.snr_thres, np.float64)))  # fmt: skip
-        averaged = bop.Div(bop.Add(decibel, bop.Mul(noise, c(noise_frames - 1, np.float64))), c(noise_frames, np.float64))
-        noise = pick(bop.Gather(updates_noise, t, axis=0), pick(bop.Less(noise, c(-99.9, np.float64)), decibel, averaged), noise)
+        averaged = bop.Div(
+            bop.Add(decibel, bop.Mul(noise, c(noise_frames - 1, np.float64))), c(noise_frames, np.float64)
+        )
+        noise = pick(
+            bop.Gather(updates_noise, t, axis=0), pick(bop.Less(noise, c(-99.9, np.float64)), decibel, averaged), noise
+        )
         # WindowDetector: a ring of the last `window` decisions and their sum, with hysteresis
         value = bop.Cast(speech, to=_INT64)
         slot = bop.Unsqueeze(pos, c([0]))
@@ -381,7 +399,9 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
         fake = bop.And(before, timeout)
         seen = bop.And(bop.And(before, bop.Not(fake)), bop.GreaterOrEqual(t, c(latency)))
         catch_up = bop.And(fake, bop.LessOrEqual(bop.Add(last_silence, one), bop.Sub(t, one)))
-        popped = pick(seen, bop.Max(popped, bop.Sub(t, c(latency))), pick(catch_up, bop.Max(popped, bop.Sub(t, one)), popped))
+        popped = pick(
+            seen, bop.Max(popped, bop.Sub(t, c(latency))), pick(catch_up, bop.Max(popped, bop.Sub(t, one)), popped)
+        )
         last_silence = pick(seen, bop.Sub(t, c(latency)), pick(catch_up, bop.Sub(t, one), last_silence))
         start = pick(bop.And(fake, bop.Equal(start, c(-1))), zero, start)
         done = bop.Or(ends, fake)
@@ -406,11 +426,20 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
     names = ("win", "pos", "win_sum", "pre", "state", "silent_run", "latest", "last_silence", "start", "ended_count",
              "popped", "noise", "seg_start", "seg_end", "thresh", "accumulated", "in_speech", "emitted")  # fmt: skip
     types = {"pre": _BOOL, "in_speech": _BOOL, "emitted": _BOOL, "noise": _DOUBLE}
-    inputs = [_scalar("t", _INT64), _scalar("condition", _BOOL)]
-    inputs += [_vector(n, _INT64) if n == "win" else _scalar(n, types.get(n, _INT64)) for n in names]
-    outputs = [_scalar("condition_out", _BOOL)]
-    outputs += [_vector(f"{n}_out", _INT64) if n == "win" else _scalar(f"{n}_out", types.get(n, _INT64)) for n in names]
-    outputs += [_scalar("closed", _BOOL), _scalar("closed_start", _INT64), _scalar("closed_end", _INT64)]
+    inputs = [subgraph_value("t", _INT64), subgraph_value("condition", _BOOL)]
+    inputs += [
+        subgraph_value(n, _INT64, [None]) if n == "win" else subgraph_value(n, types.get(n, _INT64)) for n in names
+    ]
+    outputs = [subgraph_value("condition_out", _BOOL)]
+    outputs += [
+        subgraph_value(f"{n}_out", _INT64, [None]) if n == "win" else subgraph_value(f"{n}_out", types.get(n, _INT64))
+        for n in names
+    ]
+    outputs += [
+        subgraph_value("closed", _BOOL),
+        subgraph_value("closed_start", _INT64),
+        subgraph_value("closed_end", _INT64),
+    ]
     loop_body = builder.subgraph(body, inputs=inputs, outputs=outputs, name="e2e_vad_frame")
     initial_thresh = (max(DYNAMIC_SILENCE_SCHEDULE[0][1] - int(m.speech_to_sil_time_thres), 0) if vad.dynamic
                       else math.ceil(vad.static_end_silence - m.speech_to_sil_time_thres))  # fmt: skip
@@ -426,6 +455,8 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
     ends = op.Compress(closed_end, closed, axis=0)
     # a segment still open after the last frame is output as it stands (FunASR's final call)
     still_open = op.Unsqueeze(op.Equal(final_state["state"], c(2)), g.i64(0))
-    starts = op.Concat(starts, op.Compress(op.Unsqueeze(final_state["seg_start"], g.i64(0)), still_open, axis=0), axis=0)
+    starts = op.Concat(
+        starts, op.Compress(op.Unsqueeze(final_state["seg_start"], g.i64(0)), still_open, axis=0), axis=0
+    )
     ends = op.Concat(ends, op.Compress(op.Unsqueeze(final_state["seg_end"], g.i64(0)), still_open, axis=0), axis=0)
     return op.Concat(op.Unsqueeze(starts, g.i64(1)), op.Unsqueeze(ends, g.i64(1)), axis=1)

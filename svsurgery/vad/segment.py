@@ -17,22 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript._internal.builder import make_value
 
-from svsurgery.frontend._ops import GraphOps
+from svsurgery.frontend._ops import GraphOps, subgraph_value
 from svsurgery.vad.options import SegmentOptions
 
 __all__ = ["cut_rows", "flags_to_segments", "merge_spans", "segment_spans", "split_long"]
 
 _INT64 = ir.DataType.INT64
-
-
-def _scalar(name: str, dtype: ir.DataType):
-    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), ir.Shape([])))
-
-
-def _tensor(name: str, dtype: ir.DataType):
-    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), None))
 
 
 def _edges(g: GraphOps, flags: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -76,29 +67,38 @@ def merge_spans(g: GraphOps, segments: ir.Value, max_length_ms: float) -> ir.Val
     loop_body = builder.subgraph(
         body,
         inputs=[
-            _scalar("index", _INT64),
-            _scalar("condition", ir.DataType.BOOL),
-            _scalar("begin", _INT64),
+            subgraph_value("index", _INT64),
+            subgraph_value("condition", ir.DataType.BOOL),
+            subgraph_value("begin", _INT64),
         ],
         outputs=[
-            _scalar("condition_out", ir.DataType.BOOL),
-            _scalar("begin_out", _INT64),
-            _scalar("emitted", ir.DataType.BOOL),
-            _tensor("span", _INT64),
+            subgraph_value("condition_out", ir.DataType.BOOL),
+            subgraph_value("begin_out", _INT64),
+            subgraph_value("emitted", ir.DataType.BOOL),
+            subgraph_value("span", _INT64, None),
         ],
         name="merge_vad_step",
     )
 
     def merged(bop):
-        last_begin, emitted, spans = bop.Loop(trips, g.const(np.array(True)), g.scalar_i64(0), body=loop_body, _outputs=3)
+        last_begin, emitted, spans = bop.Loop(
+            trips, g.const(np.array(True)), g.scalar_i64(0), body=loop_body, _outputs=3
+        )
         kept = bop.Compress(bop.Reshape(spans, g.i64(-1, 2)), bop.Reshape(emitted, g.i64(-1)), axis=0)
         last = bop.Gather(steps, g.scalar_i64(-1), axis=0)
-        final = bop.Unsqueeze(bop.Concat(bop.Unsqueeze(last_begin, g.i64(0)), bop.Unsqueeze(last, g.i64(0)), axis=0), g.i64(0))
+        final = bop.Unsqueeze(
+            bop.Concat(bop.Unsqueeze(last_begin, g.i64(0)), bop.Unsqueeze(last, g.i64(0)), axis=0), g.i64(0)
+        )
         return bop.Concat(kept, final, axis=0)
 
     short = op.LessOrEqual(op.Squeeze(count, g.i64(0)), g.scalar_i64(1))
-    then_branch = builder.subgraph(lambda bop: bop.Identity(segments), inputs=[], outputs=[_tensor("as_is", _INT64)], name="one_or_none")
-    else_branch = builder.subgraph(merged, inputs=[], outputs=[_tensor("spans", _INT64)], name="merged")
+    then_branch = builder.subgraph(
+        lambda bop: bop.Identity(segments),
+        inputs=[],
+        outputs=[subgraph_value("as_is", _INT64, None)],
+        name="one_or_none",
+    )
+    else_branch = builder.subgraph(merged, inputs=[], outputs=[subgraph_value("spans", _INT64, None)], name="merged")
     return op.If(short, then_branch=then_branch, else_branch=else_branch)
 
 

@@ -22,13 +22,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript._internal.builder import make_value
 
 from svsurgery.errors import BadInputError
-from svsurgery.frontend._ops import GraphOps
+from svsurgery.frontend._ops import GraphOps, subgraph_value
 from svsurgery.vad.options import SileroVadOptions
 
-__all__ = ["CONTEXT", "FRAME", "MIN_OPSET", "silero_model", "silero_segments", "speech_probabilities", "speech_timestamps"]
+__all__ = [
+    "CONTEXT",
+    "FRAME",
+    "MIN_OPSET",
+    "silero_model",
+    "silero_segments",
+    "speech_probabilities",
+    "speech_timestamps",
+]
 
 FRAME = 512  # samples per frame at 16 kHz
 CONTEXT = 64  # samples of the previous frame each frame is seen with
@@ -88,12 +95,13 @@ def speech_probabilities(g: GraphOps, samples: ir.Value, options: SileroVadOptio
     tails = op.Slice(rows, g.i64(FRAME - CONTEXT), g.i64(FRAME), g.i64(1))  # [F', 64]
     contexts = op.Concat(g.f32(np.zeros((1, CONTEXT))), op.Slice(tails, g.i64(0), g.i64(-1), g.i64(0)), axis=0)
     state = g.f32(np.zeros((1, 1, 128)))
-    outputs = graft(g.graph, silero_model(options), {"input": op.Concat(contexts, rows, axis=1), "h": state, "c": state}, "svs/vad/silero")
+    outputs = graft(
+        g.graph,
+        silero_model(options),
+        {"input": op.Concat(contexts, rows, axis=1), "h": state, "c": state},
+        "svs/vad/silero",
+    )
     return op.Slice(op.Reshape(outputs["speech_probs"], g.i64(-1)), g.i64(0), frames, g.i64(0))
-
-
-def _scalar(name: str, dtype: ir.DataType):
-    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), ir.Shape([])))
 
 
 def _limits(options: SileroVadOptions) -> dict[str, int]:
@@ -134,7 +142,9 @@ def speech_timestamps(g: GraphOps, probabilities: ir.Value, count: ir.Value, opt
         back = bop.And(speech, bop.Not(bop.Equal(temp_end, zero)))
         silence = bop.Sub(current, temp_end)
         candidate = bop.And(back, bop.Greater(silence, g.scalar_i64(limits["possible_end"])))
-        better = bop.And(candidate, bop.Or(bop.Not(has_possible), bop.Greater(silence, best_dur)))  # max() keeps the first longest
+        better = bop.And(
+            candidate, bop.Or(bop.Not(has_possible), bop.Greater(silence, best_dur))
+        )  # max() keeps the first longest
         best_end, best_dur = where(better, temp_end, best_end), where(better, silence, best_dur)
         has_possible = bop.Or(has_possible, candidate)
         next_start = where(bop.And(back, bop.Less(next_start, prev_end)), current, next_start)
@@ -143,7 +153,9 @@ def speech_timestamps(g: GraphOps, probabilities: ir.Value, count: ir.Value, opt
         begins = bop.And(speech, bop.Not(triggered))
         going = bop.Not(begins)
         # over the maximum length: cut at the longest silence, else at the last valid silence, else here
-        over = bop.And(bop.And(going, triggered), bop.Greater(bop.Sub(current, start), g.scalar_i64(limits["max_speech"])))
+        over = bop.And(
+            bop.And(going, triggered), bop.Greater(bop.Sub(current, start), g.scalar_i64(limits["max_speech"]))
+        )
         at_longest = bop.And(over, has_possible) if use_longest else bop.And(over, false)
         rest = bop.And(over, bop.Not(at_longest))
         at_last_silence = bop.And(rest, bop.Not(bop.Equal(prev_end, zero)))
@@ -165,7 +177,9 @@ def speech_timestamps(g: GraphOps, probabilities: ir.Value, count: ir.Value, opt
         temp_end = where(bop.And(silent, bop.Equal(temp_end, zero)), current, temp_end)
         silence_now = bop.Sub(current, temp_end)
         if not use_longest:
-            prev_end = where(bop.And(silent, bop.Greater(silence_now, g.scalar_i64(limits["possible_end"]))), temp_end, prev_end)
+            prev_end = where(
+                bop.And(silent, bop.Greater(silence_now, g.scalar_i64(limits["possible_end"]))), temp_end, prev_end
+            )
         ends = bop.And(silent, bop.Not(bop.Less(silence_now, g.scalar_i64(limits["min_silence"]))))
         second_start, second_end = start, temp_end
         second = bop.And(ends, bop.Greater(bop.Sub(second_end, second_start), g.scalar_i64(limits["min_speech"])))
@@ -179,12 +193,19 @@ def speech_timestamps(g: GraphOps, probabilities: ir.Value, count: ir.Value, opt
 
     names = ("triggered", "start", "temp_end", "prev_end", "next_start", "best_end", "best_dur", "has_possible")
     types = (_BOOL, _INT64, _INT64, _INT64, _INT64, _INT64, _INT64, _BOOL)
-    emitted = (("cut", _BOOL), ("cut_start", _INT64), ("cut_end", _INT64), ("ended", _BOOL), ("end_start", _INT64), ("end_end", _INT64))
+    emitted = (
+        ("cut", _BOOL),
+        ("cut_start", _INT64),
+        ("cut_end", _INT64),
+        ("ended", _BOOL),
+        ("end_start", _INT64),
+        ("end_end", _INT64),
+    )
     body = builder.subgraph(
         step,
-        inputs=[_scalar("index", _INT64), _scalar("condition", _BOOL), *(_scalar(n, t) for n, t in zip(names, types))],
-        outputs=[_scalar("condition_out", _BOOL), *(_scalar(f"{n}_out", t) for n, t in zip(names, types)),
-                 *(_scalar(n, t) for n, t in emitted)],
+        inputs=[subgraph_value("index", _INT64), subgraph_value("condition", _BOOL), *(subgraph_value(n, t) for n, t in zip(names, types))],
+        outputs=[subgraph_value("condition_out", _BOOL), *(subgraph_value(f"{n}_out", t) for n, t in zip(names, types)),
+                 *(subgraph_value(n, t) for n, t in emitted)],
         name="get_speech_timestamps_step",
     )  # fmt: skip
     trips = op.Squeeze(g.dim(probabilities, 0), g.i64(0))
@@ -194,13 +215,17 @@ def speech_timestamps(g: GraphOps, probabilities: ir.Value, count: ir.Value, opt
     )
     # per frame, the speech cut at the maximum comes before the one ended by silence
     flags = op.Reshape(op.Concat(op.Unsqueeze(cut, g.i64(1)), op.Unsqueeze(ended, g.i64(1)), axis=1), g.i64(-1))
-    starts = op.Reshape(op.Concat(op.Unsqueeze(cut_start, g.i64(1)), op.Unsqueeze(end_start, g.i64(1)), axis=1), g.i64(-1))
+    starts = op.Reshape(
+        op.Concat(op.Unsqueeze(cut_start, g.i64(1)), op.Unsqueeze(end_start, g.i64(1)), axis=1), g.i64(-1)
+    )
     ends = op.Reshape(op.Concat(op.Unsqueeze(cut_end, g.i64(1)), op.Unsqueeze(end_end, g.i64(1)), axis=1), g.i64(-1))
     starts, ends = op.Compress(starts, flags, axis=0), op.Compress(ends, flags, axis=0)
     # speech still open at the end of the recording runs to its last sample
     samples = op.Squeeze(count, g.i64(0))
     open_ = op.And(triggered, op.Greater(op.Sub(samples, start), g.scalar_i64(limits["min_speech"])))
-    starts = op.Concat(starts, op.Compress(op.Unsqueeze(start, g.i64(0)), op.Unsqueeze(open_, g.i64(0)), axis=0), axis=0)
+    starts = op.Concat(
+        starts, op.Compress(op.Unsqueeze(start, g.i64(0)), op.Unsqueeze(open_, g.i64(0)), axis=0), axis=0
+    )
     ends = op.Concat(ends, op.Compress(op.Unsqueeze(samples, g.i64(0)), op.Unsqueeze(open_, g.i64(0)), axis=0), axis=0)
     return _pad_speech(g, starts, ends, count, options)
 
@@ -230,7 +255,9 @@ def _pad_speech(g: GraphOps, starts: ir.Value, ends: ir.Value, count: ir.Value, 
         truncate(op.Max(zero, op.Cast(op.Sub(following, half), to=as_double))),
         truncate(op.Max(zero, op.Sub(op.Cast(following, to=as_double), pad_value))),
     )
-    first = truncate(op.Max(zero, op.Sub(op.Cast(op.Slice(starts, g.i64(0), g.i64(1), g.i64(0)), to=as_double), pad_value)))
+    first = truncate(
+        op.Max(zero, op.Sub(op.Cast(op.Slice(starts, g.i64(0), g.i64(1), g.i64(0)), to=as_double), pad_value))
+    )
     new_starts = op.Concat(first, new_following, axis=0)
     new_ends = op.Concat(new_inner_ends, op.Slice(padded_end, g.i64(-1), g.i64(_NEVER), g.i64(0)), axis=0)
     return op.Concat(op.Unsqueeze(new_starts, g.i64(1)), op.Unsqueeze(new_ends, g.i64(1)), axis=1)
