@@ -29,7 +29,7 @@ from svsurgery.frontend.build import (
 )
 from svsurgery.frontend.cmvn import Cmvn
 from svsurgery.frontend.options import FbankOptions, LfrOptions
-from svsurgery.vad.detect import VadOptions, detect_segments, required_opset
+from svsurgery.vad.detect import VadOptions, detect_segments, mode, required_opset
 from svsurgery.vad.detect import metadata as vad_metadata
 from svsurgery.vad.options import SegmentOptions
 from svsurgery.vad.segment import cut_rows, segment_spans
@@ -56,7 +56,7 @@ def build_vad_frontend(
     fbank, dim = checked_options(fbank, lfr, cmvn, opset, length_dtype)
     vad = vad.validate()
     if opset < required_opset(vad):
-        raise BadInputError(f"the {vad_metadata(vad)['mode']} VAD needs ai.onnx opset {required_opset(vad)} or newer, not {opset}")
+        raise BadInputError(f"the {mode(vad)} VAD needs ai.onnx opset {required_opset(vad)} or newer, not {opset}")
     if vad.samp_freq != fbank.frame_opts.samp_freq:
         raise BadInputError(f"the VAD runs at {vad.samp_freq} Hz but the fbank at {fbank.frame_opts.samp_freq} Hz")
     waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, [1, "samples"])
