@@ -139,16 +139,9 @@ def test_fsmn_mode_end_to_end_on_corpus(fsmn_sessions, dynamic):
 def test_fsmn_scores_follow_funasr_onnx_front_end(fsmn_sessions, folder):
     """The graph's frame scores against funasr-onnx's own WavFrontend (kaldi-native-fbank) +
     the same network: the front ends differ by float rounding only."""
-    import importlib.util
-
     from svsurgery.parity.waveforms import speech_like
 
-    spec = importlib.util.spec_from_file_location(
-        "svsurgery_funasr_onnx_frontend",
-        f"{list(importlib.util.find_spec('funasr_onnx').submodule_search_locations)[0]}/utils/frontend.py",
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = funasr_reference.funasr_onnx_module("utils.frontend")
     _, session = fsmn_sessions[True]
     import yaml
 

@@ -14,11 +14,10 @@ from vad_support import probe_session
 
 from svsurgery.testing import vad_corpus
 from svsurgery.vad.options import SileroVadOptions
-from svsurgery.vad.silero import FRAME, silero_segments, speech_timestamps
+from svsurgery.vad.silero import FRAME, silero_python_timestamps, silero_segments, speech_timestamps
 
 silero_vad = pytest.importorskip("silero_vad", reason="the silero reference is a test dependency (pip install silero-vad)")
 torch = pytest.importorskip("torch")
-from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
 PROBABILITY_TOLERANCE = 1e-5  # the bar against silero's Python chunk loop
 
@@ -27,17 +26,6 @@ def _timestamps_session(options: SileroVadOptions):
     probabilities = ir.val("p", ir.DataType.FLOAT, ["frames"])
     count = ir.val("n", ir.DataType.INT64, [1])
     return probe_session(lambda g, p, n: (speech_timestamps(g, p, n, options),), [probabilities, count])
-
-
-def _silero_reference(probabilities: np.ndarray, samples: int, options: SileroVadOptions) -> list[list[int]]:
-    found = get_speech_timestamps_from_probs(
-        [float(p) for p in probabilities], sampling_rate=16000, threshold=options.threshold,
-        neg_threshold=options.neg_threshold, min_speech_duration_ms=options.min_speech_duration_ms,
-        max_speech_duration_s=options.max_speech_duration_s, min_silence_duration_ms=options.min_silence_duration_ms,
-        speech_pad_ms=options.speech_pad_ms, min_silence_at_max_speech=options.min_silence_at_max_speech,
-        use_max_poss_sil_at_max_speech=options.use_max_poss_sil_at_max_speech, audio_length_samples=samples,
-    )  # fmt: skip
-    return [[int(s["start"]), int(s["end"])] for s in found]
 
 
 def _sequences(rng: np.random.Generator) -> list[np.ndarray]:
@@ -74,7 +62,7 @@ def test_timestamps_equal_silero_on_synthetic_probabilities(name):
     for probabilities in _sequences(rng):
         for samples in {probabilities.size * FRAME, max(probabilities.size * FRAME - 300, 0)}:
             (found,) = session.run(None, {"p": probabilities, "n": np.array([samples], np.int64)})
-            expected = _silero_reference(probabilities, samples, options)
+            expected = silero_python_timestamps(probabilities, samples, options).tolist()
             assert found.tolist() == expected, f"{name}: {probabilities.size} frames, {samples} samples"
             compared += len(expected)
     assert compared > 10  # the sequences do produce speech to compare
@@ -113,7 +101,7 @@ def test_silero_mode_matches_python_pipeline_on_corpus(silero_session, kind, snr
         reference = _python_loop_probabilities(waveform)
         assert probabilities.shape == reference.shape
         assert np.max(np.abs(probabilities - reference)) <= PROBABILITY_TOLERANCE, recording.name
-        expected = _silero_reference(reference, waveform.size, SileroVadOptions())
+        expected = silero_python_timestamps(reference, waveform.size, SileroVadOptions()).tolist()
         assert timestamps.tolist() == expected, f"{recording.name} {kind} {snr}"
         assert len(expected) > 0
         assert np.array_equal(segments[:, 0], timestamps[:, 0] // 16) and np.array_equal(segments[:, 1], -(-timestamps[:, 1] // 16))

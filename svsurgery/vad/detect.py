@@ -75,23 +75,16 @@ def reference_segments(waveform: np.ndarray, vad: VadOptions) -> tuple[np.ndarra
 def _silero_reference(waveform: np.ndarray, vad: SileroVadOptions) -> tuple[np.ndarray, str]:
     """silero's own Python (its sequence runner and get_speech_timestamps_from_probs); they
     import torch, so without it the reference is our graph's VAD part run on its own."""
-    from svsurgery.vad.silero import silero_model_path
+    from svsurgery.vad.silero import silero_model_path, silero_python_timestamps
 
     path = silero_model_path(vad)
     try:
         from silero_vad.sequence_vad import SileroVADSequence
-        from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+        probabilities = SileroVADSequence(str(path)).audio_forward(np.ascontiguousarray(waveform, np.float32))
+        samples = silero_python_timestamps(probabilities, waveform.size, vad)
     except ImportError:
         return _own_graph_segments(waveform, vad), "the VAD part of the graph run alone (silero's Python needs torch)"
-    probabilities = SileroVADSequence(str(path)).audio_forward(np.ascontiguousarray(waveform, np.float32))
-    found = get_speech_timestamps_from_probs(
-        probabilities.astype(np.float64).tolist(), sampling_rate=16000, threshold=vad.threshold,
-        neg_threshold=vad.neg_threshold, min_speech_duration_ms=vad.min_speech_duration_ms,
-        max_speech_duration_s=vad.max_speech_duration_s, min_silence_duration_ms=vad.min_silence_duration_ms,
-        speech_pad_ms=vad.speech_pad_ms, min_silence_at_max_speech=vad.min_silence_at_max_speech,
-        use_max_poss_sil_at_max_speech=vad.use_max_poss_sil_at_max_speech, audio_length_samples=waveform.size,
-    )  # fmt: skip
-    samples = np.array([[s["start"], s["end"]] for s in found], dtype=np.int64).reshape(-1, 2)
     per_ms = int(vad.samp_freq // 1000)
     milliseconds = np.stack([samples[:, 0] // per_ms, -(-samples[:, 1] // per_ms)], axis=1) if len(samples) else samples
     return milliseconds, "silero-vad's Python (sequence runner + get_speech_timestamps_from_probs)"

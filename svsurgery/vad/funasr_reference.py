@@ -19,23 +19,29 @@ import numpy as np
 from svsurgery.errors import MissingDependencyError
 from svsurgery.vad.fsmn import DYNAMIC_SILENCE_SCHEDULE, DYNAMIC_SPEECH_NOISE_THRES, FsmnVad, chunk_starts
 
-__all__ = ["e2e_vad_module", "funasr_segments"]
+__all__ = ["e2e_vad_module", "funasr_onnx_module", "funasr_segments"]
 
 
-def e2e_vad_module():
-    """funasr_onnx.utils.e2e_vad, without running funasr_onnx/__init__."""
-    name = "svsurgery_funasr_onnx_e2e_vad"
+def funasr_onnx_module(relative: str):
+    """A module of funasr-onnx (``"utils.e2e_vad"``) loaded from its file, without running
+    funasr_onnx/__init__ (which imports librosa)."""
+    name = "svsurgery_funasr_onnx_" + relative.replace(".", "_")
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec("funasr_onnx")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError("the fsmn reference needs funasr-onnx: pip install --no-deps funasr-onnx==0.4.3")
-    path = f"{list(spec.submodule_search_locations)[0]}/utils/e2e_vad.py"
+    path = f"{next(iter(spec.submodule_search_locations))}/{relative.replace('.', '/')}.py"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     module_spec.loader.exec_module(module)
     return module
+
+
+def e2e_vad_module():
+    """funasr_onnx.utils.e2e_vad: E2EVadModel, the fsmn state machine."""
+    return funasr_onnx_module("utils.e2e_vad")
 
 
 def funasr_segments(scores: np.ndarray, waveform: np.ndarray, vad: FsmnVad) -> np.ndarray:

@@ -32,6 +32,7 @@ __all__ = [
     "FRAME",
     "MIN_OPSET",
     "silero_model",
+    "silero_python_timestamps",
     "silero_segments",
     "speech_probabilities",
     "speech_timestamps",
@@ -274,3 +275,18 @@ def silero_segments(g: GraphOps, samples: ir.Value, options: SileroVadOptions) -
     starts = g.op.Div(g.op.Slice(timestamps, g.i64(0), g.i64(1), g.i64(1)), g.i64(per_ms))
     ends = g.op.Div(g.op.Add(g.op.Slice(timestamps, g.i64(1), g.i64(2), g.i64(1)), g.i64(per_ms - 1)), g.i64(per_ms))
     return probabilities, timestamps, g.op.Concat(starts, ends, axis=1)
+
+
+def silero_python_timestamps(probabilities, samples: int, options: SileroVadOptions) -> np.ndarray:
+    """[K, 2] int64 samples from silero's own ``get_speech_timestamps_from_probs`` (it imports
+    torch; ImportError without it) for these frame probabilities and options."""
+    from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+    found = get_speech_timestamps_from_probs(
+        [float(p) for p in probabilities], sampling_rate=int(options.samp_freq), threshold=options.threshold,
+        neg_threshold=options.neg_threshold, min_speech_duration_ms=options.min_speech_duration_ms,
+        max_speech_duration_s=options.max_speech_duration_s, min_silence_duration_ms=options.min_silence_duration_ms,
+        speech_pad_ms=options.speech_pad_ms, min_silence_at_max_speech=options.min_silence_at_max_speech,
+        use_max_poss_sil_at_max_speech=options.use_max_poss_sil_at_max_speech, audio_length_samples=samples,
+    )  # fmt: skip
+    return np.array([[s["start"], s["end"]] for s in found], dtype=np.int64).reshape(-1, 2)
