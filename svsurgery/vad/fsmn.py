@@ -297,10 +297,11 @@ def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, de
     single = m.detect_mode == 0
     count = g.dim(candidate, 0)
     last = op.Sub(op.Squeeze(count, g.i64(0)), g.scalar_i64(1))
-    first_chunk, period = chunk_starts(vad)
     noise_frames = float(m.noise_frame_num_used_for_snr)
-    chunk_samples = int(vad.options.chunk_size_ms * m.sample_rate / 1000)
-    chunks = op.Squeeze(op.Div(samples, g.i64(chunk_samples)), g.i64(0))  # FunASR cuts N // chunk + 1 chunks
+    if vad.dynamic:  # the schedule steps where FunASR's chunks begin; FunASR cuts N // chunk + 1 chunks
+        first_chunk, period = chunk_starts(vad)
+        chunk_samples = int(vad.options.chunk_size_ms * m.sample_rate / 1000)
+        chunks = op.Squeeze(op.Div(samples, g.i64(chunk_samples)), g.i64(0))
 
     def c(value, dtype=np.int64):
         return g.const(np.array(value, dtype), dtype)
