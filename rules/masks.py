@@ -78,7 +78,8 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     precision = options.precision if options.low_precision else ir.DataType.FLOAT
     lowest = float(np.finfo(precision.numpy()).min)
     changed = []
-    for value, fill in mask_constants(model, precision):
+    found = mask_constants(model, precision)
+    for value, fill in found:
         tensor = _constant_tensor(value)
         replacement = ir.tensor(np.full(tensor.shape.numpy(), lowest, dtype=tensor.dtype.numpy()), name=tensor.name)
         producer = value.producer()
@@ -90,7 +91,7 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
             value.const_value = replacement
         changed.append(f"'{value.name}' {fill:g} -> {lowest:g}")
     notes = [f"mask fills set to {precision.name}'s finite minimum: {'; '.join(changed[:6])}"] if changed else []
-    return Applied(len(changed), notes=notes)
+    return Applied(len(changed), notes=notes, changed_values=[value.name for value, _ in found])
 
 
 FAMILY = RuleFamily(

@@ -57,6 +57,7 @@ class Step:
     notes: list[str]
     findings: list[str]
     seconds: float
+    changed_values: list[str] = dataclasses.field(default_factory=list)  # see Applied.changed_values
 
 
 class Verifier:
@@ -349,6 +350,7 @@ def _step(
         step.status, step.reason = ROLLED_BACK, f"apply returned {type(applied).__name__}, not Applied"
         return done(snapshot, current)
     step.matches, step.notes, step.findings = applied.matches, applied.notes, applied.findings
+    step.changed_values = list(applied.changed_values)
     candidate = applied.model or working
     if not applied.changed:
         return done(candidate, current)
@@ -383,7 +385,10 @@ def _describe_exception(error: BaseException) -> str:
 
 def _record_provenance(model: ir.Model, report: FixReport) -> None:
     applied = [
-        {"id": s.family, "site": s.site, "matches": s.matches, "status": s.status, "reason": s.reason, "notes": s.notes}
+        {
+            "id": s.family, "site": s.site, "matches": s.matches, "status": s.status, "reason": s.reason,
+            "notes": s.notes, "changed_values": s.changed_values if s.status == ACCEPTED else [],
+        }
         for s in report.steps
     ]
     model.metadata_props["svsurgery.rules_applied"] = dumps(applied)

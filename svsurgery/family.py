@@ -61,6 +61,9 @@ class Applied:
     model: ir.Model | None = None  # a new model object when the family had to rebuild the model
     notes: list[str] = dataclasses.field(default_factory=list)  # what the report should say it did
     findings: list[str] = dataclasses.field(default_factory=list)  # what it found but left alone
+    # values whose contents the family changed on purpose (a mask constant -inf -> finite): recorded in
+    # the model's provenance so a comparison with the original does not report them as divergences
+    changed_values: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def changed(self) -> bool:
