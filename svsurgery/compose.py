@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
@@ -131,12 +132,14 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     else:
         graph.extend(nodes)
 
-    to_encoder, lengths_to_encoder = features, lengths
-    if extras:  # the front end decides the batch (one row per segment): the encoder follows it
-        to_encoder, lengths_to_encoder = _rows_for_encoder(graph, nodes[-1], features, lengths, extras[0], remaining, encoder_outputs)
-    binding.features.replace_all_uses_with(to_encoder, replace_graph_outputs=True)
-    if binding.lengths is not None:
-        binding.lengths.replace_all_uses_with(lengths_to_encoder, replace_graph_outputs=True)
+    if extras:  # the front end decides the batch (one row per segment): the encoder runs per row
+        encoder_nodes = [n for n in graph if id(n) not in {id(m) for m in nodes}]
+        graph.remove(encoder_nodes)
+        _encoder_per_row(graph, encoder_nodes, binding, features, lengths, extras[0], remaining, encoder_outputs)
+    else:
+        binding.features.replace_all_uses_with(features, replace_graph_outputs=True)
+        if binding.lengths is not None:
+            binding.lengths.replace_all_uses_with(lengths, replace_graph_outputs=True)
     graph.inputs[:] = [waveform, waveform_lengths, *remaining]
     graph.outputs.extend(extras)
     if keep_features:
@@ -144,7 +147,7 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
         features.name = FEATURES if FEATURES not in interface else "svs/frontend/features"
         lengths.name = FEATURE_LENGTHS if FEATURE_LENGTHS not in interface else "svs/frontend/feature_lengths"
         graph.outputs.extend([features, lengths])
-    else:
+    elif not extras:  # per row, the encoder's names go to each row's slice inside the Loop
         features.name = binding.features.name  # what the encoder called them, for people reading the graph
         if binding.lengths is not None:
             lengths.name = binding.lengths.name
@@ -154,45 +157,100 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     return encoder
 
 
-def _rows_for_encoder(graph, after: ir.Node, features, lengths, segments, others, outputs) -> tuple[ir.Value, ir.Value]:
-    """Feed the encoder one row per segment: its other inputs (language ids...), given for the
-    one recording, are broadcast to the segments; with no segment at all it still gets one
-    empty row (encoders rarely accept a batch of 0) and its outputs are cut back to none."""
-    from svsurgery.frontend._ops import GraphOps
+def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: EncoderInputs, features: ir.Value,
+                     lengths: ir.Value, segments: ir.Value, others: list[ir.Value], outputs: list[ir.Value]) -> None:
+    """Run the encoder once per segment row, each at its own length, inside one Loop.
 
+    The encoder's nodes move into the Loop's body; its initializers stay in the outer graph,
+    read from the body (nothing is copied per iteration). Iteration j takes row ``order[j]``
+    (rows by decreasing feature length, ties in row order), cut to its valid frames
+    ``features[row, :length]`` -- no attention or convolution work is spent on padding, and
+    each row gets exactly what the encoder gives that row alone. The encoder's other inputs
+    (language ids...) are given once for the recording ([1, ...]) and read as they are.
+
+    Each output is padded (zeros) to the largest shape seen so far, which, as the longest
+    row runs first, is the longest row's; the Loop stacks them and a Gather puts the rows
+    back in segment order. So the outputs keep their names, dtypes and [K, ...] shapes, with
+    zeros past each row's own extent. An encoder whose outputs grew for a shorter input would
+    make the stacked shapes differ: onnxruntime then fails loudly instead of cropping. With no
+    segment the encoder still runs once on an empty row (encoders rarely accept a batch of
+    0: SenseVoice gives its query frames) and the outputs are cut back to K = 0 rows.
+    """
+    from svsurgery.frontend._ops import GraphOps, subgraph_value
+
+    for output in outputs:
+        if output.shape is None:
+            raise BadInputError(f"encoder output '{output.name}' has no known rank; the per-segment encoder needs one")
+    for value in others:  # given once, for the one recording
+        if value.shape is not None and len(value.shape) >= 1 and not isinstance(value.shape[0], int):
+            value.shape = ir.Shape([1, *list(value.shape)[1:]])
     g = GraphOps(graph, graph.opset_imports.get("", 13))  # appends its nodes at the end of the graph
     op = g.op
     existing = {id(n) for n in graph}
     count = g.dim(segments, 0)  # K
     rows = op.Max(count, g.i64(1))
-    missing = op.Sub(rows, count)  # 1 when K = 0
-    padded_features = op.Pad(features, op.Concat(g.i64(0, 0, 0), missing, g.i64(0, 0), axis=0))
-    padded_lengths = op.Pad(lengths, op.Concat(g.i64(0), missing, axis=0))
-    expanded_inputs = []
-    for value in others:
-        if value.shape is None or len(value.shape) == 0 or (isinstance(value.shape[0], int) and value.shape[0] != 1):
-            continue
-        shape = op.Concat(rows, op.Slice(op.Shape(value), g.i64(1), g.i64(2**62), g.i64(0)), axis=0)
-        expanded_inputs.append((value, op.Expand(value, shape)))
-        value.shape = ir.Shape([1, *list(value.shape)[1:]])  # given once, for the one recording
-    feeding = [n for n in graph if id(n) not in existing]
-    graph.remove(feeding)
-    graph.insert_after(after, feeding)  # between the front end and the encoder
-    feeding_ids = {id(n) for n in feeding}
-    for value, expanded in expanded_inputs:
-        for use in list(value.uses()):
-            if id(use.node) not in feeding_ids:  # the broadcast's own Shape and Expand keep reading the input
-                use.node.replace_input_with(use.idx, expanded)
-    for index, output in enumerate(list(graph.outputs)):
-        if output in outputs and output.shape is not None and len(output.shape) >= 1:
-            cut = op.Slice(output, g.i64(0), count, g.i64(0))  # appended after the encoder
-            graph.outputs[index] = cut
-            cut.name, output.name = output.name, f"svs/frontend/rows/{output.name}"
-            cut.dtype, cut.shape = output.dtype, output.shape
+    missing = op.Sub(rows, count)  # 1 when K = 0: one empty row
+    features = op.Pad(features, op.Concat(g.i64(0, 0, 0), missing, g.i64(0, 0), axis=0))
+    lengths = op.Pad(lengths, op.Concat(g.i64(0), missing, axis=0))
+    wide_lengths = op.Cast(lengths, to=ir.DataType.INT64)
+    order = op.TopK(wide_lengths, rows, axis=0, largest=1, sorted=1, _outputs=2)[1]  # longest first, ties in order
+    position = g.range_(rows)
+    back = op.ScatterElements(position, order, position, axis=0)  # back[order[j]] = j
+    back = op.Slice(back, g.i64(0), count, g.i64(0))  # the K real rows, in segment order
+    one, zero = g.i64(1), g.i64(0)
+    padded = [o for o in outputs if len(o.shape) >= 2]  # rank 1 ([B]): a scalar per row, nothing to pad
+    targets = {id(o): g.i64(*([0] * (len(o.shape) - 1))) for o in padded}
+
+    def body(bop, index, condition, *sizes):
+        graph_body = bop.builder.graph
+        row = bop.Unsqueeze(bop.Gather(order, index, axis=0), zero)  # [1]
+        length = bop.Gather(wide_lengths, row, axis=0)
+        row_features = bop.Slice(features, bop.Concat(row, zero, axis=0), bop.Concat(bop.Add(row, one), length, axis=0),
+                                 g.i64(0, 1))  # fmt: skip
+        row_length = bop.Gather(lengths, row, axis=0)
+        graph_body.extend(encoder_nodes)
+        binding.features.replace_all_uses_with(row_features)
+        if binding.lengths is not None:
+            binding.lengths.replace_all_uses_with(row_length)
+        row_features.name = binding.features.name  # what the encoder calls them, for people reading the graph
+        row_features.dtype, row_features.shape = binding.features.dtype, ir.Shape([1, "frames", *list(binding.features.shape)[2:]])
+        if binding.lengths is not None:
+            row_length.name = binding.lengths.name
+        grown, stacked = [], []
+        sizes = iter(sizes)
+        for output in outputs:
+            squeezed = bop.Squeeze(output, zero)
+            if len(output.shape) >= 2:
+                own = bop.Shape(squeezed)
+                target = bop.Max(next(sizes), own)
+                pads = bop.Concat(g.i64(*([0] * (len(output.shape) - 1))), bop.Sub(target, own), axis=0)
+                squeezed = bop.Pad(squeezed, pads)
+                grown.append(target)
+            stacked.append(squeezed)
+        return (bop.Identity(condition), *grown, *stacked)
+
+    int64 = ir.DataType.INT64
+    loop_body = g.builder.subgraph(
+        body,
+        inputs=[subgraph_value("index", int64), subgraph_value("condition", ir.DataType.BOOL),
+                *(subgraph_value(f"size_{i}", int64, [len(o.shape) - 1]) for i, o in enumerate(padded))],
+        outputs=[subgraph_value("condition_out", ir.DataType.BOOL),
+                 *(subgraph_value(f"size_{i}_out", int64, [len(o.shape) - 1]) for i, o in enumerate(padded)),
+                 *(subgraph_value(f"row_{o.name}", o.dtype, list(o.shape)[1:]) for o in outputs)],
+        name="encoder_per_row",
+    )  # fmt: skip
+    results = op.Loop(op.Squeeze(rows, zero), g.const(np.array(True)), *(targets[id(o)] for o in padded),
+                      body=loop_body, _outputs=len(padded) + len(outputs))  # fmt: skip
+    if len(padded) + len(outputs) == 1:
+        results = [results]
+    for index, (output, stacked) in enumerate(zip(outputs, results[len(padded) :])):
+        final = op.Gather(stacked, back, axis=0)
+        final.dtype, final.shape = output.dtype, output.shape
+        graph.outputs[graph.outputs.index(output)] = final
+        final.name, output.name = output.name, f"svs/frontend/rows/{output.name}"
     for node in graph:
         if id(node) not in existing:
             node.name = f"svs/frontend/rows/{node.name or node.op_type}"
-    return padded_features, padded_lengths
 
 
 def _rename_clashes(encoder: ir.Model, frontend: ir.Model, keep: tuple[str | None, ...]) -> None:

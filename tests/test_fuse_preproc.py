@@ -205,3 +205,60 @@ def test_cli_writes_model_and_report_or_nothing_with_exit_1(folders, tmp_path, c
     assert "nothing written" in capsys.readouterr().out
     assert main(["fuse-preproc", str(folders["funasr"]), "-o", str(tmp_path / "x.onnx"), "--lfr", "5,1"]) == 2
     assert "D=560" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the encoder per segment row
+
+
+def _rows_model(encoder_path):
+    """The encoder behind a stand-in front end that passes features through and declares one
+    segment per row: the per-row Loop of a VAD fusion, without the VAD."""
+    import onnx_ir as ir
+
+    from svsurgery.compose import find_encoder_inputs, prepend_frontend
+    from svsurgery.frontend._ops import GraphOps
+
+    encoder = svsurgery.load(encoder_path)
+    binding = find_encoder_inputs(encoder)
+    opset = encoder.opset_imports[""]
+    rows = ir.val("waveform", ir.DataType.FLOAT, ["rows", "frames", 560])
+    lengths = ir.val("waveform_lengths", ir.DataType.INT64, ["rows"])
+    graph = ir.Graph([rows, lengths], [], nodes=[], opset_imports={"": opset}, name="pass_through")
+    g = GraphOps(graph, opset)
+    features, counts = g.op.Identity(rows), g.op.Cast(lengths, to=ir.DataType.INT32)
+    segments = g.op.Expand(g.i64(0), g.op.Concat(g.dim(rows, 0), g.i64(2), axis=0))
+    features.name, counts.name, segments.name = "features", "feature_lengths", "segments"
+    graph.outputs.extend([features, counts, segments])
+    return prepend_frontend(encoder, ir.Model(graph, ir_version=8), binding)
+
+
+def test_encoder_runs_each_row_alone_inside_one_loop(folders):
+    """Rows of any length order (ties, an empty row, the longest in the middle) each get exactly
+    the encoder's output for that row alone; zeros past its own extent; no rows gives no rows."""
+    model = _rows_model(folders["funasr"])
+    loops = [n for n in model.graph if n.op_type == "Loop"]
+    assert len(loops) == 1
+    body = loops[0].attributes["body"].value
+    assert sum(n.op_type == "MatMul" for n in body) == sum(n.op_type == "MatMul" for n in svsurgery.load(folders["funasr"]).graph)
+    assert not any(len(g.initializers) for g in model.graphs() if g is not model.graph), "weights stay in the outer graph"
+    assert [v.name for v in model.graph.outputs[:2]] == ["ctc_logits", "encoder_out_lens"]
+
+    session = inference_session(model, intra_op_threads=1)
+    encoder = inference_session(folders["funasr"], intra_op_threads=1)
+    rng = np.random.default_rng(7)
+    frames = [23, 57, 0, 57, 11, 40]
+    batch = (rng.standard_normal((len(frames), max(frames), 560)) * 1e3).astype(np.float32)  # padding holds garbage
+    for row, count in enumerate(frames):
+        batch[row, :count] = rng.standard_normal((count, 560))
+    ids = {"language": np.array([3], np.int32), "textnorm": np.array([14], np.int32)}
+    logits, lengths = session.run(["ctc_logits", "encoder_out_lens"], {"waveform": batch, "waveform_lengths": np.array(frames), **ids})
+    assert logits.shape[:2] == (len(frames), max(frames) + 4)
+    for row, count in enumerate(frames):
+        own_logits, own_lengths = encoder.run(None, {"speech": batch[row : row + 1, :count], "speech_lengths": np.array([count], np.int32), **ids})
+        assert lengths[row] == own_lengths[0] == count + 4
+        np.testing.assert_array_equal(logits[row, : own_logits.shape[1]], own_logits[0])  # the same computation, bit for bit
+        assert not logits[row, own_logits.shape[1] :].any()
+
+    empty = session.run(["ctc_logits", "encoder_out_lens"], {"waveform": np.zeros((0, 5, 560), np.float32),
+                                                             "waveform_lengths": np.zeros(0, np.int64), **ids})  # fmt: skip
+    assert empty[0].shape == (0, 4, logits.shape[2]) and empty[1].shape == (0,)

@@ -46,6 +46,8 @@ class GraphOps:
         if key is not None and key in self._constants:
             return self._constants[key]
         self._count += 1
+        while f"const_{self._count}" in self.graph.initializers:  # a graph that already has some (fusing)
+            self._count += 1
         name = f"const_{self._count}"
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
         value.dtype = ir.DataType.from_numpy(array.dtype)
