@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from svsurgery.cli.common import add_inputs_argument, console
+from svsurgery.cli.arguments import InputsArgs, bounded_int, files
+from svsurgery.cli.common import console
 from svsurgery.errors import EXIT_CHECK_FAILED
 
 
@@ -21,24 +22,31 @@ def register(verbs) -> None:
     parser.add_argument("model", help="the .onnx model")
     parser.add_argument("--node", required=True, help="the node's name (as `svsurgery diff` or Netron shows it)")
     parser.add_argument("-o", "--output", required=True, help="the repro .onnx to write (the .npz goes beside it)")
-    parser.add_argument("--depth", type=int, default=0, help="also include this many levels of producers (default 0)")
-    add_inputs_argument(parser)
+    parser.add_argument(
+        "--depth", type=bounded_int(0, what="a number of levels"), default=0,
+        help="also include this many levels of producers (default 0)",
+    )  # fmt: skip
+    InputsArgs.add(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
     from svsurgery.io import load, save
-    from svsurgery.parity.inputs import generate_inputs, load_inputs
     from svsurgery.repro import extract_repro
 
+    plan = files(args)
     model = load(args.model)
-    inputs = load_inputs(args.inputs, model) if args.inputs else generate_inputs(model, args.model)
-    repro, feeds, expected, report = extract_repro(model, args.node, inputs.feeds, depth=max(args.depth, 0))
-    output = Path(args.output)
-    data = output.with_suffix(".npz")
+    plan.read_model(model)
+    InputsArgs.declare(args)
+    output = plan.write(args.output, "repro model (-o)")
+    data = plan.write(Path(args.output).with_suffix(".npz"), "repro tensors (the .npz beside -o)")
+    inputs = InputsArgs.parse(args, model, args.model)
+    repro, feeds, expected, report = extract_repro(model, args.node, inputs.feeds, depth=args.depth)
     save(repro, output)
+    plan.written(output)
     golden.save(data, feeds, expected, source=f"captured from {args.model} at node {args.node}")
+    plan.written(data)
     report.model_path, report.data_path = str(output), str(data)
     report.render(console())
     return 0 if report.bit_exact else EXIT_CHECK_FAILED

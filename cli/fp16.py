@@ -6,7 +6,10 @@ import argparse
 
 import onnx_ir as ir
 
-from svsurgery.cli.fix import add_engine_arguments, run_engine
+from svsurgery.cli.arguments import OutputArgs
+from svsurgery.cli.fix import add_engine_verb_arguments, run_engine
+
+OUTPUT = OutputArgs("fp16")
 
 
 def register(verbs) -> None:
@@ -19,7 +22,7 @@ def register(verbs) -> None:
         "(onnxruntime's CPU provider would hide overflow), against the reference (default: the original "
         "model as is); passes that do not help are rolled back. Written only within tolerance (profile fp16).",
     )
-    add_engine_arguments(parser, default_reference="the original model as is", output_suffix="fp16")
+    add_engine_verb_arguments(parser, default_reference="the original model as is", output=OUTPUT)
     parser.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts inside)")
     parser.set_defaults(run=run)
 
@@ -28,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from svsurgery.parity.references import ModelReference
 
     return run_engine(
-        args, output_suffix="fp16", precision=ir.DataType.FLOAT16,
+        args, OUTPUT, precision=ir.DataType.FLOAT16,
         default_reference=lambda model: ModelReference(model, label="the original model"),
     )  # fmt: skip

@@ -6,10 +6,12 @@ import argparse
 
 import onnx_ir as ir
 
+from svsurgery.cli.arguments import bounded_int, files
 from svsurgery.cli.common import console
 from svsurgery.errors import BadInputError
 from svsurgery.frontend import Cmvn, LfrOptions, build
 from svsurgery.frontend.config import PRESETS
+from svsurgery.frontend._ops import MIN_OPSET
 from svsurgery.io import save
 
 
@@ -24,12 +26,15 @@ def register(verbs) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="sensevoice", help="fbank and LFR settings (default: sensevoice)")
     parser.add_argument("--cmvn", metavar="AM_MVN", help="Kaldi nnet text with <AddShift>/<Rescale> (FunASR's am.mvn)")
     parser.add_argument("--lfr", metavar="M,N", help="LFR stacking, e.g. 7,6; 1,1 disables it (default: the preset's)")
-    parser.add_argument("--opset", type=int, default=17, help="ai.onnx opset to author the graph in (default: 17)")
+    parser.add_argument("--opset", type=bounded_int(MIN_OPSET, what="an ai.onnx opset"), default=17, help="ai.onnx opset to author the graph in (default: 17)")
     parser.add_argument("--lengths-dtype", choices=("int32", "int64"), default="int32", help="type of feature_lengths")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    plan = files(args)
+    plan.read(args.cmvn, "--cmvn file")
+    output = plan.write(args.output, "front-end model (-o)")
     fbank_preset, lfr_preset = PRESETS[args.preset]
     lfr = LfrOptions.parse(args.lfr) if args.lfr else lfr_preset()
     cmvn = Cmvn.from_am_mvn(args.cmvn) if args.cmvn else None
@@ -37,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output.endswith(("am.mvn", ".mvn")):
         raise BadInputError(f"-o {args.output}: that looks like a CMVN file, not an .onnx path")
     model = build(fbank_preset(), None if (lfr.m, lfr.n) == (1, 1) else lfr, cmvn, opset=args.opset, length_dtype=length_dtype)
-    path = save(model, args.output)
+    path = save(model, output)
+    plan.written(path)
     dim = model.graph.outputs[0].shape[2]
     console().print(
         f"wrote {path}: preset {args.preset}, LFR {lfr.m},{lfr.n}, "

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from svsurgery.cli.arguments import OutputArgs, ReportArgs, files
 from svsurgery.cli.common import console, error_console
-
 from svsurgery.errors import EXIT_CHECK_FAILED, BadInputError
 from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.fuse import fuse_preprocessing
 from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
+
+OUTPUT = OutputArgs("fused", what="output model")
 
 
 def register(verbs) -> None:
@@ -25,7 +27,7 @@ def register(verbs) -> None:
         "(exit 1).",
     )
     parser.add_argument("encoder", help="the encoder .onnx (its feature input is float [B, T, D])")
-    parser.add_argument("-o", "--output", help="where to write (default: ENC.fused.onnx beside the encoder)")
+    OUTPUT.add(parser)
     parser.add_argument("--cmvn", metavar="AM_MVN", help="CMVN file (default: am.mvn beside the model, or metadata)")
     parser.add_argument("--no-cmvn", action="store_true", help="fuse without CMVN (the encoder takes raw log-mel)")
     parser.add_argument("--config", metavar="CONFIG_YAML", help="FunASR config.yaml (default: the one beside the model)")
@@ -34,8 +36,7 @@ def register(verbs) -> None:
     parser.add_argument("--feature-input", metavar="NAME", help="the encoder input that takes features")
     parser.add_argument("--length-input", metavar="NAME", help="the encoder input that takes feature lengths")
     parser.add_argument("--keep-features", action="store_true", help="also output the features and their lengths")
-    parser.add_argument("--report", metavar="JSON", help="write the report as JSON")
-    parser.add_argument("--in-place", action="store_true", help="allow -o to be the encoder file itself")
+    ReportArgs.add(parser)
     vad = parser.add_argument_group("VAD inside the graph (one recording per call; outputs segments [K, 2] in ms)")
     vad.add_argument(
         "--vad", metavar="MODE",
@@ -61,8 +62,18 @@ def register(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from svsurgery.io import load
+
+    plan = files(args)
     encoder = Path(args.encoder)
-    output = Path(args.output) if args.output else encoder.with_name(encoder.stem + ".fused.onnx")
+    plan.read_model(load(encoder))
+    plan.read(args.cmvn, "--cmvn file")
+    plan.read(args.config, "--config file")
+    plan.read(args.silero_model, "--silero-model")
+    if args.vad and args.vad.startswith("fsmn:"):
+        plan.read_all((Path(args.vad[5:]) / name for name in ("model.onnx", "am.mvn", "config.yaml")), "fsmn-vad folder file")
+    output = OUTPUT.declare(args, encoder)
+    ReportArgs.declare(args)
     with error_console().status(f"fusing the front end into {encoder} and verifying ..."):
         _, report = fuse_preprocessing(
             encoder,
@@ -79,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
             vad=_vad_options(args),
             segmentation=SegmentOptions(merge=not args.no_merge, merge_length_s=args.merge_length_s, max_segment_s=args.max_segment_s),
         )
-    report.render(console())
-    if args.report:
-        report.write_json(args.report)
+    if report.written:
+        plan.written(output)
+    ReportArgs.emit(args, report, console())
     return 0 if report.passed else EXIT_CHECK_FAILED
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from svsurgery.cli.common import add_inputs_argument, add_torch_arguments, console, inputs_from_args
+from svsurgery.cli.arguments import InputsArgs, TorchArgs, files
+from svsurgery.cli.common import console
 
 
 def register(verbs) -> None:
@@ -18,28 +19,34 @@ def register(verbs) -> None:
     parser.add_argument("model", help="the .onnx model whose inputs and outputs the file describes")
     parser.add_argument("-o", "--output", required=True, help="the .npz to write")
     source = parser.add_mutually_exclusive_group()
-    add_torch_arguments(source, parser)
+    TorchArgs.add(source, parser)
     source.add_argument("--fp64", action="store_true", help="expected outputs from the model evaluated in float64")
-    add_inputs_argument(parser)
+    InputsArgs.add(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
-    from svsurgery.cli.fix import reference_from_args
     from svsurgery.io import load
     from svsurgery.parity import references
-    from svsurgery.parity.inputs import generate_inputs
 
+    plan = files(args)
     model = load(args.model)
-    inputs = inputs_from_args(args, model) or generate_inputs(model, args.model)
-    args.reference = args.reference_model = None
-    if args.fp64:
+    plan.read_model(model)
+    TorchArgs.declare(args)
+    InputsArgs.declare(args)
+    output = plan.write(args.output, "golden file (-o)")
+    inputs = InputsArgs.parse(args, model, args.model)
+    module = TorchArgs.parse(args)
+    if module is not None:
+        reference = references.TorchReference(module, [o.name for o in model.graph.outputs], [i.name for i in model.graph.inputs])
+    elif args.fp64:
         reference = references.Float64Reference(model)
     else:
-        reference = reference_from_args(args, model) or references.ModelReference(model, label=args.model)
+        reference = references.ModelReference(model, label=args.model)
     outputs = reference.outputs(inputs.feeds)
-    path = golden.save(args.output, inputs.feeds, outputs, source=reference.description)
+    path = golden.save(output, inputs.feeds, outputs, source=reference.description)
+    plan.written(path)
     console().print(
         f"wrote {path}: {len(inputs.feeds)} inputs ({inputs.describe()}), "
         f"{len(outputs)} outputs from {reference.description}",

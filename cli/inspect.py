@@ -1,9 +1,10 @@
-"""``svsurgery inspect MODEL [--json]``: signature, opsets, operators, parameters, metadata."""
+"""``svsurgery inspect MODEL [--report FILE|-]``: signature, opsets, operators, parameters, metadata."""
 
 from __future__ import annotations
 
 import argparse
 
+from svsurgery.cli.arguments import ReportArgs, files
 from svsurgery.cli.common import console
 from svsurgery.inspect import summarize
 from svsurgery.io import load
@@ -17,14 +18,13 @@ def register(verbs) -> None:
         "producer, op-type histogram (subgraphs included), parameter count and bytes, metadata_props.",
     )
     parser.add_argument("model", help="the .onnx file (external data beside it is not read)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    ReportArgs.add(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = summarize(load(args.model))
-    if args.json:
-        print(summary.to_json())
-    else:
-        summary.render(console())
+    model = load(args.model)
+    files(args).read_model(model)
+    ReportArgs.declare(args)
+    ReportArgs.emit(args, summarize(model), console())
     return 0

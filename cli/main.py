@@ -1,26 +1,31 @@
 """Entry point: parse the verb, run it, turn user-facing errors into one line and an exit code.
 
 Exit codes, the same for every verb: 0 success, 1 the job ran but a validity or
-parity check failed, 2 bad usage or bad input.
+parity check failed, 2 bad usage or bad input. SIGTERM is handled like Ctrl-C: the
+command stops, a file being written is left as it was (see svsurgery.files), and the
+message says which outputs were complete; an interrupt that arrives once every output
+is written reports success.
 """
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
-from svsurgery._version import __version__
-from svsurgery.cli import check, demo, diff, example, extract, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
-from svsurgery.errors import EXIT_BAD_INPUT, SvsError
-
 __all__ = ["build_parser", "main"]
 
-VERBS = (demo, fuse_preproc, frontend, fix, fp16, rules, golden, check, diff, extract, inspect, example)
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser():
+    from svsurgery._version import __version__
+    from svsurgery.cli import check, demo, diff, example, extract, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
+    from svsurgery.cli.arguments import CommandParser
+
+    parser = CommandParser(
         prog="svsurgery",
         description="ONNX graph surgery for speech models.",
         epilog="Exit codes: 0 success, 1 a validity or parity check failed, 2 bad usage or bad input.",
@@ -28,22 +33,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"svsurgery {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
     verbs.required = True
-    for verb in VERBS:
+    for verb in (demo, fuse_preproc, frontend, fix, fp16, rules, golden, check, diff, extract, inspect, example):
         verb.register(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    verb = "svsurgery"
+    plan = None
     try:
-        return int(args.run(args) or 0)
-    except SvsError as error:
-        print(f"svsurgery {args.verb}: error: {error.message}", file=sys.stderr)
-        return error.exit_code
+        from svsurgery.errors import EXIT_BAD_INPUT, SvsError
+        from svsurgery.files import FilePlan
+
+        args = build_parser().parse_args(argv)
+        verb = f"svsurgery {args.verb}"
+        plan = args.files = FilePlan(args.verb)
+        try:
+            return int(args.run(args) or 0)
+        except SvsError as error:
+            print(f"{verb}: error: {error.message}", file=sys.stderr)
+            return error.exit_code
     except KeyboardInterrupt:
-        print(f"svsurgery {args.verb}: interrupted", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _interrupted(verb, plan)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(verb: str, plan) -> int:
+    written, missing = plan.outcome() if plan is not None else ([], [])
+    if written and not missing:
+        print(f"{verb}: interrupted after its outputs were written; they are complete: "
+              f"{', '.join(map(str, written))}", file=sys.stderr)  # fmt: skip
+        return 0
+    done = f"; complete: {', '.join(map(str, written))}" if written else ""
+    print(f"{verb}: interrupted; nothing else was written (files in progress were left as they were){done}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

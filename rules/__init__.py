@@ -6,11 +6,15 @@ when it is safe, references, and its rewrites (onnxscript rules or onnx_ir passe
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 from svsurgery.errors import BadInputError
 from svsurgery.family import RuleFamily
+from svsurgery.report import Report, dumps
 from svsurgery.rules import casts, layer_norm, lossy_casts, masks, positional, softmax
 
-__all__ = ["CATALOG", "select"]
+__all__ = ["CATALOG", "CatalogReport", "select"]
 
 # layer-norm first: below opset 17 it converts the model, and the conversion brings every
 # value's type, which the cast rules then need without another shape inference.
@@ -27,13 +31,43 @@ CATALOG: tuple[RuleFamily, ...] = (
 )
 
 
-def select(ids: str | list[str] | None) -> list[RuleFamily]:
-    """Families by id (comma-separated or a list), in the order given; all of them for None."""
+def select(ids: str | list[str] | None, extra: Sequence[RuleFamily] = ()) -> list[RuleFamily]:
+    """Families by id (comma-separated or a list), in the order given, from the catalog and
+    ``extra`` (a user's rules); for None, ``extra`` when given, else the whole catalog."""
     if ids is None:
-        return list(CATALOG)
+        return list(extra) if extra else list(CATALOG)
     wanted = [i.strip() for i in (ids.split(",") if isinstance(ids, str) else ids) if i.strip()]
-    known = {family.id: family for family in CATALOG}
+    known = {family.id: family for family in (*CATALOG, *extra)}
     unknown = [i for i in wanted if i not in known]
     if unknown:
         raise BadInputError(f"unknown rule {unknown[0]!r}; the catalog has: {', '.join(known)}")
     return [known[i] for i in wanted]
+
+
+@dataclasses.dataclass
+class CatalogReport(Report):
+    """The families a run can apply, in order (``svsurgery rules``); its JSON is the list."""
+
+    families: list[RuleFamily]
+
+    def to_dict(self) -> dict:
+        return {"families": [f.describe() for f in self.families]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return dumps([f.describe() for f in self.families], indent=indent)
+
+    def render(self, console) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title="svsurgery rule catalog (applied in this order)", show_lines=True)
+        for column in ("id", "what it does", "fixes", "safe when", "kept when"):
+            table.add_column(column, overflow="fold")
+        for family in self.families:
+            kept = "parity strictly improves" if family.acceptance == "improves" else "parity no worse"
+            references = "\n".join(family.references)
+            table.add_row(
+                escape(family.id), escape(family.title), escape(family.fixes),
+                escape(family.safe_when + (f"\n{references}" if references else "")), kept,
+            )  # fmt: skip
+        console.print(table)

@@ -10,12 +10,7 @@ Load a model, change it (patch API, rules, preprocessing fusion), verify it, sav
 torch is optional: everything here works without it; features that need it say so.
 """
 
-from svsurgery import patch
 from svsurgery._version import __version__
-from svsurgery.errors import BadInputError, CheckFailedError, MissingDependencyError, SvsError
-from svsurgery.graphsurgeon import from_graphsurgeon, to_graphsurgeon
-from svsurgery.inspect import summarize
-from svsurgery.io import load, save, validate, validate_file
 
 __all__ = [
     "diff",
@@ -36,19 +31,38 @@ __all__ = [
     "validate_file",
 ]
 
+# Everything is imported on first use: `import svsurgery` (and the command line's start-up)
+# stays instant, and the rule engine does not load onnxscript's rewriter until asked.
+_LAZY = {
+    "diff": ("svsurgery.layerwise", "diff"),
+    "fix": ("svsurgery.engine", "fix"),
+    "golden": ("svsurgery.golden", None),
+    "patch": ("svsurgery.patch", None),
+    "BadInputError": ("svsurgery.errors", "BadInputError"),
+    "CheckFailedError": ("svsurgery.errors", "CheckFailedError"),
+    "MissingDependencyError": ("svsurgery.errors", "MissingDependencyError"),
+    "SvsError": ("svsurgery.errors", "SvsError"),
+    "from_graphsurgeon": ("svsurgery.graphsurgeon", "from_graphsurgeon"),
+    "to_graphsurgeon": ("svsurgery.graphsurgeon", "to_graphsurgeon"),
+    "summarize": ("svsurgery.inspect", "summarize"),
+    "load": ("svsurgery.io", "load"),
+    "save": ("svsurgery.io", "save"),
+    "validate": ("svsurgery.io", "validate"),
+    "validate_file": ("svsurgery.io", "validate_file"),
+}
+
 
 def __getattr__(name: str):
-    # the rule engine and golden files load onnxscript's rewriter: only when asked for
-    if name == "fix":
-        from svsurgery.engine import fix
+    import importlib
 
-        return fix
-    if name == "diff":  # svsurgery.diff(module, model, inputs): the layer-by-layer comparison
-        from svsurgery.layerwise import diff
+    if name not in _LAZY:
+        raise AttributeError(f"module 'svsurgery' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
 
-        return diff
-    if name == "golden":
-        import svsurgery.golden
 
-        return svsurgery.golden
-    raise AttributeError(f"module 'svsurgery' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

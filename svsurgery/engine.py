@@ -31,7 +31,7 @@ from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.golden import versions
 from svsurgery.io import SOURCE_PATH_KEY, validate
 from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs
-from svsurgery.parity.judge import Margin, improvement, regression
+from svsurgery.parity.judge import Margin, judge_improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
 from svsurgery.precision import convert_to_float16
@@ -361,12 +361,9 @@ def _step(
         return done(snapshot, current)
     step.after = parity.summary()
     if family.acceptance == "improves":
-        better = improvement(current, parity, margin)
-        if better is None:
-            step.status, step.reason = ROLLED_BACK, "parity did not improve (this rule is kept only when it does)"
-            return done(snapshot, current)
-        step.status, step.reason = ACCEPTED, f"improves {better}"
-        return done(candidate, parity)
+        better, why = judge_improvement(current, parity, margin)
+        step.status, step.reason = (ROLLED_BACK, why) if better is None else (ACCEPTED, why)
+        return done(snapshot, current) if better is None else done(candidate, parity)
     worse = regression(current, parity, margin)
     if worse is not None:
         step.status, step.reason = ROLLED_BACK, f"parity got worse: {worse}"

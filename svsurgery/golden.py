@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from svsurgery.errors import BadInputError
+from svsurgery.files import write_atomically
 
 __all__ = ["Golden", "load", "save", "versions"]
 
@@ -85,14 +85,14 @@ def save(
     target = Path(path).absolute()
     if target.is_dir():
         raise BadInputError(f"{path}: is a folder; give the .npz file to write")
-    fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    if not target.parent.is_dir():
+        raise BadInputError(f"{path}: the folder {target.parent} does not exist")
+
+    def write(staged: Path) -> None:
+        with open(staged, "wb") as handle:  # a handle: np.savez would append .npz to a path
             np.savez(handle, **arrays)
-        os.replace(staged, target)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
+
+    write_atomically(target, write)
     return target
 
 

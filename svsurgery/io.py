@@ -13,8 +13,11 @@ onnxruntime CPU session.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from svsurgery.errors import BadInputError, CheckFailedError
+from svsurgery.files import commit_guard, remove_stale_staging, staging_name
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
@@ -197,14 +201,17 @@ def save(
 ) -> Path:
     """Write ``model`` to ``path`` atomically and return the path written.
 
-    The model (and its external data, written as ``<name>.data`` beside it) goes to a
-    temporary folder next to ``path``; the validity gate runs on those files; only then
-    are they renamed into place, data file first. Any failure leaves no output and
-    nothing the user had is touched.
+    The model (and its external data) goes to a staging folder next to ``path``; the
+    validity gate runs on those files; only then are they renamed into place. A reader
+    never sees a model beside data that is not its own: the data file gets a name no
+    file has yet (``<name>.data``, or ``<name>.<token>.data`` when that exists), it is
+    renamed in first, the model last (the one step that switches readers from the old
+    pair to the new), and only then is the data file of the model replaced removed.
+    Any failure or interrupt before the last rename leaves the old files as they were.
 
     Args:
-        overwrite_input: allow writing over the file the model was loaded from (or its
-            external data); refused otherwise.
+        overwrite_input: allow writing over the file the model was loaded from; refused
+            otherwise.
         external_data: ``True``/``False`` to force; ``None`` keeps external data when the
             model was loaded with it and switches to it when the model would exceed
             protobuf's 2 GB limit.
@@ -215,40 +222,94 @@ def save(
         raise BadInputError(f"{path}: is a folder; give the path of the .onnx file to write")
     if not target.parent.is_dir():
         raise BadInputError(f"{path}: the folder {target.parent} does not exist")
-    had_external = bool(external_tensors(model))
-    if external_data is None:
-        external_data = had_external or estimated_size(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = target.name + ".data"
-    written = [target.resolve()] + ([(target.parent / data_name).resolve()] if external_data else [])
     sources = model.meta.get(SOURCE_FILES_KEY, frozenset())
-    clobbered = [p for p in written if str(p) in sources]
-    if clobbered and not overwrite_input:
+    if str(target.resolve()) in sources and not overwrite_input:
         raise BadInputError(
-            f"{path}: refusing to overwrite the input model ({clobbered[0]}); choose another output "
+            f"{path}: refusing to overwrite the input model ({target.resolve()}); choose another output "
             "path or ask for it explicitly (--in-place)"
         )
+    if external_data is None:
+        external_data = bool(external_tensors(model)) or estimated_size(model) > EXTERNAL_DATA_THRESHOLD
+    if not external_data and estimated_size(model) > EXTERNAL_DATA_THRESHOLD:
+        raise BadInputError(f"{path}: the model is over protobuf's 2 GB limit and must be saved with external data")
 
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-") as staging:
-        staged = Path(staging) / target.name
-        if clobbered:
-            # Tensors mapped from a file about to be replaced are read into memory for good.
-            rewritten = {str(p) for p in clobbered}
-            _replace_external_tensors(model, lambda t: str(Path(t.path).resolve()) in rewritten, permanent=True)
-        with contextlib.nullcontext() if external_data else external_data_inlined(model):
-            if external_data:
-                ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
-            else:
-                if estimated_size(model) > EXTERNAL_DATA_THRESHOLD:
-                    raise BadInputError(
-                        f"{path}: the model is over protobuf's 2 GB limit and must be saved with external data"
-                    )
+    remove_stale_staging(target)
+    replaced_data = _own_data_files(target)
+    _remove_orphan_data_files(target, keep=replaced_data)
+    data_name = _fresh_data_name(target) if external_data else None
+    # Tensors mapped from a data file this save removes are read into memory for good.
+    doomed = {str(p.resolve()) for p in replaced_data}
+    if doomed & set(sources):
+        _replace_external_tensors(model, lambda t: str(Path(t.path).resolve()) in doomed, permanent=True)
+
+    staging = staging_name(target)
+    staging.mkdir()
+    try:
+        staged = staging / target.name
+        if data_name is not None:
+            ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
+        else:
+            with external_data_inlined(model):
                 ir.save(model, staged)
         if validate_model:
             validate_file(staged, label=str(path))
-        if external_data:
-            os.replace(Path(staging) / data_name, target.parent / data_name)
-        os.replace(staged, target)
+        with commit_guard():
+            if data_name is not None:
+                os.replace(staging / data_name, target.parent / data_name)
+            os.replace(staged, target)
+            for old in replaced_data:
+                if data_name is None or old.name != data_name:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+_OWN_DATA = re.compile(r"^(?P<name>.+?)(?:\.[0-9a-f]{8})?\.data$")
+
+
+def _is_own_data_name(target: Path, name: str) -> bool:
+    """``<target>.data`` or ``<target>.<8 hex>.data``: the names :func:`save` gives data files."""
+    match = _OWN_DATA.match(name)
+    return bool(match) and match["name"] == target.name
+
+
+def _own_data_files(target: Path) -> list[Path]:
+    """The data files the model now at ``target`` references under the names :func:`save` gives."""
+    if not target.is_file():
+        return []
+    try:
+        existing = ir.serde.deserialize_model(onnx.load_model(str(target), load_external_data=False))
+    except Exception:  # noqa: BLE001 - whatever is there is replaced; its data is not ours to guess
+        return []
+    found = set()
+    for tensor in external_tensors(existing):
+        location = str(tensor.location)
+        if Path(location).name == location and _is_own_data_name(target, location):
+            found.add(target.parent / location)
+    return sorted(found)
+
+
+def _remove_orphan_data_files(target: Path, keep: list[Path]) -> None:
+    """Data files named as :func:`save` names them that no model references any more: left by
+    a save killed between its two renames. ``<target>.data`` itself is never removed here
+    (other tools use that name too); only the token-named ones svsurgery alone creates."""
+    keep_names = {p.name for p in keep}
+    for entry in target.parent.glob(f"{glob.escape(target.name)}.*.data"):
+        if entry.name not in keep_names and re.fullmatch(re.escape(target.name) + r"\.[0-9a-f]{8}\.data", entry.name):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _fresh_data_name(target: Path) -> str:
+    plain = f"{target.name}.data"
+    if not (target.parent / plain).exists():
+        return plain
+    while True:
+        name = f"{target.name}.{secrets.token_hex(4)}.data"
+        if not (target.parent / name).exists():
+            return name
 
 
 def estimated_size(model: ir.Model) -> int:

@@ -1,7 +1,7 @@
 """Reports: dataclasses that render as a terminal table (rich) and as JSON.
 
 Every command's result is a :class:`Report`; ``--json`` prints ``to_json()``,
-``--report FILE`` writes it atomically, and the terminal gets ``render()``.
+``--report FILE`` writes it atomically (svsurgery.files), and the terminal gets ``render()``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report", "dumps", "write_json_atomically"]
+from svsurgery.files import write_text_atomically
+
+__all__ = ["Report", "dumps"]
 
 
 class Report:
@@ -31,7 +32,7 @@ class Report:
         return dumps(self.to_dict(), indent=indent)
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        return write_json_atomically(path, self.to_json())
+        return write_text_atomically(path, self.to_json())
 
     def render(self, console) -> None:  # pragma: no cover - each report implements it
         raise NotImplementedError
@@ -60,18 +61,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def write_json_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write text to ``path`` through a temporary file in the same folder, then rename."""
-    target = Path(path).absolute()
-    fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.write("\n")
-        os.replace(staged, target)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
-    return target

@@ -15,7 +15,7 @@ import numpy as np
 
 from svsurgery.parity.metrics import OutputParity, ParityResult
 
-__all__ = ["Margin", "improvement", "regression"]
+__all__ = ["Margin", "improvement", "judge_improvement", "regression"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,25 +72,49 @@ def regression(before: ParityResult, after: ParityResult, margin: Margin = Margi
 
 
 def improvement(before: ParityResult, after: ParityResult, margin: Margin = Margin()) -> str | None:
-    """How ``after`` is strictly better than ``before`` (None when it is not, or when any
-    output got worse at all: a pass accepted for improving must not trade one output for another)."""
+    """How ``after`` is strictly better than ``before``, or None (see :func:`judge_improvement`)."""
+    return judge_improvement(before, after, margin)[0]
+
+
+def judge_improvement(before: ParityResult, after: ParityResult, margin: Margin = Margin()) -> tuple[str | None, str]:
+    """(how ``after`` is strictly better than ``before``, or None; the reason for the verdict).
+
+    Strictly better: no output got worse at all (a pass accepted for improving must not
+    trade one output for another), and some output improved beyond the margin: fewer
+    NaN/Inf values, integer values that now match, more positions whose argmax agrees, a
+    max abs error that drops by more than the margin, or a cosine that rises by more
+    than it. The reason names what decided, in either case.
+    """
     strict = Margin(relative=0.0, ulps=0.0, cosine=0.0, argmax=0.0)
-    if regression(before, after, strict):
-        return None
+    worse = regression(before, after, strict)
+    if worse:
+        return None, f"parity did not improve (this rule is kept only when it does): got worse: {worse}"
     previous = before.by_name()
+    unmoved = []
     for output in after.outputs:
         old = previous.get(output.name)
         if old is None or output.problem:
             continue
         if output.nan_count + output.inf_count < old.nan_count + old.inf_count:
-            return f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count} -> {output.nan_count + output.inf_count}"
+            better = f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count} -> {output.nan_count + output.inf_count}"
+            return better, f"improves {better}"
         if output.exact:
             if output.max_abs < old.max_abs:
-                return f"{output.name}: integer values now match"
+                return f"{output.name}: integer values now match", f"improves {output.name}: integer values now match"
             continue
         if old.argmax_agreement is not None and output.argmax_agreement is not None:
             if output.argmax_agreement > old.argmax_agreement:
-                return f"{output.name}: argmax agreement {old.argmax_agreement:.4%} -> {output.argmax_agreement:.4%}"
-        if old.max_abs - output.max_abs > margin.allowed_growth(old):
-            return f"{output.name}: max abs error {old.max_abs:.3g} -> {output.max_abs:.3g}"
-    return None
+                better = f"{output.name}: argmax agreement {old.argmax_agreement:.4%} -> {output.argmax_agreement:.4%}"
+                return better, f"improves {better}"
+        needed = margin.allowed_growth(old)
+        if old.max_abs - output.max_abs > needed:
+            better = f"{output.name}: max abs error {old.max_abs:.3g} -> {output.max_abs:.3g}"
+            return better, f"improves {better}"
+        if output.cosine - old.cosine > margin.cosine:
+            better = f"{output.name}: cosine {old.cosine:.8f} -> {output.cosine:.8f}"
+            return better, f"improves {better}"
+        unmoved.append(
+            f"{output.name}: max abs {old.max_abs:.3g} -> {output.max_abs:.3g} (a drop of more than {needed:.2g} counts), "
+            f"cosine {old.cosine:.8f} -> {output.cosine:.8f} (a rise of more than {margin.cosine:g} counts)"
+        )
+    return None, "parity did not improve (this rule is kept only when it does): nothing moved beyond the margin: " + "; ".join(unmoved)
