@@ -45,6 +45,11 @@ def _sequences(rng: np.random.Generator) -> list[np.ndarray]:
 
 OPTION_SETS = {
     "defaults": SileroVadOptions(),
+    "unbounded-odd": SileroVadOptions(threshold=0.3, neg_threshold=0.25, speech_pad_ms=45.5, min_silence_duration_ms=33,
+                                      min_speech_duration_ms=97.3),
+    "unbounded-no-min-silence": SileroVadOptions(min_silence_duration_ms=0, min_speech_duration_ms=0),
+    "unbounded-equal-thresholds": SileroVadOptions(threshold=0.5, neg_threshold=0.5, min_silence_duration_ms=64,
+                                                   use_max_poss_sil_at_max_speech=False),
     "max-speech-longest-silence": SileroVadOptions(max_speech_duration_s=3.0),
     "max-speech-legacy-cut": SileroVadOptions(max_speech_duration_s=2.5, use_max_poss_sil_at_max_speech=False),
     "no-min-silence": SileroVadOptions(min_silence_duration_ms=0, min_speech_duration_ms=0, max_speech_duration_s=1.5),
@@ -66,6 +71,50 @@ def test_timestamps_equal_silero_on_synthetic_probabilities(name):
             assert found.tolist() == expected, f"{name}: {probabilities.size} frames, {samples} samples"
             compared += len(expected)
     assert compared > 10  # the sequences do produce speech to compare
+
+
+def test_loop_free_timestamps_equal_the_loop_and_silero_on_random_sequences():
+    """The loop-free formulation (no maximum speech length) against the Loop over frames and
+    silero's own function: random flicker, bursts, values at and beside both thresholds."""
+    from svsurgery.vad.silero import loop_free
+
+    rng = np.random.default_rng(42)
+    for name in ("defaults", "unbounded-odd", "unbounded-no-min-silence", "unbounded-equal-thresholds"):
+        options = OPTION_SETS[name]
+        assert loop_free(options)
+        probabilities = ir.val("p", ir.DataType.FLOAT, ["frames"])
+        count = ir.val("n", ir.DataType.INT64, [1])
+        session = probe_session(lambda g, p, n: (speech_timestamps(g, p, n, options, loop=False),
+                                                 speech_timestamps(g, p, n, options, loop=True)), [probabilities, count])  # fmt: skip
+        levels = np.array([0.05, options.resolved_neg_threshold, np.nextafter(np.float32(options.resolved_neg_threshold), 0),
+                           options.threshold, np.nextafter(np.float32(options.threshold), 0), 0.95], np.float32)  # fmt: skip
+        segments = 0
+        for trial in range(150):
+            size = int(rng.integers(0, 300))
+            kind = trial % 3
+            if kind == 0:
+                sequence = rng.random(size)
+            elif kind == 1:
+                sequence = np.repeat(rng.random(40) > 0.5, rng.integers(1, 25, 40))[:size] * 0.9 + 0.05
+            else:
+                sequence = rng.choice(levels, size)
+            sequence = sequence.astype(np.float32)
+            samples = max(sequence.size * FRAME - int(rng.integers(0, FRAME)), 0)
+            loop_free_found, loop_found = session.run(None, {"p": sequence, "n": np.array([samples], np.int64)})
+            expected = silero_python_timestamps(sequence, samples, options).tolist()
+            assert loop_free_found.tolist() == expected == loop_found.tolist(), f"{name}, trial {trial}"
+            segments += len(expected)
+        assert segments > 100
+
+
+def test_default_options_build_no_loop_and_a_maximum_speech_length_does():
+    from svsurgery.vad.detect import vad_model
+
+    def loops(options):
+        return sum(n.op_type == "Loop" for n in vad_model(options).graph)
+
+    assert loops(SileroVadOptions()) == 0
+    assert loops(SileroVadOptions(max_speech_duration_s=20)) == 1
 
 
 @pytest.fixture(scope="module")
