@@ -81,3 +81,64 @@ def funasr_segments(scores: np.ndarray, waveform: np.ndarray, vad: FsmnVad) -> n
             found.extend(part[0])
             accumulated, in_speech = 0, False
     return np.array(found, dtype=np.int64).reshape(-1, 2)
+
+
+class FunasrOnnxFsmnVad:
+    """funasr-onnx 0.4.3's ``Fsmn_vad`` pipeline, assembled from its parts: WavFrontend
+    (kaldi-native-fbank, LFR, CMVN), the folder's model.onnx in an onnxruntime session set up
+    as its OrtInferSession does, and E2EVadModel driven by ``Fsmn_vad.__call__``'s loop
+    (6000-frame packages, caches carried, the static ``max_end_silence_time``). The class
+    itself cannot be imported: funasr_onnx/utils/utils.py imports jieba, which the VAD never
+    uses. One fix: the features are cast to float32 (see ``__call__``). The speed anchor of
+    the fsmn mode (bench/vad.py)."""
+
+    def __init__(self, folder, intra_op_num_threads: int = 1) -> None:
+        from pathlib import Path
+
+        import onnxruntime as ort
+        import yaml
+
+        folder = Path(folder)
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        self.frontend = funasr_onnx_module("utils.frontend").WavFrontend(
+            cmvn_file=str(folder / "am.mvn"), **config["frontend_conf"]
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_num_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 4
+        options.enable_cpu_mem_arena = False  # as OrtInferSession
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.model_conf = config["model_conf"]
+        self.max_end_sil = self.model_conf["max_end_silence_time"]
+        encoder = config["encoder_conf"]
+        self.cache_shape = (1, encoder["proj_dim"], encoder["lorder"] - 1, 1)
+        self.cache_count = encoder["fsmn_layers"]
+
+    def __call__(self, waveform: np.ndarray) -> list:
+        """[[start_ms, end_ms], ...] of ``waveform`` [N] in [-1, 1], as ``Fsmn_vad(waveform)[0]``."""
+        detector = e2e_vad_module().E2EVadModel(self.model_conf)
+        fbank, _ = self.frontend.fbank(waveform)
+        feats, feats_len = self.frontend.lfr_cmvn(fbank)
+        # as float32: 0.4.3's apply_cmvn returns float64 (am.mvn read as doubles), which the
+        # network refuses; Fsmn_vad then logs "input wav is silence or noise" and returns ""
+        feats, feats_len = feats[None].astype(np.float32), int(feats_len)
+        waveform = np.asarray(waveform)[None]
+        caches = [np.zeros(self.cache_shape, np.float32) for _ in range(self.cache_count)]
+        names = [i.name for i in self.session.get_inputs()]
+        found: list = []
+        if feats_len == 0:  # Fsmn_vad's range() would get a zero step
+            return found
+        step = int(min(feats_len, 6000))
+        for t_offset in range(0, feats_len, step):  # Fsmn_vad's step: min(step, feats_len - 0)
+            if t_offset + step >= feats_len - 1:
+                step, is_final = feats_len - t_offset, True
+            else:
+                is_final = False
+            package = waveform[:, t_offset * 160 : min(waveform.shape[-1], (t_offset + step - 1) * 160 + 400)]
+            scores, *caches = self.session.run(None, dict(zip(names, [feats[:, t_offset : t_offset + step], *caches])))
+            part = detector(scores, package, is_final=is_final, max_end_sil=self.max_end_sil, online=False)
+            if part:
+                found += part[0]
+        return found
