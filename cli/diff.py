@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from svsurgery.cli.common import add_inputs_argument, add_torch_arguments, console, error_console
+from svsurgery.cli.arguments import InputsArgs, ReportArgs, TorchArgs, bounded_int, files
+from svsurgery.cli.common import console, error_console
 from svsurgery.errors import EXIT_CHECK_FAILED, BadInputError
+from svsurgery.parity.metrics import PROFILES
 
 
 def register(verbs) -> None:
@@ -20,29 +22,44 @@ def register(verbs) -> None:
     )
     parser.add_argument("model", help="the .onnx model to examine")
     parser.add_argument("reference", nargs="?", help="another .onnx model to compare with, value by value (by name)")
-    add_torch_arguments(parser)
-    add_inputs_argument(parser)
-    parser.add_argument("--tolerance", help="tolerance profile (default: fp32-intermediate, fp16-intermediate with a float16 side)")
-    parser.add_argument("--chunk", type=int, default=256, help="intermediate values fetched per run (memory bound; default 256)")
+    TorchArgs.add(parser)
+    InputsArgs.add(parser)
+    parser.add_argument(
+        "--tolerance", choices=sorted(PROFILES),
+        help="tolerance profile (default: fp32-intermediate, fp16-intermediate with a float16 side)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chunk", type=bounded_int(1, what="a number of values"), default=256,
+        help="intermediate values fetched per run (memory bound; default 256)",
+    )  # fmt: skip
     parser.add_argument("--plot", metavar="PNG", help="draw error against depth (needs matplotlib)")
-    parser.add_argument("--report", metavar="JSON", help="also write the report as JSON")
+    ReportArgs.add(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from svsurgery.layerwise import diff, diff_models
+    from svsurgery.files import write_atomically
     from svsurgery.io import load
-    from svsurgery.parity.inputs import generate_inputs, load_inputs
+    from svsurgery.layerwise import diff, diff_models
+    from svsurgery.parity.inputs import runs_on
     from svsurgery.parity.metrics import tolerance
 
     if bool(args.reference) == bool(args.torch):
         raise BadInputError("give one reference: a second .onnx model, or --torch MODULE_SPEC")
-    if args.chunk < 1:
-        raise BadInputError(f"--chunk {args.chunk}: must be at least 1")
+    plan = files(args)
     model = load(args.model)
-    inputs = load_inputs(args.inputs, model) if args.inputs else generate_inputs(model, args.model)
+    plan.read_model(model)
+    reference_model = None
+    if args.reference:
+        reference_model = load(args.reference)
+        plan.read_model(reference_model, "reference model")
+    TorchArgs.declare(args)
+    InputsArgs.declare(args)
+    plot = plan.write(args.plot, "--plot") if args.plot else None
+    ReportArgs.declare(args)
+    inputs = InputsArgs.parse(args, model, args.model)
     chosen = tolerance(args.tolerance) if args.tolerance else None
     with Progress(TextColumn("comparing values"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=error_console(), transient=True) as bar:  # fmt: skip
@@ -51,16 +68,15 @@ def run(args: argparse.Namespace) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        if args.torch:
-            from svsurgery.torchspec import load_module
-
-            report = diff(load_module(args.torch, args.weights), model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
-        else:
-            report = diff_models(model, load(args.reference), inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
-    report.render(console())
-    if args.plot:
-        report.plot(args.plot)
-        console().print(f"plot: {args.plot}", markup=False)
-    if args.report:
-        report.write_json(args.report)
+        with runs_on(inputs, args.model):
+            if args.torch:
+                module = TorchArgs.parse(args)
+                report = diff(module, model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
+            else:
+                report = diff_models(model, reference_model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
+    ReportArgs.emit(args, report, console())
+    if plot is not None:
+        plan.written(write_atomically(plot, report.plot))
+        if not (args.json or args.report == "-"):
+            console().print(f"plot: {plot}", markup=False)
     return 0 if report.passed else EXIT_CHECK_FAILED

@@ -33,6 +33,7 @@ def register(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
     from svsurgery.io import load, save
+    from svsurgery.parity.inputs import runs_on
     from svsurgery.repro import extract_repro
 
     plan = files(args)
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     output = plan.write(args.output, "repro model (-o)")
     data = plan.write(Path(args.output).with_suffix(".npz"), "repro tensors (the .npz beside -o)")
     inputs = InputsArgs.parse(args, model, args.model)
-    repro, feeds, expected, report = extract_repro(model, args.node, inputs.feeds, depth=args.depth)
+    with runs_on(inputs, args.model):
+        repro, feeds, expected, report = extract_repro(model, args.node, inputs.feeds, depth=args.depth)
     save(repro, output)
     plan.written(output)
     golden.save(data, feeds, expected, source=f"captured from {args.model} at node {args.node}")

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
     from svsurgery.io import load
     from svsurgery.parity import references
+    from svsurgery.parity.inputs import runs_on
 
     plan = files(args)
     model = load(args.model)
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         reference = references.Float64Reference(model)
     else:
         reference = references.ModelReference(model, label=args.model)
-    outputs = reference.outputs(inputs.feeds)
+    with runs_on(inputs, reference.description):
+        outputs = reference.outputs(inputs.feeds)
     path = golden.save(output, inputs.feeds, outputs, source=reference.description)
     plan.written(path)
     console().print(

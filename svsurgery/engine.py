@@ -30,7 +30,7 @@ from svsurgery.errors import BadInputError, CheckFailedError, SvsError
 from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.golden import versions
 from svsurgery.io import SOURCE_PATH_KEY, validate
-from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs
+from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
 from svsurgery.parity.judge import Margin, judge_improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
@@ -246,7 +246,8 @@ def fix(
         inputs = ParityInputs(check_feeds(own, model, reference.description), {n: "from the golden file" for n in own})
     elif inputs is None:
         inputs = generate_inputs(model, model.meta.get(SOURCE_PATH_KEY))
-    expected = reference.outputs(inputs.feeds)
+    with runs_on(inputs, reference.description):
+        expected = reference.outputs(inputs.feeds)
     unknown = [name for name in expected if name not in {o.name for o in model.graph.outputs}]
     if unknown:
         raise BadInputError(f"the reference has outputs the model lacks: {', '.join(unknown)}")
@@ -258,7 +259,8 @@ def fix(
 
     working = patch.clone(model)
     try:
-        baseline = verify(working)
+        with runs_on(inputs, label):
+            baseline = verify(working)
     except CheckFailedError as error:
         raise CheckFailedError(f"the input model fails the validity gate before any rule: {error}") from None
     current = baseline

@@ -36,12 +36,13 @@ __all__ = [
     "write_text_atomically",
 ]
 
-_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?$")
 
 
 def staging_name(target: Path) -> Path:
-    """A fresh staging path beside ``target`` that names this process (for stale-file cleanup)."""
-    return target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    """A fresh staging path beside ``target`` that names this process (for stale-file cleanup)
+    and keeps the target's suffix (writers that pick a format by suffix, like matplotlib's)."""
+    return target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{target.suffix}"
 
 
 def _process_alive(pid: int) -> bool:

@@ -386,7 +386,7 @@ def _run_session(model: bytes | str, label: str, proto_for_diagnosis):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors come back as exceptions; keep stderr quiet
+    options.log_severity_level = 4  # errors come back as exceptions (3 would still log them to stderr)
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types

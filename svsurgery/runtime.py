@@ -12,7 +12,16 @@ import onnx_ir as ir
 
 from svsurgery.io import EXTERNAL_DATA_THRESHOLD, estimated_size, to_proto
 
-__all__ = ["inference_session", "run"]
+__all__ = ["inference_session", "onnxruntime_errors", "run"]
+
+
+def onnxruntime_errors() -> tuple[type[BaseException], ...]:
+    """The exception types onnxruntime raises when a model fails to load or run."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "InvalidGraph", "EPFail", "NoSuchFile",
+             "NoModel", "ModelLoaded", "InvalidProtobuf", "EngineError")  # fmt: skip
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
 def inference_session(
@@ -31,7 +40,7 @@ def inference_session(
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions; nothing on stderr
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if intra_op_threads is not None:

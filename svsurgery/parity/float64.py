@@ -44,14 +44,31 @@ class Float64Shadow:
     float32_ops: list[str]  # op types onnxruntime cannot run in double, computed in float32
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name; float inputs are widened to float64 exactly."""
+        """Outputs by name; float inputs are widened to float64 exactly.
+
+        A kernel that loads for double but refuses it when it runs (LSTM, GRU, RNN inside an
+        If or a Loop: onnxruntime checks their type at run time) is narrowed to float32
+        like the ones refused at load, and the run repeated.
+        """
+        from svsurgery.runtime import inference_session, onnxruntime_errors
+
         wide = {}
         for value in self.model.graph.inputs:
             if value.name in feeds:
                 array = np.asarray(feeds[value.name])
                 wide[value.name] = array.astype(np.float64) if value.dtype == ir.DataType.DOUBLE else array
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, wide)))
+        for _ in range(_MAX_RETRIES):
+            names = [o.name for o in self.session.get_outputs()]
+            try:
+                return dict(zip(names, self.session.run(names, wide)))
+            except onnxruntime_errors() as error:
+                op_type = _refused_at_run_time(str(error))
+                if op_type is None or op_type in self.float32_ops:
+                    raise
+                self.float32_ops.append(op_type)
+                _narrow_op(self.model, op_type)
+                self.session = inference_session(self.model)
+        raise CheckFailedError(f"the float64 evaluation still fails after keeping {self.float32_ops} in float32")
 
     def describe(self) -> str:
         if not self.float32_ops:
@@ -166,6 +183,17 @@ def _narrow_op(model: ir.Model, op_type: str) -> None:
             for name, attribute in list(node.attributes.items()):
                 if name in _TYPE_ATTRIBUTES and attribute.type == ir.AttributeType.INT and attribute.value == double:
                     node.attributes[name] = ir.AttrInt64(name, single)
+
+
+_RUNNING = re.compile(r"running (?P<op>\w+) node")
+
+
+def _refused_at_run_time(message: str) -> str | None:
+    """The op type of a kernel that refused double when it ran (the innermost node named)."""
+    if "not support double" not in message and "double is not supported" not in message.lower():
+        return None
+    found = _RUNNING.findall(message)
+    return found[-1] if found else None
 
 
 def _refused_op(message: str) -> str | None:

@@ -19,9 +19,10 @@ Symbolic dimensions with the same name get the same size everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
 
-__all__ = ["ParityInputs", "generate_inputs", "load_inputs", "check_feeds"]
+__all__ = ["ParityInputs", "check_feeds", "generate_inputs", "load_inputs", "runs_on"]
 
 _BATCH = 2
 _OTHER_DIM = 8  # size of symbolic dimensions nothing else decides
@@ -47,6 +48,25 @@ class ParityInputs:
 
     def describe(self) -> str:
         return "; ".join(f"{name}: {text}" for name, text in self.how.items())
+
+
+@contextlib.contextmanager
+def runs_on(inputs: ParityInputs, label: str) -> Iterator[None]:
+    """Within the block, a model (or reference) that fails to run on ``inputs`` is one line
+    naming the inputs, how they were made, and how to give others (``--inputs``)."""
+    from svsurgery.io import describe_onnx_error
+    from svsurgery.runtime import onnxruntime_errors
+
+    try:
+        yield
+    except onnxruntime_errors() as error:
+        shapes = "; ".join(
+            f"{name} {list(array.shape)} {array.dtype} ({inputs.how.get(name, 'given')})" for name, array in inputs.feeds.items()
+        )
+        raise BadInputError(
+            f"{label} cannot run on these inputs: {describe_onnx_error(error)} -- inputs: {shapes}; "
+            f"give inputs it can run on with --inputs inputs.npz (one array per input name)"
+        ) from None
 
 
 def generate_inputs(model: ir.Model, model_path: str | os.PathLike | None = None, *, seed: int = 0) -> ParityInputs:
@@ -191,21 +211,57 @@ def load_inputs(path: str | os.PathLike, model: ir.Model) -> ParityInputs:
 
 
 def check_feeds(arrays: Mapping[str, np.ndarray], model: ir.Model, label: str) -> dict[str, np.ndarray]:
-    """The model's inputs from ``arrays``, converted to their declared types; clear errors otherwise."""
+    """The model's inputs from ``arrays``, converted to their declared types; one clear line otherwise.
+
+    Checked before anything runs: every input present, its rank, every fixed dimension,
+    the same size wherever two inputs share a symbolic dimension (the batch), a type
+    that converts without changing kind, and ids inside the table an integer input indexes.
+    """
     initializer_names = set(model.graph.initializers)
     feeds = {}
+    symbolic: dict[str, tuple[int, str, int]] = {}  # dimension name -> (size, input, axis) first seen
     for value in model.graph.inputs:
         if value.name in initializer_names and value.name not in arrays:
             continue
         if value.name not in arrays:
             raise BadInputError(f"{label}: has no array for model input '{value.name}' (it has: {', '.join(sorted(arrays))})")
         array = np.asarray(arrays[value.name])
-        if value.shape is not None and array.ndim != len(value.shape):
-            raise BadInputError(f"{label}: '{value.name}' has rank {array.ndim}, the model expects rank {len(value.shape)}")
+        if value.shape is not None:
+            if array.ndim != len(value.shape):
+                raise BadInputError(
+                    f"{label}: '{value.name}' has rank {array.ndim} (shape {list(array.shape)}), "
+                    f"the model expects rank {len(value.shape)} ({_shape_text(value)})"
+                )
+            for axis, (dim, size) in enumerate(zip(value.shape, array.shape)):
+                if isinstance(dim, int):
+                    if dim != size:
+                        raise BadInputError(
+                            f"{label}: '{value.name}' has {size} along axis {axis} (shape {list(array.shape)}), "
+                            f"the model fixes it to {dim} ({_shape_text(value)})"
+                        )
+                elif dim.value is not None:
+                    seen = symbolic.setdefault(dim.value, (size, value.name, axis))
+                    if seen[0] != size:
+                        raise BadInputError(
+                            f"{label}: '{value.name}' has {size} along axis {axis} but '{seen[1]}' has {seen[0]} along "
+                            f"axis {seen[2]}; the model names both '{dim.value}', so they must be equal"
+                        )
         expected = value.dtype.numpy() if value.dtype is not None else array.dtype
         if array.dtype != expected:
             if not np.can_cast(array.dtype, expected, casting="same_kind"):
                 raise BadInputError(f"{label}: '{value.name}' is {array.dtype}, the model expects {np.dtype(expected)}")
             array = array.astype(expected)
+        if value.dtype is not None and value.dtype.is_integer() and array.size:
+            bound = _index_bound(value)
+            if bound is not None and (array.min() < -bound or array.max() >= bound):
+                raise BadInputError(
+                    f"{label}: '{value.name}' holds ids {int(array.min())}..{int(array.max())}, but it indexes a table "
+                    f"of {bound} rows (valid: 0..{bound - 1})"
+                )
         feeds[value.name] = array
     return feeds
+
+
+def _shape_text(value: ir.Value) -> str:
+    dims = ["?" if not isinstance(d, int) and d.value is None else str(d if isinstance(d, int) else d.value) for d in value.shape]
+    return f"[{', '.join(dims)}]"

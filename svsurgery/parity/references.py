@@ -66,7 +66,10 @@ class Float64Reference(Reference):
         from svsurgery.parity.float64 import float64_shadow
 
         self.shadow = float64_shadow(load(model) if isinstance(model, (str, os.PathLike)) else model)
-        self.description = self.shadow.describe()
+
+    @property
+    def description(self) -> str:  # type: ignore[override] - ops narrowed at run time change it
+        return self.shadow.describe()
 
     def outputs(self, feeds):
         return self.shadow.run(dict(feeds))
@@ -98,6 +101,14 @@ class TorchReference(Reference):
         try:
             with torch.no_grad():
                 result = self.module(**tensors) if self.by_name else self.module(*tensors.values())
+        except (RuntimeError, TypeError, ValueError, IndexError) as error:
+            shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in tensors.items())
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise BadInputError(
+                f"{self.description} cannot run on the inputs ({shapes}, passed "
+                f"{'by name' if self.by_name else 'positionally in the ONNX input order'}): "
+                f"{type(error).__name__}: {first}; give inputs it can run on with --inputs"
+            ) from None
         finally:
             self.module.train(was_training)
         flat = flatten_outputs(result)
