@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from svsurgery import rules
-from svsurgery.engine import Verifier, default_tolerance, fix
+from svsurgery.engine import default_tolerance, fix
+from svsurgery.verifier import Verifier
 from svsurgery.family import ApplyOptions
 from svsurgery.io import load
 from svsurgery.parity.inputs import generate_inputs

@@ -41,7 +41,8 @@ class CheckReport(Report):
 def check(model: ir.Model, golden_path: str | os.PathLike, tolerance: Tolerance | None = None, label: str | None = None) -> CheckReport:
     """Run ``model`` (validity gate included) on the golden file's inputs and compare with its outputs."""
     from svsurgery import golden
-    from svsurgery.engine import Verifier, default_tolerance
+    from svsurgery.engine import default_tolerance
+    from svsurgery.verifier import Verifier
     from svsurgery.parity.inputs import check_feeds
 
     recorded = golden.load(golden_path)

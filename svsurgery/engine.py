@@ -29,12 +29,13 @@ from svsurgery import patch
 from svsurgery.errors import BadInputError, CheckFailedError, SvsError
 from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.golden import versions
-from svsurgery.io import SOURCE_PATH_KEY, validate
+from svsurgery.io import SOURCE_PATH_KEY
 from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
 from svsurgery.parity.judge import Margin, judge_improvement, regression
-from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs, tolerance as tolerance_profile
+from svsurgery.parity.metrics import ParityResult, Tolerance, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
 from svsurgery.precision import convert_to_float16
+from svsurgery.verifier import Float16Verifier, Verifier
 from svsurgery.report import Report, dumps
 
 __all__ = ["Float16Verifier", "FixReport", "Step", "Verifier", "default_tolerance", "fix", "model_precision"]
@@ -58,46 +59,6 @@ class Step:
     findings: list[str]
     seconds: float
     changed_values: list[str] = dataclasses.field(default_factory=list)  # see Applied.changed_values
-
-
-class Verifier:
-    """Validity gate + parity against the expected outputs, for any candidate model."""
-
-    evaluation = "onnxruntime CPU session, default graph optimizations"
-
-    def __init__(self, expected: dict, feeds: dict, tolerance: Tolerance, label: str) -> None:
-        self.expected = expected
-        self.feeds = feeds
-        self.tolerance = tolerance
-        self.label = label
-
-    def __call__(self, model: ir.Model) -> ParityResult:
-        """Parity of ``model``; raises CheckFailedError when it fails the validity gate."""
-        session = validate(model, self.label)
-        names = [o.name for o in session.get_outputs()]
-        wanted = [n for n in self.expected if n in names]
-        outputs = dict(zip(wanted, session.run(wanted, self.feeds)))
-        return compare_outputs(outputs, self.expected, self.tolerance)
-
-
-class Float16Verifier(Verifier):
-    """The candidate converted to float16 (its marked regions in float32), gated, and evaluated
-    with true float16 arithmetic (onnxruntime's CPU provider would hide overflow)."""
-
-    def __init__(self, expected: dict, feeds: dict, tolerance: Tolerance, label: str, keep_io_types: bool) -> None:
-        from svsurgery.parity.float16 import SEMANTICS
-
-        super().__init__(expected, feeds, tolerance, label)
-        self.keep_io_types = keep_io_types
-        self.evaluation = f"converted to float16, evaluated in {SEMANTICS}"
-
-    def __call__(self, model: ir.Model) -> ParityResult:
-        from svsurgery.parity.float16 import Float16Evaluator
-
-        converted, _ = convert_to_float16(model, keep_io_types=self.keep_io_types)
-        validate(converted, self.label)  # the float16 model is what gets shipped: it must load
-        outputs = Float16Evaluator(converted).run(self.feeds)
-        return compare_outputs({n: outputs[n] for n in self.expected if n in outputs}, self.expected, self.tolerance)
 
 
 @dataclasses.dataclass
