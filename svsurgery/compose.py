@@ -103,7 +103,12 @@ def find_encoder_inputs(model: ir.Model, feature_input: str | None = None, lengt
 
 def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInputs, *, keep_features: bool = False) -> ir.Model:
     """Fuse in place: ``frontend``'s nodes move into ``encoder``, whose feature and length
-    inputs are replaced by ``waveform`` and ``waveform_lengths``. Returns ``encoder``."""
+    inputs are replaced by ``waveform`` and ``waveform_lengths``. Returns ``encoder``.
+
+    Outputs: the encoder's, then a VAD front end's ``segments`` (the encoder then runs once
+    per segment row, see :func:`_encoder_per_row`), then ``features``/``feature_lengths``
+    with ``keep_features``, then the front end's remaining outputs (the entry's report:
+    ``waveform_nonfinite``, ``waveform_clipped``, ``waveform_lengths_used``)."""
     graph, source = encoder.graph, frontend.graph
     if encoder.opset_imports.get("", None) != frontend.opset_imports.get(""):
         raise BadInputError(
@@ -114,7 +119,11 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     if clash:
         raise BadInputError(f"the encoder already has an input named '{clash[0]}'; the fused model needs that name")
     waveform, waveform_lengths = source.inputs
-    features, lengths, *extras = source.outputs  # extras: a VAD front end's segments [K, 2]
+    features, lengths, *extras = source.outputs  # a VAD front end's segments [K, 2], the entry's report
+    from svsurgery.vad.build import SEGMENTS
+
+    segments = next((v for v in extras if v.name == SEGMENTS), None)
+    extras = [v for v in extras if v is not segments]
     _rename_clashes(encoder, frontend, keep=(binding.features.name, binding.lengths.name if binding.lengths else None))
     encoder_outputs = list(graph.outputs)
 
@@ -132,25 +141,26 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     else:
         graph.extend(nodes)
 
-    if extras:  # the front end decides the batch (one row per segment): the encoder runs per row
+    if segments is not None:  # the front end decides the batch (one row per segment): the encoder runs per row
         encoder_nodes = [n for n in graph if id(n) not in {id(m) for m in nodes}]
         graph.remove(encoder_nodes)
-        _encoder_per_row(graph, encoder_nodes, binding, features, lengths, extras[0], remaining, encoder_outputs)
+        _encoder_per_row(graph, encoder_nodes, binding, features, lengths, segments, remaining, encoder_outputs)
+        graph.outputs.append(segments)
     else:
         binding.features.replace_all_uses_with(features, replace_graph_outputs=True)
         if binding.lengths is not None:
             binding.lengths.replace_all_uses_with(lengths, replace_graph_outputs=True)
     graph.inputs[:] = [waveform, waveform_lengths, *remaining]
-    graph.outputs.extend(extras)
     if keep_features:
         interface = {v.name for v in (*remaining, *graph.outputs)}
         features.name = FEATURES if FEATURES not in interface else "svs/frontend/features"
         lengths.name = FEATURE_LENGTHS if FEATURE_LENGTHS not in interface else "svs/frontend/feature_lengths"
         graph.outputs.extend([features, lengths])
-    elif not extras:  # per row, the encoder's names go to each row's slice inside the Loop
+    elif segments is None:  # per row, the encoder's names go to each row's slice inside the Loop
         features.name = binding.features.name  # what the encoder called them, for people reading the graph
         if binding.lengths is not None:
             lengths.name = binding.lengths.name
+    graph.outputs.extend(extras)  # what the entry did to the waveform, last
     encoder.ir_version = max(encoder.ir_version, frontend.ir_version)
     for key, value in frontend.metadata_props.items():
         encoder.metadata_props[key] = value

@@ -26,7 +26,7 @@ from svsurgery.errors import BadInputError
 from svsurgery.frontend import build as build_frontend
 from svsurgery.frontend import knf, reference
 from svsurgery.frontend._ops import MIN_OPSET
-from svsurgery.frontend.build import WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
+from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
 from svsurgery.frontend.config import FrontendConfig, discover
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.io import load, save
@@ -148,8 +148,11 @@ def fuse_preprocessing(
     """Fuse the front end into the encoder at ``encoder_path``; write ``output`` if parity holds.
 
     With ``vad``, the fused model takes one recording, finds its speech, cuts it into spans
-    (``segmentation``: FunASR's merge_vad by default) and runs the encoder on one row per
-    span; it also outputs ``segments`` [K, 2] in ms.
+    (``segmentation``: FunASR's merge_vad by default) and runs the encoder on each span at its
+    own length (one Loop; outputs one row per span, zero past each row's extent); it also
+    outputs ``segments`` [K, 2] in ms. Every fused model ends with the entry's report,
+    ``waveform_nonfinite``, ``waveform_clipped``, ``waveform_lengths_used`` (int64 [B]; see
+    :func:`svsurgery.frontend.build.sanitize_waveform`).
     """
     encoder_path = Path(encoder_path)
     model = load(encoder_path)
@@ -196,7 +199,7 @@ def fuse_preprocessing(
     reference_rows, reference_name = _reference_features(rows, found)
     reference_outputs = run_encoder(_pad(reference_rows), np.array([r.shape[0] for r in reference_rows]))
     frontend_session = inference_session(frontend_model)
-    graph_features, graph_lengths = frontend_session.run(None, {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths})
+    graph_features, graph_lengths = frontend_session.run([FEATURES, FEATURE_LENGTHS], {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths})
     two_step_outputs = run_encoder(graph_features, graph_lengths)
 
     fused = prepend_frontend(model, frontend_model, binding, keep_features=keep_features)
@@ -279,7 +282,7 @@ def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, 
     two_step, reference_runs = [], []
     reference_rows, reference_name = _reference_features(pieces, found)
     for piece, reference_features in zip(pieces, reference_rows):
-        features, lengths = frontend_session.run(None, {WAVEFORM: piece[None], WAVEFORM_LENGTHS: np.array([piece.size])})
+        features, lengths = frontend_session.run([FEATURES, FEATURE_LENGTHS], {WAVEFORM: piece[None], WAVEFORM_LENGTHS: np.array([piece.size])})
         two_step.append(encoder_alone(features[0, : lengths[0]]))
         reference_runs.append(encoder_alone(reference_features))
 

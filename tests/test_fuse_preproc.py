@@ -70,7 +70,8 @@ def test_fused_model_signature_metadata_and_report(fused, folders, kind):
     assert [v.name for v in model.graph.inputs] == ["waveform", "waveform_lengths", *EXTRA[kind]]
     outputs = [v.name for v in model.graph.outputs]
     assert outputs[:2] == ["ctc_logits", "encoder_out_lens"]
-    assert outputs[2:] == (["features", "feature_lengths"] if kind == "funasr" else [])
+    entry = ["waveform_nonfinite", "waveform_clipped", "waveform_lengths_used"]
+    assert outputs[2:] == (["features", "feature_lengths"] if kind == "funasr" else []) + entry
     assert "svsurgery.frontend" in model.metadata_props and "svsurgery.fuse" in model.metadata_props
     fuse_record = json.loads(model.metadata_props["svsurgery.fuse"])
     assert fuse_record["parity"]["fused_vs_reference"][0]["passed"] is True
@@ -101,7 +102,8 @@ def test_fused_matches_two_step_and_kaldi_native_fbank_pipeline(fused, folders, 
     from svsurgery import frontend
 
     graph = frontend.build(config.fbank, config.lfr, config.cmvn, opset=source.opset_imports[""])
-    features, lengths = run(graph, {"waveform": feeds["waveform"], "waveform_lengths": feeds["waveform_lengths"]}).values()
+    graph_outputs = run(graph, {"waveform": feeds["waveform"], "waveform_lengths": feeds["waveform_lengths"]})
+    features, lengths = graph_outputs["features"], graph_outputs["feature_lengths"]
     two_step = run(folders[kind], {feature_name: features, length_name: lengths, **extra})
     parity = compare("ctc_logits", fused_out["ctc_logits"], two_step["ctc_logits"])
     assert parity.max_abs <= MAX_ABS_FUSED_VS_TWO_STEP, parity

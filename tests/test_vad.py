@@ -18,16 +18,17 @@ from svsurgery.vad.segment import flags_to_segments, merge_spans, split_long
 
 
 def _corpus() -> Path:
-    """The shared vad-dev corpus: $SVSURGERY_VAD_DEV, beside the checkout, or the workplace's copy."""
+    """The shared vad-dev corpus: $SVSURGERY_VAD_DEV or beside the checkout (../shared/data/vad-dev)."""
     import os
 
-    for candidate in (os.environ.get("SVSURGERY_VAD_DEV"), Path(__file__).resolve().parents[2] / "shared" / "data" / "vad-dev",
-                      "/work/shared/data/vad-dev"):  # fmt: skip
+    for candidate in (os.environ.get("SVSURGERY_VAD_DEV"), Path(__file__).resolve().parents[2] / "shared" / "data" / "vad-dev"):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return Path("missing")
 
 
+FEATURE_OUTPUTS = ["features", "feature_lengths"]
+VAD_OUTPUTS = [*FEATURE_OUTPUTS, "segments"]
 CORPUS = _corpus()
 RECORDINGS = sorted(CORPUS.glob("rec*.wav"))
 MIN_F1_CLEAN = 0.98  # the issue's bar for the energy mode on clean speech
@@ -114,12 +115,12 @@ def test_vad_frontend_cuts_rows_and_gives_each_its_own_features(merge):
     session = inference_session(vad.build_vad_frontend(options, segmentation, fbank, lfr))
     alone = inference_session(frontend.build(fbank, lfr), intra_op_threads=1)
     waveform = read_wav(RECORDINGS[0]) if RECORDINGS else _synthetic_speech()
-    features, lengths, spans = session.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
+    features, lengths, spans = session.run(VAD_OUTPUTS, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
     expected_spans = reference.segment(reference.segments(reference.energy_vad(waveform, options), 10), segmentation)
     np.testing.assert_array_equal(spans, expected_spans)
     assert len(spans) >= 2 and features.shape[0] == lengths.shape[0] == len(spans)
     for row, piece in enumerate(reference.cut_rows(waveform, spans)):
-        own, own_length = alone.run(None, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
+        own, own_length = alone.run(FEATURE_OUTPUTS, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
         assert lengths[row] == own_length[0]
         np.testing.assert_allclose(features[row, : lengths[row]], own[0, : own_length[0]], atol=1e-5, rtol=0)
         assert not features[row, lengths[row] :].any()
@@ -128,7 +129,7 @@ def test_vad_frontend_cuts_rows_and_gives_each_its_own_features(merge):
 def test_no_speech_gives_well_formed_empty_outputs():
     session = inference_session(vad.build_vad_frontend(vad.EnergyVadOptions(), lfr=frontend.LfrOptions(7, 6)))
     for waveform in (np.zeros(16000, np.float32), np.zeros(0, np.float32)):
-        features, lengths, spans = session.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
+        features, lengths, spans = session.run(VAD_OUTPUTS, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
         assert features.shape == (0, 0, 560) and lengths.shape == (0,) and spans.shape == (0, 2)
 
 
@@ -196,7 +197,7 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
     np.testing.assert_array_equal(spans, expected)
     assert len(spans) >= 3 and (merge or (spans[:, 1] - spans[:, 0]).max() <= 5000)
     for row, piece in enumerate(reference.cut_rows(waveform, spans)):
-        features, feature_lengths = frontend_alone.run(None, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
+        features, feature_lengths = frontend_alone.run(FEATURE_OUTPUTS, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
         own_logits, own_lengths = encoder.run(None, {"speech": features[:, : feature_lengths[0]], "speech_lengths": feature_lengths, **ids})
         assert lengths[row] == own_lengths[0]
         assert np.abs(logits[row, : own_logits.shape[1]] - own_logits[0]).max() <= 1e-4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -19,19 +20,30 @@ from svsurgery.frontend.options import FbankOptions, LfrOptions
 __all__ = [
     "FEATURES",
     "FEATURE_LENGTHS",
+    "FULL_SCALE",
+    "INPUT_REPORT",
     "NAME_PREFIX",
     "WAVEFORM",
+    "WAVEFORM_CLIPPED",
     "WAVEFORM_LENGTHS",
+    "WAVEFORM_LENGTHS_USED",
+    "WAVEFORM_NONFINITE",
     "build",
     "checked_options",
+    "clip_limit",
     "finish_frontend_model",
     "frontend_metadata",
     "frontend_values",
     "min_ir_version",
+    "sanitize_waveform",
 ]
 
 WAVEFORM, WAVEFORM_LENGTHS = "waveform", "waveform_lengths"
 FEATURES, FEATURE_LENGTHS = "features", "feature_lengths"
+# what the entry did to each row (int64 [B]), see sanitize_waveform
+WAVEFORM_NONFINITE, WAVEFORM_CLIPPED, WAVEFORM_LENGTHS_USED = "waveform_nonfinite", "waveform_clipped", "waveform_lengths_used"
+INPUT_REPORT = (WAVEFORM_NONFINITE, WAVEFORM_CLIPPED, WAVEFORM_LENGTHS_USED)
+FULL_SCALE = 32768.0  # int16 full scale, in the front end's units (after input_scale)
 NAME_PREFIX = "svs/frontend/"
 DEFAULT_OPSET = 17
 
@@ -45,7 +57,9 @@ def build(
     length_dtype: ir.DataType = ir.DataType.INT32,
 ) -> ir.Model:
     """The front end as a model: ``waveform`` f32 [B, N] and ``waveform_lengths`` i64 [B] in,
-    ``features`` f32 [B, T, D] (zero past each row's frames) and ``feature_lengths`` out.
+    ``features`` f32 [B, T, D] (zero past each row's frames) and ``feature_lengths`` out,
+    then what the entry did to each row: ``waveform_nonfinite``, ``waveform_clipped``,
+    ``waveform_lengths_used`` (int64 [B], see :func:`sanitize_waveform`).
 
     Rows of different lengths give the same valid frames as each row alone. ``lfr=None``
     and ``cmvn=None`` leave those stages out. The graph uses ai.onnx ``opset`` (>= 13).
@@ -55,8 +69,81 @@ def build(
     waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, ["batch"])
     graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_frontend")
     g = GraphOps(graph, opset)
-    features, lengths = frontend_values(g, waveform, waveform_lengths, fbank, lfr, cmvn, length_dtype)
-    return finish_frontend_model(graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn))
+    clean, used, report = sanitize_waveform(g, waveform, waveform_lengths, clip_limit(fbank))
+    features, lengths = frontend_values(g, clean, used, fbank, lfr, cmvn, length_dtype)
+    return finish_frontend_model(graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn), extra_outputs=report)
+
+
+def clip_limit(fbank: FbankOptions) -> float:
+    """The largest sample magnitude the entry lets through: int16 full scale in the front
+    end's units, 32768 / |input_scale| (1.0 for SenseVoice's x32768: any int16 recording
+    read as x / 32768 is within it, as everything these models were trained on)."""
+    return FULL_SCALE / abs(fbank.input_scale)
+
+
+def sanitize_waveform(
+    g: GraphOps, waveform: ir.Value, lengths: ir.Value, limit: float
+) -> tuple[ir.Value, ir.Value, list[ir.Value]]:
+    """The model's entry, the same for the plain front end and every VAD mode.
+
+    ``waveform`` f32 [B, N], ``lengths`` int [B] -> (clean [B, N], lengths used [B] int64,
+    [``waveform_nonfinite``, ``waveform_clipped``, ``waveform_lengths_used``] named int64 [B]):
+
+    - a length is clamped into [0, N] (N, the array's width); ``waveform_lengths_used`` is the
+      clamped length, so a row whose length was clamped is the one where it differs from
+      ``waveform_lengths``;
+    - within a row's length, a NaN or +-inf sample becomes 0 and is counted in
+      ``waveform_nonfinite``; a finite sample beyond +-``limit`` (:func:`clip_limit`) is
+      clipped to it and counted in ``waveform_clipped``;
+    - samples past a row's length become 0 (they were never read: no frame reaches them).
+
+    So every output downstream is finite whatever the samples, each row is computed from its
+    own clean samples only (a bad row leaves the others bit for bit as they were), and the
+    model's outputs for a waveform with bad samples are its outputs for the cleaned waveform,
+    a deployment seeing from the three counts which rows were touched and how.
+    """
+    from svsurgery.frontend._ops import subgraph_value
+
+    op = g.op
+    used = op.Min(op.Max(op.Cast(lengths, to=ir.DataType.INT64), g.i64(0)), g.dim(waveform, 1))
+    # Clean audio, the usual case, costs three reductions: any NaN or inf makes the sum
+    # non-finite (so does an overflow of the sum: then the exact path runs, and finds nothing
+    # to do), a sample beyond the limit shows in the maximum or minimum. Past each row's
+    # length too, where a bad sample sends the batch the exact way without being counted.
+    total = op.ReduceSum(op.Reshape(waveform, g.i64(-1)), g.i64(0), keepdims=0)
+    suspect = op.Or(
+        op.Not(op.Less(op.Abs(total), g.f32(np.inf))),
+        op.Or(op.Greater(g.reduce("ReduceMax", waveform, [0, 1], keepdims=False), g.f32(limit)),
+              op.Less(g.reduce("ReduceMin", waveform, [0, 1], keepdims=False), g.f32(-limit))),
+    )  # fmt: skip
+    zeros = op.Expand(g.i64(0), op.Shape(used))
+
+    def exact(bop):
+        width = bop.Squeeze(bop.Shape(waveform, start=1, end=2) if g.opset >= 15 else g.dim(waveform, 1), g.i64(0))
+        positions = bop.Range(g.scalar_i64(0), width, g.scalar_i64(1))  # in the branch: only bad audio pays for it
+        valid = bop.Less(bop.Unsqueeze(positions, g.i64(0)), bop.Unsqueeze(used, g.i64(1)))  # [B, N]
+        magnitude = bop.Abs(waveform)
+        finite = bop.Less(magnitude, g.f32(np.inf))  # NaN compares false
+
+        def count(flags):
+            return bop.ReduceSum(bop.Cast(bop.And(valid, flags), to=ir.DataType.INT64), g.i64(1), keepdims=0)
+
+        large = bop.Greater(bop.Where(finite, magnitude, g.f32(0.0)), g.f32(limit))
+        clean = bop.Where(bop.And(valid, finite), bop.Clip(waveform, g.f32(-limit), g.f32(limit)), g.f32(0.0))
+        return clean, count(bop.Not(finite)), count(large)
+
+    outputs = [subgraph_value("clean", ir.DataType.FLOAT, list(waveform.shape)), subgraph_value("nonfinite", ir.DataType.INT64, [None]),
+               subgraph_value("clipped", ir.DataType.INT64, [None])]  # fmt: skip
+    as_given = g.builder.subgraph(lambda bop: (bop.Identity(waveform), bop.Identity(zeros), bop.Identity(zeros)),
+                                  inputs=[], outputs=outputs, name="clean_waveform")  # fmt: skip
+    cleaned = g.builder.subgraph(exact, inputs=[], outputs=[subgraph_value(v.name, v.dtype, v.shape) for v in outputs],
+                                 name="sanitized_waveform")  # fmt: skip
+    clean, nonfinite, clipped = op.If(suspect, then_branch=cleaned, else_branch=as_given, _outputs=3)
+    clean.dtype, clean.shape = ir.DataType.FLOAT, waveform.shape
+    lengths_used = op.Identity(used)
+    for value, name in zip((nonfinite, clipped, lengths_used), INPUT_REPORT):
+        value.name, value.dtype, value.shape = name, ir.DataType.INT64, ir.Shape(["batch"])
+    return clean, used, [nonfinite, clipped, lengths_used]
 
 
 def checked_options(
@@ -110,6 +197,9 @@ def finish_frontend_model(
     graph.outputs.extend([features, lengths, *extra_outputs])
     model = ir.Model(graph, ir_version=min_ir_version(opset), producer_name="svsurgery", producer_version=__version__)
     model.metadata_props["svsurgery.frontend"] = json.dumps(metadata, sort_keys=True)
+    from onnx_ir.passes.common import NameFixPass
+
+    NameFixPass()(model)  # subgraph builders number their values from 0: make every name unique
     return model
 
 

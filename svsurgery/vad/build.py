@@ -3,7 +3,11 @@
     waveform f32 [1, N] (samples in [-1, 1]), waveform_lengths i64 [1]
       -> VAD flags per frame -> segments -> spans (merged, or cut to a maximum)
       -> rows [K, Lmax] cut from the waveform -> fbank / LFR / CMVN per row
-      -> features f32 [K, T, D], feature_lengths [K], segments i64 [K, 2] (ms)
+      -> features f32 [K, T, D], feature_lengths [K], segments i64 [K, 2] (ms),
+         waveform_nonfinite / waveform_clipped / waveform_lengths_used i64 [1]
+
+The waveform goes through the same entry as the plain front end
+(:func:`svsurgery.frontend.build.sanitize_waveform`) before the VAD sees it.
 
 One recording per call, as FunASR's generate() processes one input at a time: the batch
 axis of the waveform is fixed at 1. No speech gives K = 0 and empty outputs.
@@ -23,9 +27,11 @@ from svsurgery.frontend.build import (
     WAVEFORM,
     WAVEFORM_LENGTHS,
     checked_options,
+    clip_limit,
     finish_frontend_model,
     frontend_metadata,
     frontend_values,
+    sanitize_waveform,
 )
 from svsurgery.frontend.cmvn import Cmvn
 from svsurgery.frontend.options import FbankOptions, LfrOptions
@@ -50,8 +56,6 @@ def build_vad_frontend(
     length_dtype: ir.DataType = ir.DataType.INT32,
 ) -> ir.Model:
     """The VAD + segmentation + front end model (see the module docstring)."""
-    from onnx_ir.passes.common import NameFixPass
-
     segmentation = (segmentation or SegmentOptions()).validate()
     fbank, dim = checked_options(fbank, lfr, cmvn, opset, length_dtype)
     vad = vad.validate()
@@ -64,8 +68,8 @@ def build_vad_frontend(
     graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad_frontend")
     g = GraphOps(graph, opset)
     op = g.op
-    length = op.Min(op.Max(waveform_lengths, g.i64(0)), g.dim(waveform, 1))
-    samples = op.Slice(op.Squeeze(waveform, g.i64(0)), g.i64(0), length, g.i64(0))  # [N] of the one recording
+    clean, length, report = sanitize_waveform(g, waveform, waveform_lengths, clip_limit(fbank))
+    samples = op.Slice(op.Squeeze(clean, g.i64(0)), g.i64(0), length, g.i64(0))  # [N] of the one recording
     found = detect_segments(g, samples, vad)
     spans = segment_spans(g, found, segmentation)
     rows, row_lengths = cut_rows(g, samples, spans, vad.samp_freq)
@@ -81,6 +85,4 @@ def build_vad_frontend(
     spans.name, spans.dtype, spans.shape = SEGMENTS, ir.DataType.INT64, ir.Shape(["batch", 2])
     metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": vad_metadata(vad),
                 "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
-    model = finish_frontend_model(graph, opset, features, lengths, dim, metadata, extra_outputs=[spans])
-    NameFixPass()(model)  # subgraph builders number their values from 0: make every name unique
-    return model
+    return finish_frontend_model(graph, opset, features, lengths, dim, metadata, extra_outputs=[spans, *report])
