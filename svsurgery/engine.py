@@ -35,7 +35,7 @@ from svsurgery.parity.judge import Margin, judge_improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
 from svsurgery.precision import convert_to_float16
-from svsurgery.verifier import Float16Verifier, Verifier
+from svsurgery.verifier import Float16Verifier, Snapshot, Verifier
 from svsurgery.report import Report, dumps
 
 __all__ = ["Float16Verifier", "FixReport", "Step", "Verifier", "default_tolerance", "fix", "model_precision"]
@@ -224,6 +224,7 @@ def fix(
             baseline = verify(working)
     except CheckFailedError as error:
         raise CheckFailedError(f"the input model fails the validity gate before any rule: {error}") from None
+    snapshot = Snapshot(working, verify.last_proto)
     current = baseline
     steps: list[Step] = []
     for family in families:
@@ -233,7 +234,9 @@ def fix(
         for site in sites:
             if progress is not None:
                 progress(family.id + (f" @ {site}" if site else ""))
-            working, current, step = _step(family, site, working, current, verify, margin, options)
+            working, current, step = _step(family, site, working, current, verify, margin, options, snapshot)
+            if step.status == ACCEPTED:
+                snapshot = Snapshot(working, verify.last_proto)
             steps.append(step)
     conversion = []
     if low:
@@ -295,9 +298,11 @@ def _step(
     verify: Verifier,
     margin: Margin,
     options: ApplyOptions,
+    snapshot: Snapshot,
 ) -> tuple[ir.Model, ParityResult, Step]:
+    """Apply one family (or one site of it) to ``working`` and judge it; a pass that is not
+    kept is rolled back by restoring ``snapshot`` (the last accepted state)."""
     start = time.perf_counter()
-    snapshot = patch.clone(working)
     step = Step(family.id, family.title, site, 0, NO_MATCH, "", current.summary(), None, [], [], 0.0)
 
     def done(model: ir.Model, parity: ParityResult) -> tuple[ir.Model, ParityResult, Step]:
@@ -308,10 +313,10 @@ def _step(
         applied = family.apply(working, dataclasses.replace(options, site=site))
     except Exception as error:  # noqa: BLE001 - a user's rule may raise anything; the model is restored
         step.status, step.reason = ROLLED_BACK, f"the rule raised {_describe_exception(error)}"
-        return done(snapshot, current)
+        return done(snapshot.restore(), current)
     if not isinstance(applied, Applied):
         step.status, step.reason = ROLLED_BACK, f"apply returned {type(applied).__name__}, not Applied"
-        return done(snapshot, current)
+        return done(snapshot.restore(), current)
     step.matches, step.notes, step.findings = applied.matches, applied.notes, applied.findings
     step.changed_values = list(applied.changed_values)
     candidate = applied.model or working
@@ -321,16 +326,16 @@ def _step(
         parity = verify(candidate)
     except CheckFailedError as error:
         step.status, step.reason = ROLLED_BACK, f"breaks validity: {error}"
-        return done(snapshot, current)
+        return done(snapshot.restore(), current)
     step.after = parity.summary()
     if family.acceptance == "improves":
         better, why = judge_improvement(current, parity, margin)
         step.status, step.reason = (ROLLED_BACK, why) if better is None else (ACCEPTED, why)
-        return done(snapshot, current) if better is None else done(candidate, parity)
+        return done(snapshot.restore(), current) if better is None else done(candidate, parity)
     worse = regression(current, parity, margin)
     if worse is not None:
         step.status, step.reason = ROLLED_BACK, f"parity got worse: {worse}"
-        return done(snapshot, current)
+        return done(snapshot.restore(), current)
     step.status = ACCEPTED
     return done(candidate, parity)
 
