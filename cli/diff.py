@@ -13,12 +13,15 @@ from svsurgery.parity.metrics import PROFILES
 def register(verbs) -> None:
     parser = verbs.add_parser(
         "diff",
-        help="compare layer by layer with PyTorch (or another ONNX model) and name the first divergence",
+        help="compare layer by layer with PyTorch (or another ONNX model) and name the first value that introduces a divergence",
         description="Run MODEL with every intermediate value exposed and the reference on identical inputs, "
         "map values to torch submodules (legacy exporter node names, dynamo name scopes) or to the same-named "
-        "values of REFERENCE.onnx, compare each pair in topological order and report the first beyond "
-        "tolerance and the path to it. A float16 side is evaluated in true float16. Exit 1 when something "
-        "diverges.",
+        "values of REFERENCE.onnx and compare each pair in topological order. Each value's own nodes are also "
+        "replayed on the reference's values of what they read: the error a value introduces is kept apart from "
+        "the error it inherits, and the culprit is the first value that introduces an error beyond tolerance "
+        "(or NaN/Inf the reference does not have). Values a rule changed on purpose (recorded by svsurgery fix "
+        "in either model) are not divergences. A float16 side is evaluated in true float16. Exit 1 when a value "
+        "introduces a divergence.",
     )
     parser.add_argument("model", help="the .onnx model to examine")
     parser.add_argument("reference", nargs="?", help="another .onnx model to compare with, value by value (by name)")
