@@ -67,7 +67,7 @@ class Float64Shadow:
                     raise
                 self.float32_ops.append(op_type)
                 _narrow_op(self.model, op_type)
-                self.session = inference_session(self.model)
+                self.session = inference_session(self.model, optimize=False)
         raise CheckFailedError(f"the float64 evaluation still fails after keeping {self.float32_ops} in float32")
 
     def describe(self) -> str:
@@ -81,8 +81,11 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
     from svsurgery import patch
     from svsurgery.runtime import inference_session
 
+    # Types decide what widens and which inputs a float32 op must narrow back. They are
+    # inferred on the model itself (types only, semantics unchanged) when it lacks them, so
+    # the copies the engine makes of it later come typed too, instead of inferring again.
+    patch.infer_types(model, only_if_missing=[v for node in ir.traversal.RecursiveGraphIterator(model.graph) for v in node.outputs])
     shadow = patch.clone(model)
-    patch.infer_types(shadow)  # types decide what widens, and which inputs a float32 op must narrow back
     for graph in (shadow.graph, *shadow.graph.subgraphs(), *shadow.functions.values()):
         _widen_graph(graph)
     float32_ops = _ops_without_double_kernels(shadow)
@@ -90,7 +93,7 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
         _narrow_op(shadow, op_type)
     for _ in range(_MAX_RETRIES):
         try:
-            session = inference_session(shadow)
+            session = inference_session(shadow, optimize=False)  # the graph as written, in double
             return Float64Shadow(shadow, session, float32_ops)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
             op_type = _refused_op(str(error))
