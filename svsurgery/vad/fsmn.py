@@ -19,8 +19,10 @@ FunASR; float limits are turned into the integers that compare the same way.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import itertools
 import math
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import onnx_ir as ir
 from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import GraphOps, subgraph_value
 from svsurgery.frontend.config import FrontendConfig
+from svsurgery.vad.loop_state import GOING, LoopState
 from svsurgery.vad.options import FsmnVadOptions
 
 __all__ = [
@@ -199,13 +202,13 @@ def chunk_starts(vad: FsmnVad) -> tuple[int, int]:
         emitted += out
         starts.append(emitted)
     period = starts[1] - starts[0]
-    if any(b - a != period for a, b in zip(starts[1:], starts[2:])) or period <= 0:
+    if any(b - a != period for a, b in itertools.pairwise(starts[1:])) or period <= 0:
         raise BadInputError(f"fsmn-vad: chunks of {vad.options.chunk_size_ms} ms do not give a steady frame count")
     return starts[0], period
 
 
-def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Value, ir.Value]:
-    """(silence probability [T] as double, decibels [T] as double) of the T fbank frames."""
+def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> ir.Value:
+    """The silence probability [T] (double) of the T fbank frames of ``samples``."""
     from svsurgery.frontend.build import frontend_values
     from svsurgery.patch import graft
 
@@ -233,7 +236,7 @@ def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Valu
     for pdf in vad.machine.sil_pdf_ids:  # summed left to right, in double, as FunASR's sum() does
         column = op.Cast(op.Gather(probabilities, g.scalar_i64(pdf), axis=1), to=_DOUBLE)
         silence = column if silence is None else op.Add(silence, column)
-    return silence, frame_decibels(g, samples, count, vad.machine)
+    return silence
 
 
 def frame_decibels(g: GraphOps, samples: ir.Value, count: ir.Value, machine: StateMachineOptions) -> ir.Value:
@@ -253,211 +256,449 @@ def frame_decibels(g: GraphOps, samples: ir.Value, count: ir.Value, machine: Sta
 
 def fsmn_segments(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Value, ir.Value]:
     """(silence probability [T], segments [K, 2] int64 ms) of ``samples`` [N] in [-1, 1]."""
-    silence, decibels = _frame_scores(g, samples, vad)
-    return silence, decide_segments(g, silence, decibels, g.dim(samples, 0), vad)
+    silence = _frame_scores(g, samples, vad)
+    count = g.dim(silence, 0)
+    op, machine = g.op, vad.machine
+    # the loudest frame's decibel bounds every frame's: window * max(x^2) >= each frame's sum of squares
+    window = int(machine.frame_length_ms * machine.sample_rate / 1000)
+    peak = op.Cast(g.reduce("ReduceMax", op.Abs(op.Concat(samples, g.f32([0.0]), axis=0)), [0], keepdims=False), to=_DOUBLE)  # fmt: skip
+    loudest = op.Mul(op.Log(op.Add(op.Mul(op.Mul(peak, peak), _double(g, window)), _double(g, 1e-6))), _double(g, 10 / np.log(10)))  # fmt: skip
+    speech = _frame_states(g, silence, lambda ops: frame_decibels(ops, samples, count, machine), loudest, vad)
+    return silence, _detect_segments(g, speech, g.dim(samples, 0), vad)
 
 
 def decide_segments(g: GraphOps, silence: ir.Value, decibels: ir.Value, samples: ir.Value, vad: FsmnVad) -> ir.Value:
     """[K, 2] int64 ms from the silence probability and decibels of each frame (double [T])
     and the sample count [1] (FunASR's chunking depends on it)."""
-    op = g.op
-    machine = vad.machine
-    if machine.decibel_thres > -60.0:  # 10 log10(0 + 1e-6) = -60 dB is the quietest frame
+    loudest = g.reduce("ReduceMax", g.op.Concat(decibels, _double(g, [-100.0]), axis=0), [0], keepdims=False)
+    speech = _frame_states(g, silence, lambda ops: decibels, loudest, vad)
+    return _detect_segments(g, speech, samples, vad)
+
+
+def _double(g: GraphOps, value) -> ir.Value:
+    return g.const(np.array(value, np.float64), np.float64)
+
+
+# FunASR's E2EVadModel.GetFrameState, for all frames at once
+_QUIETEST_DB = -60.0  # 10 log10(0 + 1e-6): no frame is quieter
+_SNR_MARGIN_DB = 1e-6  # rounding of the running average and of the bound
+
+
+def _frame_states(g: GraphOps, silence: ir.Value, decibels, loudest: ir.Value, vad: FsmnVad) -> ir.Value:
+    """Speech (bool [T]) per frame, as GetFrameState decides it: the scores say speech
+    (``exp(log(1 - p_sil)) >= exp(log(p_sil) * speech_2_noise_ratio) + speech_noise_thres``),
+    the frame is not below ``decibel_thres`` and its SNR against the running noise level (the
+    average of the frames the scores call silence over ``noise_frame_num_used_for_snr``) is at
+    least ``snr_thres``.
+
+    No frame is below -60 dB and ``decibel_thres`` above that is refused, so the decibel gate
+    never binds; the SNR gate binds only if some frame's SNR can fall below ``snr_thres``: the
+    noise level is an average of decibels, at most ``loudest`` (a bound on every frame's
+    decibel, double scalar). Only then (an If) are the decibels (``decibels(ops)``, built in the
+    branch) and the running noise level (a Loop over the frames that update it) computed.
+    """
+    op, machine = g.op, vad.machine
+    if machine.decibel_thres > _QUIETEST_DB:
         raise BadInputError(
             f"fsmn-vad: decibel_thres {machine.decibel_thres} > -60 dB (FunASR then runs its window twice per quiet "
             "frame); not supported"
         )
-    # FunASR's frame decision, vectorised: everything but the SNR gate, which needs the running noise level
-
-    def double(x):
-        return g.const(np.array(x, np.float64), np.float64)
-
-    noise_log = op.Mul(op.Log(silence), double(machine.speech_2_noise_ratio))
-    speech_log = op.Log(op.Sub(double(1.0), silence))
-    score_says_speech = op.GreaterOrEqual(op.Exp(speech_log), op.Add(op.Exp(noise_log), double(vad.speech_noise_thres)))
-    loud_enough = op.Not(op.Less(decibels, double(machine.decibel_thres)))
-    candidate = op.And(score_says_speech, loud_enough)
-    if not 1.0 > machine.fe_prior_thres:  # FunASR: speech only if fabs(1.0) > fe_prior_thres
+    noise_log = op.Mul(op.Log(silence), _double(g, machine.speech_2_noise_ratio))
+    speech_log = op.Log(op.Sub(_double(g, 1.0), silence))
+    scores_say_speech = op.GreaterOrEqual(op.Exp(speech_log), op.Add(op.Exp(noise_log), _double(g, vad.speech_noise_thres)))  # fmt: skip
+    candidate = scores_say_speech
+    if not 1.0 > machine.fe_prior_thres:  # DetectOneFrame: speech only if fabs(1.0) > fe_prior_thres
         candidate = op.And(candidate, g.const(np.array(False)))
-    updates_noise = op.And(op.Not(score_says_speech), loud_enough)
-    return _state_machine(g, candidate, updates_noise, decibels, samples, vad)
+    lowest_snr = op.Sub(_double(g, _QUIETEST_DB - _SNR_MARGIN_DB), op.Max(loudest, _double(g, -100.0)))
+    gate_binds = op.Less(lowest_snr, _double(g, machine.snr_thres))
+
+    def gated(bop):
+        ops = _in_branch(g, bop)
+        levels = decibels(ops)
+        heard = bop.Compress(levels, bop.Not(scores_say_speech), axis=0)  # the frames that update the noise level
+        state = LoopState(ops)
+        state.carry("noise_average_decibel", -100.0)
+        state.scan("after", _DOUBLE)
+        frames_used = float(machine.noise_frame_num_used_for_snr)
+
+        def update(lop, index, now):
+            decibel = lop.Gather(heard, index, axis=0)
+            averaged = lop.Div(lop.Add(decibel, lop.Mul(now.noise_average_decibel, _double(g, frames_used - 1))),
+                               _double(g, frames_used))  # fmt: skip
+            noise = lop.Where(lop.Less(now.noise_average_decibel, _double(g, -99.9)), decibel, averaged)
+            return {"noise_average_decibel": noise, "after": noise}
+
+        _, scanned = state.loop(bop.Squeeze(ops.dim(heard, 0), g.i64(0)), update, name="noise_level", op=bop)
+        after = bop.Concat(_double(g, [-100.0]), scanned.after, axis=0)
+        updates_before = bop.CumSum(bop.Cast(bop.Not(scores_say_speech), to=_INT64), g.scalar_i64(0), exclusive=1)
+        noise = bop.Gather(after, updates_before, axis=0)  # the level each frame is compared with
+        return bop.And(candidate, bop.GreaterOrEqual(bop.Sub(levels, noise), _double(g, machine.snr_thres)))
+
+    gated_out = [subgraph_value("gated", _BOOL, [None])]
+    then_branch = g.builder.subgraph(gated, inputs=[], outputs=gated_out, name="snr_gate")
+    else_branch = g.builder.subgraph(lambda bop: bop.Identity(candidate), inputs=[],
+                                     outputs=[subgraph_value("ungated", _BOOL, [None])], name="snr_gate_open")  # fmt: skip
+    return op.If(gate_binds, then_branch=then_branch, else_branch=else_branch)
 
 
-def _state_machine(g: GraphOps, candidate: ir.Value, updates_noise: ir.Value, decibels: ir.Value, samples: ir.Value,
-                   vad: FsmnVad) -> ir.Value:  # fmt: skip
-    op, builder = g.op, g.builder
+def _in_branch(g: GraphOps, bop) -> GraphOps:
+    """``g``'s helpers adding their ops with an If/Loop body's op builder ``bop`` (constants
+    stay initializers of the main graph, visible inside)."""
+    ops = copy.copy(g)
+    ops.op = bop
+    return ops
+
+
+# FunASR's WindowDetector, for all frames at once
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    """Where the 200 ms window (``win_size_frame`` decisions summed) turns, as vectors.
+
+    ``speech_before`` [T+1]: speech frames before frame t; ``speech_frames`` [S+1]: the speech
+    frames' indices, then T; ``next_full_speech`` / ``next_full_silence`` [T+1]: from frame t on,
+    the first frame whose full window (the last ``win_size_frame`` frames, fewer at the start of
+    the recording) sums to at least ``sil_to_speech_frmcnt_thres`` / at most
+    ``speech_to_sil_frmcnt_thres``, else T.
+    """
+
+    frames: ir.Value  # T, scalar
+    speech_before: ir.Value
+    speech_frames: ir.Value
+    speech_count: ir.Value  # S, scalar
+    next_full_speech: ir.Value
+    next_full_silence: ir.Value
+
+
+def _window_turns(g: GraphOps, speech: ir.Value, frames: ir.Value, machine: StateMachineOptions) -> _Window:
+    op = g.op
+    size = machine.frames(machine.window_size_ms)
+    counted = op.Concat(g.i64(0), op.CumSum(op.Cast(speech, to=_INT64), g.scalar_i64(0)), axis=0)  # [T+1]
+    t = op.Range(g.scalar_i64(0), frames, g.scalar_i64(1))
+    oldest = op.Max(op.Sub(t, g.scalar_i64(size - 1)), g.scalar_i64(0))
+    win_sum = op.Sub(op.Slice(counted, g.i64(1), g.i64(np.iinfo(np.int64).max), g.i64(0)), op.Gather(counted, oldest, axis=0))  # fmt: skip
+    up, down = machine.frames(machine.sil_to_speech_time_thres), machine.frames(machine.speech_to_sil_time_thres)
+    return _Window(
+        frames=frames,
+        speech_before=counted,
+        speech_frames=_indices_then(g, speech, frames),
+        speech_count=op.Gather(counted, frames, axis=0),
+        next_full_speech=_next_true(g, op.GreaterOrEqual(win_sum, g.scalar_i64(up)), frames),
+        next_full_silence=_next_true(g, op.LessOrEqual(win_sum, g.scalar_i64(down)), frames),
+    )
+
+
+def _indices_then(g: GraphOps, flags: ir.Value, frames: ir.Value) -> ir.Value:
+    """The indices where ``flags`` (bool [T]) holds, then T."""
+    op = g.op
+    return op.Concat(op.Reshape(op.NonZero(flags), g.i64(-1)), op.Unsqueeze(frames, g.i64(0)), axis=0)
+
+
+def _next_true(g: GraphOps, flags: ir.Value, frames: ir.Value) -> ir.Value:
+    """[T+1]: for each t, the first index >= t where ``flags`` holds, else T."""
+    op = g.op
+    before = op.Concat(g.i64(0), op.CumSum(op.Cast(flags, to=_INT64), g.scalar_i64(0)), axis=0)
+    return op.Gather(_indices_then(g, flags, frames), before, axis=0)
+
+
+# FunASR's E2EVadModel.DetectOneFrame, as a Loop over the frames where something happens
+_NEVER = 1 << 40  # a frame index past any recording
+# VadStateMachine: start point not detected, in speech segment, end point detected
+_WAITING, _IN_SEGMENT, _ENDED = 1, 2, 3
+
+
+def _end_silence_frames(vad: FsmnVad) -> list[tuple[int, int]]:
+    """Per step of the end-silence schedule (one step when static): (the pause length in frames
+    that ends a segment, the lookback from there to the end frame).
+
+    FunASR ends a segment when ``continous_silence_frame_count * frame_in_ms >=
+    max_end_sil_frame_cnt_thresh`` (the end silence minus ``speech_to_sil_time_thres``; 1.4.16's
+    schedule clips it at 0) and ends it ``int(thresh / frame_in_ms)`` frames back, less
+    ``lookahead_time_end_point`` and one more frame with do_extend (at least 0). Dynamic: step k
+    is the schedule after k chunks of open speech.
+    """
+    m = vad.machine
+    if vad.dynamic:
+        thresholds, k = [], 0
+        while True:
+            accumulated = k * vad.options.chunk_size_ms
+            silence = next(ms for limit, ms in DYNAMIC_SILENCE_SCHEDULE if accumulated <= limit)
+            thresholds.append(max(silence - int(m.speech_to_sil_time_thres), 0))
+            if accumulated > DYNAMIC_SILENCE_SCHEDULE[-2][0]:
+                break
+            k += 1
+    else:
+        thresholds = [vad.static_end_silence - m.speech_to_sil_time_thres]
+    steps = []
+    for thresh in thresholds:
+        frames = max(1, math.ceil(thresh / m.frame_in_ms))  # the count starts at 1 on the first silent frame
+        lookback = int(thresh / m.frame_in_ms)
+        if m.do_extend:
+            lookback = max(0, lookback - m.frames(m.lookahead_time_end_point) - 1)
+        steps.append((frames, lookback))
+    return steps
+
+
+def _detect_segments(g: GraphOps, speech: ir.Value, samples: ir.Value, vad: FsmnVad) -> ir.Value:
+    """[K, 2] int64 ms: E2EVadModel run over the frames' speech decisions (bool [T]) of a
+    recording of ``samples`` [1] samples (FunASR's chunking depends on it).
+
+    Frame by frame, E2EVadModel turns decisions into a window sum, the window into changes
+    (silence -> speech when the sum reaches ``sil_to_speech_frmcnt_thres``, speech -> silence
+    when it falls to ``speech_to_sil_frmcnt_thres``) and changes into segments. Between two
+    changes nothing happens but counting, so each iteration jumps from the current frame to
+    the next frame where something does (found in the vectors of :func:`_window_turns`):
+    - waiting for a start: the window's first turn to speech starts a segment, backed off by
+      the latency (the window plus ``lookback_time_start_point``) but never before the data
+      buffer already popped; none before the last frame (or single-utterance mode's start
+      silence timeout): detection is over;
+    - in a segment, speaking: the window's turn to silence starts a pause; the segment ends
+      instead at its ``max_single_segment_time`` frame or at the last frame, if earlier;
+    - in a pause: the window's turn back to speech resumes the segment; it ends instead when
+      the pause reaches the end silence (ending ``lookahead_time_end_point`` after the pause's
+      start), at its maximum length, or at the last frame;
+    - a chunk start of FunASR 1.4.16 (dynamic end silence) before any of these: the end
+      silence is set from the speech accumulated while a segment stays open across chunks.
+    The frames on the way are voiced as E2EVadModel voices them; that moves the data buffer's
+    start and with it where the next segment may start.
+    """
+    op = g.op
+    m = vad.machine
+    frames = op.Squeeze(g.dim(speech, 0), g.i64(0))
+    last = op.Sub(frames, g.scalar_i64(1))
+    win = _window_turns(g, speech, frames, m)
+    end_silences = _end_silence_frames(vad)
+
+    state = LoopState(g)
+    state.carry("frame", 0)  # the next frame to decide
+    state.carry("vad_state_machine", _WAITING)
+    state.carry("window_says_speech", False)  # WindowDetector.pre_frame_state
+    state.carry("window_start", 0)  # the first frame the window has counted since its last Reset
+    state.carry("pause_start", 0)  # the frame whose speech -> silence began the current pause
+    state.carry("confirmed_start_frame", -1)
+    state.carry("latest_confirmed_speech_frame", 0)
+    state.carry("data_buf_start_frame", 0)
+    chunks = _ChunkSchedule(g, state, samples, vad) if vad.dynamic else None
+    state.scan("closed", _BOOL)
+    state.scan("start_ms", _INT64)
+    state.scan("end_ms", _INT64)
+
+    def step(bop, index, now):
+        decided = _decide_event(bop, g, now, win, last, vad, end_silences, chunks)
+        if chunks is None:
+            return decided
+        return chunks.first(bop, now, decided)  # a chunk start before the event comes first
+
+    # a bound: each event decides at least one frame, each chunk start none
+    trips = op.Add(op.Mul(frames, g.scalar_i64(2)), g.scalar_i64(2))
+    final, scanned = state.loop(trips, step, name="e2e_vad_event", going=op.Greater(frames, g.scalar_i64(0)))
+    shift = g.scalar_i64(m.frame_in_ms)
+    starts = op.Compress(scanned.start_ms, scanned.closed, axis=0)
+    ends = op.Compress(scanned.end_ms, scanned.closed, axis=0)
+    # a segment started on the last frame is still open: FunASR's final call outputs it as it stands
+    still_open = op.Unsqueeze(op.Equal(final.vad_state_machine, g.scalar_i64(_IN_SEGMENT)), g.i64(0))
+    open_start = op.Unsqueeze(op.Mul(final.confirmed_start_frame, shift), g.i64(0))
+    open_end = op.Unsqueeze(op.Mul(frames, shift), g.i64(0))
+    starts = op.Concat(starts, op.Compress(open_start, still_open, axis=0), axis=0)
+    ends = op.Concat(ends, op.Compress(open_end, still_open, axis=0), axis=0)
+    return op.Concat(op.Unsqueeze(starts, g.i64(1)), op.Unsqueeze(ends, g.i64(1)), axis=1)
+
+
+def _decide_event(bop, g: GraphOps, now, win: _Window, last: ir.Value, vad: FsmnVad, end_silences, chunks) -> dict:
+    """One iteration: the next frame where something happens from ``now.frame`` on, and what
+    E2EVadModel has done by the end of it (see :func:`_detect_segments`)."""
     m = vad.machine
     shift = m.frame_in_ms
     window = m.frames(m.window_size_ms)
-    up, down = m.frames(m.sil_to_speech_time_thres), m.frames(m.speech_to_sil_time_thres)
-    latency = window + (m.frames(m.lookback_time_start_point) if m.do_extend else 0)
-    lookahead = m.frames(m.lookahead_time_end_point)
-    longest = math.floor(m.max_single_segment_time / shift)  # t - start + 1 > it cuts
-    start_silence = math.floor(m.max_start_silence_time)  # count * shift > it
+
+    def c(value):
+        return g.scalar_i64(value)
+
+    def where(flag, a, b):
+        return bop.Where(flag, a, b)
+
+    frame = now.frame
+    waiting = bop.Equal(now.vad_state_machine, c(_WAITING))
+    speaking = bop.And(bop.Not(waiting), now.window_says_speech)
+    pausing = bop.And(bop.Not(waiting), bop.Not(now.window_says_speech))
+    to_speech, to_silence = _next_window_changes(bop, g, win, frame, now.window_start, window, m)
+    turn = where(speaking, to_silence, to_speech)
+    # in a segment, the frames at which it must end: over max_single_segment_time (frame - start + 1 > it) ...
+    too_long = bop.Max(frame, bop.Add(now.confirmed_start_frame, c(math.floor(m.max_single_segment_time / shift))))
+    # ... and the pause reaching the end silence (the frame count starts at 1 after the speech -> silence frame)
+    if chunks is not None:
+        pause_frames, lookback = chunks.end_silence(bop, now, end_silences)
+    else:
+        pause_frames, lookback = c(end_silences[0][0]), c(end_silences[0][1])
+    silence_end = bop.Max(frame, bop.Add(now.pause_start, pause_frames))
+    silence_end = where(bop.And(pausing, bop.Less(silence_end, turn)), silence_end, c(_NEVER))
+    in_segment_event = bop.Min(turn, silence_end, too_long, last)
+    event = where(waiting, to_speech, in_segment_event)
+    ends = bop.And(bop.Not(waiting), bop.Or(bop.Or(bop.Less(event, turn), bop.GreaterOrEqual(event, too_long)),
+                                            bop.Equal(event, last)))  # fmt: skip
+    end_frame = where(bop.Equal(event, silence_end), bop.Sub(event, lookback), event)
+    # waiting: a start, unless none comes before the last frame (or the start-silence timeout)
     single = m.detect_mode == 0
-    count = g.dim(candidate, 0)
-    last = op.Sub(op.Squeeze(count, g.i64(0)), g.scalar_i64(1))
-    noise_frames = float(m.noise_frame_num_used_for_snr)
-    if vad.dynamic:  # the schedule steps where FunASR's chunks begin; FunASR cuts N // chunk + 1 chunks
-        first_chunk, period = chunk_starts(vad)
-        chunk_samples = int(vad.options.chunk_size_ms * m.sample_rate / 1000)
-        chunks = op.Squeeze(op.Div(samples, g.i64(chunk_samples)), g.i64(0))
+    timeout = math.floor(m.max_start_silence_time) // shift if single else _NEVER  # silence count * shift > limit
+    starts = bop.And(waiting, bop.LessOrEqual(event, bop.Min(last, c(timeout))))
+    begin, popped_started, latest_started = _on_voice_start(bop, g, now, event, m)
+    popped, latest = _voice_to_event(bop, g, now, event, end_frame, speaking, ends, m)
+    popped = where(waiting, where(starts, popped_started, now.data_buf_start_frame), popped)
+    latest = where(waiting, where(starts, latest_started, now.latest_confirmed_speech_frame), latest)
+    # after an end, one utterance is all (single mode) or the detector resets (ResetDetection)
+    after = bop.Add(event, c(1))
+    going = bop.And(bop.Or(starts, bop.Not(waiting)), bop.LessOrEqual(after, last))
+    if single:
+        going = bop.And(going, bop.Not(ends))
+    state_after_end = c(_ENDED if single else _WAITING)
+    return {
+        "frame": after,
+        "vad_state_machine": where(ends, state_after_end, where(starts, c(_IN_SEGMENT), now.vad_state_machine)),
+        "window_says_speech": bop.And(bop.Or(starts, pausing), bop.Not(ends)),
+        "window_start": where(ends, after, now.window_start),
+        "pause_start": where(bop.And(speaking, bop.Not(ends)), event, now.pause_start),
+        "confirmed_start_frame": where(ends, c(-1), where(starts, begin, now.confirmed_start_frame)),
+        "latest_confirmed_speech_frame": where(ends, c(0), latest),
+        "data_buf_start_frame": popped,
+        GOING: going,
+        "closed": ends,
+        "start_ms": bop.Mul(now.confirmed_start_frame, c(shift)),
+        "end_ms": bop.Mul(bop.Add(end_frame, c(1)), c(shift)),
+    }
 
-    def c(value, dtype=np.int64):
-        return g.const(np.array(value, dtype), dtype)
 
-    def body(bop, t, condition, win, pos, win_sum, pre, state, silent_run, latest, last_silence, start, ended_count,
-             popped, noise, seg_start, seg_end, thresh, accumulated, in_speech, emitted):  # fmt: skip
-        def pick(flag, a, b):
-            return bop.Where(flag, a, b)
+def _next_window_changes(bop, g: GraphOps, win: _Window, frame, window_start, window: int, m: StateMachineOptions):
+    """(the first frame >= ``frame`` whose window sum reaches sil_to_speech_frmcnt_thres, the
+    first whose sum is at most speech_to_sil_frmcnt_thres), the window restarted at
+    ``window_start``: until it is full its sum counts the speech since ``window_start`` only,
+    which never falls, so the first is found by counting speech frames and the second is the
+    current frame or none before the window is full."""
+    up, down = m.frames(m.sil_to_speech_time_thres), m.frames(m.speech_to_sil_time_thres)
+    filling_until = bop.Add(window_start, g.scalar_i64(window - 1))  # the first frame with a full window
+    full_from = bop.Min(bop.Max(frame, filling_until), win.frames)
+    counted_before = bop.Gather(win.speech_before, window_start, axis=0)
+    if up >= 1:  # the up-th speech frame since window_start
+        nth = bop.Min(bop.Add(counted_before, g.scalar_i64(up - 1)), win.speech_count)
+        filling_speech = bop.Max(frame, bop.Gather(win.speech_frames, nth, axis=0))
+    else:
+        filling_speech = frame
+    to_speech = bop.Where(bop.Less(filling_speech, filling_until), filling_speech,
+                          bop.Gather(win.next_full_speech, full_from, axis=0))  # fmt: skip
+    sum_now = bop.Sub(bop.Gather(win.speech_before, bop.Add(frame, g.scalar_i64(1)), axis=0), counted_before)
+    silent_now = bop.And(bop.Less(frame, filling_until), bop.LessOrEqual(sum_now, g.scalar_i64(down)))
+    to_silence = bop.Where(silent_now, frame, bop.Gather(win.next_full_silence, full_from, axis=0))
+    return to_speech, to_silence
 
-        zero, one = c(0), c(1)
-        # FunASR 1.4.16: at each chunk start the end silence follows the speech accumulated so far
-        if vad.dynamic:
-            since = bop.Sub(t, c(first_chunk))
-            boundary = bop.And(bop.GreaterOrEqual(since, zero), bop.Equal(bop.Mod(since, c(period)), zero))
-            boundary = bop.And(
-                boundary, bop.LessOrEqual(bop.Add(bop.Div(since, c(period)), one), chunks)
-            )  # that chunk exists
-            restart = bop.And(boundary, emitted)
-            accumulated = pick(restart, zero, accumulated)
-            in_speech = bop.And(in_speech, bop.Not(restart))
-            grows = bop.And(boundary, bop.Or(bop.Equal(state, c(2)), in_speech))
-            accumulated = pick(grows, bop.Add(accumulated, c(int(vad.options.chunk_size_ms))), accumulated)
-            in_speech = bop.Or(in_speech, grows)
-            scheduled = c(max(DYNAMIC_SILENCE_SCHEDULE[-1][1] - int(m.speech_to_sil_time_thres), 0))
-            for limit, silence_ms in reversed(DYNAMIC_SILENCE_SCHEDULE[:-1]):
-                scheduled = bop.Where(
-                    bop.LessOrEqual(accumulated, c(limit)),
-                    c(max(silence_ms - int(m.speech_to_sil_time_thres), 0)),
-                    scheduled,
-                )
-            thresh = pick(boundary, scheduled, thresh)
-            emitted = bop.And(emitted, bop.Not(boundary))
-        final = bop.Equal(t, last)
-        # GetFrameState: speech if the score says so and the SNR gate passes; else maybe update the noise level
-        decibel = bop.Gather(decibels, t, axis=0)
-        speech = bop.And(bop.Gather(candidate, t, axis=0),
-                         bop.GreaterOrEqual(bop.Sub(decibel, noise), c(m.snr_thres, np.float64)))  # fmt: skip
-        averaged = bop.Div(
-            bop.Add(decibel, bop.Mul(noise, c(noise_frames - 1, np.float64))), c(noise_frames, np.float64)
-        )
-        noise = pick(
-            bop.Gather(updates_noise, t, axis=0), pick(bop.Less(noise, c(-99.9, np.float64)), decibel, averaged), noise
-        )
-        # WindowDetector: a ring of the last `window` decisions and their sum, with hysteresis
-        value = bop.Cast(speech, to=_INT64)
-        slot = bop.Unsqueeze(pos, c([0]))
-        win_sum = bop.Add(bop.Sub(win_sum, bop.Gather(win, pos, axis=0)), value)
-        win = bop.ScatterElements(win, slot, bop.Unsqueeze(value, c([0])), axis=0)
-        pos = bop.Mod(bop.Add(pos, one), c(window))
-        to_speech = bop.And(bop.Not(pre), bop.GreaterOrEqual(win_sum, c(up)))
-        to_silence = bop.And(bop.And(pre, bop.LessOrEqual(win_sum, c(down))), bop.Not(to_speech))
-        silence_to_silence = bop.And(bop.Not(pre), bop.Not(to_speech))
-        pre = bop.Or(bop.And(pre, bop.Not(to_silence)), to_speech)
-        silent_run = pick(silence_to_silence, bop.Add(silent_run, one), zero)
-        waiting, speaking = bop.Equal(state, one), bop.Equal(state, c(2))
-        # start of a segment: backed off by the latency, never before the popped buffer
-        starts = bop.And(to_speech, waiting)
-        begin = bop.Max(popped, bop.Sub(t, c(latency)))
-        latest = pick(bop.And(starts, bop.Less(begin, t)), t, latest)
-        start = pick(starts, begin, start)
-        seg_start = pick(starts, bop.Mul(begin, c(shift)), seg_start)
-        seg_end_started = bop.Mul(bop.Add(t, one), c(shift))
-        popped = pick(starts, bop.Add(t, one), popped)
-        # in a segment: the frame is voice, or the segment ends here (too long, or the last frame)
-        too_long = bop.Greater(bop.Add(bop.Sub(t, start), one), c(longest))
-        changes = bop.And(speaking, bop.Not(silence_to_silence))  # Sil2Speech, Speech2Sil or Speech2Speech
-        ends_now = bop.And(changes, bop.Or(too_long, final))
-        in_silence = bop.And(silence_to_silence, speaking)
-        silence_limit = bop.GreaterOrEqual(bop.Mul(silent_run, c(shift)), thresh)
-        lookback = bop.Div(thresh, c(shift))
-        if m.do_extend:
-            lookback = bop.Max(bop.Sub(lookback, c(lookahead + 1)), zero)
-        ends_silence = bop.And(in_silence, silence_limit)
-        rest = bop.And(in_silence, bop.Not(silence_limit))
-        ends_long = bop.And(rest, too_long)
-        rest = bop.And(rest, bop.Not(too_long))
-        if m.do_extend:
-            voice_in_silence = bop.And(bop.And(rest, bop.Not(final)), bop.LessOrEqual(silent_run, c(lookahead)))
-            ends_last = bop.And(rest, final)
-        else:
-            voice_in_silence = bop.And(rest, c(False, bool))
-            ends_last = bop.And(rest, final)
-        ends = bop.Or(bop.Or(ends_now, ends_silence), bop.Or(ends_long, ends_last))
-        voiced = bop.Or(bop.Or(changes, voice_in_silence), ends)
-        # voice up to frame x: every frame since the last voiced one pops one frame of buffer
-        x = pick(ends_silence, bop.Sub(t, lookback), t)
-        popped = pick(voiced, bop.Add(bop.Max(popped, bop.Add(latest, one)), bop.Sub(x, latest)), popped)
-        latest = pick(voiced, x, latest)
-        seg_end = pick(voiced, bop.Mul(bop.Add(x, one), c(shift)), pick(starts, seg_end_started, seg_end))
-        # silence before any start: the buffer is popped up to the latency; at the end with no
-        # segment at all (or after a start timeout) a zero-length fake segment ends detection
-        before = bop.And(silence_to_silence, waiting)
-        timeout = bop.And(final, bop.Equal(ended_count, zero))
-        if single:
-            timeout = bop.Or(timeout, bop.Greater(bop.Mul(silent_run, c(shift)), c(start_silence)))
-        fake = bop.And(before, timeout)
-        seen = bop.And(bop.And(before, bop.Not(fake)), bop.GreaterOrEqual(t, c(latency)))
-        catch_up = bop.And(fake, bop.LessOrEqual(bop.Add(last_silence, one), bop.Sub(t, one)))
-        popped = pick(
-            seen, bop.Max(popped, bop.Sub(t, c(latency))), pick(catch_up, bop.Max(popped, bop.Sub(t, one)), popped)
-        )
-        last_silence = pick(seen, bop.Sub(t, c(latency)), pick(catch_up, bop.Sub(t, one), last_silence))
-        start = pick(bop.And(fake, bop.Equal(start, c(-1))), zero, start)
-        done = bop.Or(ends, fake)
-        ended_count = pick(done, bop.Add(ended_count, one), ended_count)
-        state = pick(done, c(3), pick(starts, c(2), state))
-        if vad.dynamic:
-            emitted = bop.Or(emitted, ends)
-        closed_start, closed_end = seg_start, seg_end
-        if not single:  # multiple utterances: a finished segment resets the detector
-            silent_run = pick(done, zero, silent_run)
-            latest = pick(done, zero, latest)
-            last_silence = pick(done, c(-1), last_silence)
-            start = pick(done, c(-1), start)
-            state = pick(done, one, state)
-            win = pick(done, c(np.zeros(window, np.int64)), win)
-            win_sum, pos = pick(done, zero, win_sum), pick(done, zero, pos)
-            pre = bop.And(pre, bop.Not(done))
-        carried = (win, pos, win_sum, pre, state, silent_run, latest, last_silence, start, ended_count, popped, noise,
-                   seg_start, seg_end, thresh, accumulated, in_speech, emitted)  # fmt: skip
-        return (bop.Identity(condition), *carried, ends, closed_start, closed_end)
 
-    names = ("win", "pos", "win_sum", "pre", "state", "silent_run", "latest", "last_silence", "start", "ended_count",
-             "popped", "noise", "seg_start", "seg_end", "thresh", "accumulated", "in_speech", "emitted")  # fmt: skip
-    types = {"pre": _BOOL, "in_speech": _BOOL, "emitted": _BOOL, "noise": _DOUBLE}
-    inputs = [subgraph_value("t", _INT64), subgraph_value("condition", _BOOL)]
-    inputs += [
-        subgraph_value(n, _INT64, [None]) if n == "win" else subgraph_value(n, types.get(n, _INT64)) for n in names
-    ]
-    outputs = [subgraph_value("condition_out", _BOOL)]
-    outputs += [
-        subgraph_value(f"{n}_out", _INT64, [None]) if n == "win" else subgraph_value(f"{n}_out", types.get(n, _INT64))
-        for n in names
-    ]
-    outputs += [
-        subgraph_value("closed", _BOOL),
-        subgraph_value("closed_start", _INT64),
-        subgraph_value("closed_end", _INT64),
-    ]
-    loop_body = builder.subgraph(body, inputs=inputs, outputs=outputs, name="e2e_vad_frame")
-    initial_thresh = (max(DYNAMIC_SILENCE_SCHEDULE[0][1] - int(m.speech_to_sil_time_thres), 0) if vad.dynamic
-                      else math.ceil(vad.static_end_silence - m.speech_to_sil_time_thres))  # fmt: skip
-    initial = dict(win=c(np.zeros(window, np.int64)), pos=c(0), win_sum=c(0), pre=c(False, bool), state=c(1), silent_run=c(0),
-                   latest=c(0), last_silence=c(-1), start=c(-1), ended_count=c(0), popped=c(0), noise=c(-100.0, np.float64),
-                   seg_start=c(0), seg_end=c(0), thresh=c(initial_thresh), accumulated=c(0), in_speech=c(False, bool),
-                   emitted=c(False, bool))  # fmt: skip
-    results = op.Loop(op.Squeeze(count, g.i64(0)), c(True, bool), *(initial[n] for n in names), body=loop_body,
-                      _outputs=len(names) + 3)  # fmt: skip
-    final_state = dict(zip(names, results[: len(names)]))
-    closed, closed_start, closed_end = results[len(names) :]
-    starts = op.Compress(closed_start, closed, axis=0)
-    ends = op.Compress(closed_end, closed, axis=0)
-    # a segment still open after the last frame is output as it stands (FunASR's final call)
-    still_open = op.Unsqueeze(op.Equal(final_state["state"], c(2)), g.i64(0))
-    starts = op.Concat(
-        starts, op.Compress(op.Unsqueeze(final_state["seg_start"], g.i64(0)), still_open, axis=0), axis=0
+def _on_voice_start(bop, g: GraphOps, now, frame, m: StateMachineOptions):
+    """Silence -> speech while waiting, at ``frame``: (start frame, data_buf_start_frame,
+    latest_confirmed_speech_frame) after it.
+
+    Every silent frame since the window's start popped the buffer up to itself less the
+    latency (OnSilenceDetected, from the latency on); the segment starts at
+    max(data_buf_start_frame, frame - latency) (OnVoiceStart pops it) and the frames after it up
+    to ``frame`` are voiced one by one.
+    """
+    latency = m.frames(m.window_size_ms) + (m.frames(m.lookback_time_start_point) if m.do_extend else 0)
+    before = bop.Sub(frame, g.scalar_i64(1))
+    silence_popped = bop.Where(
+        bop.GreaterOrEqual(before, bop.Max(now.window_start, g.scalar_i64(latency))),
+        bop.Max(now.data_buf_start_frame, bop.Sub(before, g.scalar_i64(latency))),
+        now.data_buf_start_frame,
     )
-    ends = op.Concat(ends, op.Compress(op.Unsqueeze(final_state["seg_end"], g.i64(0)), still_open, axis=0), axis=0)
-    return op.Concat(op.Unsqueeze(starts, g.i64(1)), op.Unsqueeze(ends, g.i64(1)), axis=1)
+    begin = bop.Max(silence_popped, bop.Sub(frame, g.scalar_i64(latency)))
+    voiced = bop.Less(begin, frame)
+    popped = bop.Add(bop.Where(voiced, frame, begin), g.scalar_i64(1))
+    latest = bop.Where(voiced, frame, now.latest_confirmed_speech_frame)
+    return begin, popped, latest
+
+
+def _voice_to_event(bop, g: GraphOps, now, event, end_frame, speaking, ends, m: StateMachineOptions):
+    """In a segment: (data_buf_start_frame, latest_confirmed_speech_frame) once E2EVadModel has
+    voiced the frames up to ``event`` and acted on it.
+
+    Speaking, each frame from ``now.frame`` is voiced on its own (OnVoiceDetected); so is the
+    speech -> silence frame, unless the segment ends there. In a pause, the first
+    ``lookahead_time_end_point`` of it are (do_extend). Then an end voices the gap up to
+    ``end_frame`` and pops it (OnVoiceEnd), and a resumed pause fills its gap and voices the
+    frame: both count from latest_confirmed_speech_frame + 1. Each voiced frame pops the data
+    buffer up to itself and one more.
+    """
+
+    def c(value):
+        return g.scalar_i64(value)
+
+    popped, latest = now.data_buf_start_frame, now.latest_confirmed_speech_frame
+    lookahead = m.frames(m.lookahead_time_end_point) if m.do_extend else 0
+    first = bop.Where(speaking, now.frame, bop.Add(now.pause_start, c(1)))
+    last_voiced = bop.Where(speaking, bop.Where(ends, bop.Sub(event, c(1)), event),
+                            bop.Min(bop.Add(now.pause_start, c(lookahead)), bop.Sub(event, c(1))))  # fmt: skip
+    one_by_one = bop.GreaterOrEqual(last_voiced, first)
+    popped = bop.Where(one_by_one, bop.Add(bop.Max(popped, first), bop.Add(bop.Sub(last_voiced, first), c(1))), popped)
+    latest = bop.Where(one_by_one, last_voiced, latest)
+    filled = bop.Where(
+        bop.Greater(end_frame, latest),
+        bop.Add(bop.Max(popped, bop.Add(latest, c(1))), bop.Sub(end_frame, latest)),
+        bop.Add(bop.Max(popped, end_frame), c(1)),
+    )
+    fills = bop.Or(ends, bop.Not(speaking))
+    return bop.Where(fills, filled, popped), bop.Where(fills, end_frame, latest)
+
+
+def _select(bop, flag, a, b):
+    """Where(flag, a, b), also for booleans (onnxruntime has no bool Where)."""
+    if a.dtype == _BOOL:
+        return bop.Or(bop.And(flag, a), bop.And(bop.Not(flag), b))
+    return bop.Where(flag, a, b)
+
+
+class _ChunkSchedule:
+    """FunASR 1.4.16's dynamic end silence: before each 60 s chunk (at the frames
+    :func:`chunk_starts` gives, for the chunks the recording's sample count makes), the speech
+    accumulated while a segment stays open across chunk starts (reset once a chunk ended a
+    segment) picks the end silence; carried in the event Loop."""
+
+    def __init__(self, g: GraphOps, state: LoopState, samples: ir.Value, vad: FsmnVad) -> None:
+        op = g.op
+        self.g = g
+        first, self.period = chunk_starts(vad)
+        chunk_samples = int(vad.options.chunk_size_ms * vad.machine.sample_rate / 1000)
+        chunks = op.Squeeze(op.Div(samples, g.i64(chunk_samples)), g.i64(0))  # FunASR cuts N // chunk + 1 chunks
+        one, first = g.scalar_i64(1), g.scalar_i64(first)
+        self.last_start = op.Add(op.Mul(op.Sub(chunks, one), g.scalar_i64(self.period)), first)
+        state.carry("next_chunk_start", op.Where(op.GreaterOrEqual(chunks, one), first, g.scalar_i64(_NEVER)))
+        state.carry("open_chunks", 0)  # chunk starts passed while a segment was open, since a chunk last ended one
+        state.carry("open_across", False)
+        state.carry("ended_in_chunk", False)
+
+    def end_silence(self, bop, now, end_silences):
+        """(pause frames, lookback) of the current schedule step."""
+        g = self.g
+        schedule_step = bop.Min(now.open_chunks, g.scalar_i64(len(end_silences) - 1))
+        pause_frames = bop.Gather(g.const(np.array([f for f, _ in end_silences], np.int64)), schedule_step, axis=0)
+        lookback = bop.Gather(g.const(np.array([b for _, b in end_silences], np.int64)), schedule_step, axis=0)
+        return pause_frames, lookback
+
+    def first(self, bop, now, decided: dict) -> dict:
+        """``decided`` unless a chunk starts at or before its event frame: then only the
+        schedule moves (a pause goes on counting from the chunk start)."""
+        g = self.g
+        chunk = bop.LessOrEqual(now.next_chunk_start, bop.Sub(decided["frame"], g.scalar_i64(1)))
+        restarted = bop.And(chunk, now.ended_in_chunk)
+        open_chunks = bop.Where(restarted, g.scalar_i64(0), now.open_chunks)
+        open_across = bop.And(now.open_across, bop.Not(restarted))
+        in_segment = bop.Equal(now.vad_state_machine, g.scalar_i64(_IN_SEGMENT))
+        grows = bop.And(chunk, bop.Or(in_segment, open_across))
+        following = bop.Add(now.next_chunk_start, g.scalar_i64(self.period))
+        following = bop.Where(bop.Greater(following, self.last_start), g.scalar_i64(_NEVER), following)
+        pausing = bop.And(in_segment, bop.Not(now.window_says_speech))
+        carried = [name for name in decided if hasattr(now, name)]
+        result = {name: _select(bop, chunk, getattr(now, name), decided[name]) for name in carried}
+        result["frame"] = bop.Where(bop.And(chunk, pausing), now.next_chunk_start, result["frame"])
+        result[GOING] = bop.Or(chunk, decided[GOING])
+        result["closed"] = bop.And(bop.Not(chunk), decided["closed"])
+        result["start_ms"], result["end_ms"] = decided["start_ms"], decided["end_ms"]
+        result["open_chunks"] = bop.Where(grows, bop.Add(open_chunks, g.scalar_i64(1)), open_chunks)
+        result["open_across"] = bop.Or(open_across, grows)
+        result["ended_in_chunk"] = bop.And(bop.Not(chunk), bop.Or(now.ended_in_chunk, decided["closed"]))
+        result["next_chunk_start"] = bop.Where(chunk, following, now.next_chunk_start)
+        return result
