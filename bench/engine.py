@@ -8,9 +8,14 @@ For each depth, best of N after a warm-up (each run on a fresh load of the same 
 - rules + one check: the sum, the issue's goal (< 5 s at 1x, growing linearly);
 - fp64 reference: building and running the float64 shadow once;
 - full fix: ``svsurgery.fix`` end to end (inputs, float64 reference, a verification after
-  every pass, provenance), what the command line does;
+  every pass, provenance);
 with seconds per 1000 nodes and the ratio of each time to the 1x time next to the ratio
 of node counts, so linear growth reads as equal ratios. Single machine, default threads.
+
+Then, beside a slimmer that verifies nothing: the ``svsurgery fix MODEL -o OUT`` command
+(load, float64 reference, every pass verified, the result gated and written) and
+onnxslim's ``slim(MODEL, OUT)`` (load, its passes, write; ``pip install 'svsurgery[bench]'``)
+on the same file, calls interleaved (this shared host drifts), best of N, and their ratio.
 
     python bench/engine.py [--repeats 3] [--depths 1,2,4] [--json out.json]
 """
@@ -18,6 +23,8 @@ of node counts, so linear growth reads as equal ratios. Single machine, default 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import tempfile
 import time
@@ -56,6 +63,32 @@ def best(function, repeats: int, prepare=lambda: None) -> tuple[float, object]:
     return min(timings), result
 
 
+def interleaved(functions: dict, repeats: int) -> dict[str, float]:
+    """Best time of each function over ``repeats`` rounds, one call of each per round."""
+    timings: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            timings[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in timings.items()}
+
+
+def fix_command(path: Path, output: Path) -> None:
+    from svsurgery.cli.main import main as svsurgery
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = svsurgery(["fix", str(path), "-o", str(output)])
+    assert code == 0, code
+
+
+def onnxslim_command(path: Path, output: Path) -> None:
+    import onnxslim
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its own summary table
+        onnxslim.slim(str(path), str(output))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -83,7 +116,13 @@ def main() -> None:
             full_seconds, (_, report) = best(fix, 1, fresh)
             assert report.passed and [s.status for s in report.steps][:2] == ["accepted", "accepted"]
             nodes = node_count(model)
+            against = interleaved({
+                "fix": lambda: fix_command(path, Path(scratch) / "fixed.onnx"),
+                "onnxslim": lambda: onnxslim_command(path, Path(scratch) / "slim.onnx"),
+            }, args.repeats)  # fmt: skip
             rows.append({
+                "fix_command_s": against["fix"], "onnxslim_s": against["onnxslim"],
+                "fix_over_onnxslim": against["fix"] / against["onnxslim"],
                 "depth": f"{depth}x ({50 * depth}+{20 * depth} blocks)", "nodes": nodes,
                 "rules_s": rules_seconds, "check_s": check_seconds, "rules_and_check_s": rules_seconds + check_seconds,
                 "fp64_reference_s": fp64_seconds, "full_fix_s": full_seconds,
@@ -116,6 +155,13 @@ def main() -> None:
         )  # fmt: skip
     Console(width=160).print(table)
     print("rewrites at 1x:", base["rewrites"])
+    versus = Table(title=f"svsurgery fix (every pass verified) vs onnxslim (no verification), interleaved, best of {args.repeats}")
+    for column in ("depth", "nodes", "svsurgery fix -o s", "onnxslim s", "fix / onnxslim"):
+        versus.add_column(column, justify="left" if column == "depth" else "right")
+    for row in rows:
+        versus.add_row(row["depth"], str(row["nodes"]), f"{row['fix_command_s']:.2f}", f"{row['onnxslim_s']:.2f}",
+                       f"{row['fix_over_onnxslim']:.2f}")  # fmt: skip
+    Console(width=160).print(versus)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
