@@ -16,7 +16,18 @@ import numpy as np
 
 from svsurgery.testing.audio import read_wav
 
-__all__ = ["CONDITIONS", "NOISES", "SNRS_DB", "Recording", "corpus_dir", "frame_scores", "mix", "recordings", "segments_to_frames"]
+__all__ = [
+    "CONDITIONS",
+    "NOISES",
+    "SNRS_DB",
+    "Recording",
+    "corpus_dir",
+    "frame_scores",
+    "mix",
+    "recordings",
+    "require_corpus",
+    "segments_to_frames",
+]
 
 NOISES = ("white", "pink", "babble")
 SNRS_DB = (20.0, 10.0, 5.0)
@@ -25,14 +36,26 @@ LABEL_HOP = 160  # the labels' 10 ms frames
 
 
 def corpus_dir() -> Path | None:
-    """$SVSURGERY_VAD_DEV, shared/data/vad-dev beside the checkout, or the workplace's copy."""
-    here = Path(__file__).resolve()
-    candidates = [os.environ.get("SVSURGERY_VAD_DEV"), *(p / "shared" / "data" / "vad-dev" for p in here.parents[:4]),
-                  "/work/shared/data/vad-dev"]  # fmt: skip
-    for candidate in candidates:
+    """$SVSURGERY_VAD_DEV, else shared/data/vad-dev beside the checkout (../shared); None when absent."""
+    checkout = Path(__file__).resolve().parents[2]
+    for candidate in (os.environ.get("SVSURGERY_VAD_DEV"), checkout.parent / "shared" / "data" / "vad-dev"):
         if candidate and (Path(candidate) / "rec00.wav").is_file():
             return Path(candidate)
     return None
+
+
+def require_corpus() -> Path:
+    """The corpus folder for a test: in CI (``$CI`` set) a missing corpus fails the test, since
+    CI always lays shared/ beside the checkout; elsewhere the test is skipped, saying why."""
+    import pytest
+
+    folder = corpus_dir()
+    if folder is not None:
+        return folder
+    message = "the vad-dev corpus is neither at $SVSURGERY_VAD_DEV nor at ../shared/data/vad-dev beside the checkout"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @dataclasses.dataclass(frozen=True)
