@@ -41,6 +41,7 @@ __all__ = [
     "NodeLike",
     "ValueLike",
     "Patch",
+    "all_graphs",
     "bypass",
     "clone",
     "consumers",
@@ -77,6 +78,16 @@ _FLOAT_TYPES = frozenset(
 
 
 # ----------------------------------------------------------------------------- finding
+
+
+def all_graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
+    """Everything a pass over "the whole model" must cover, each once: the main graph, every
+    If/Loop/Scan body in it (nested ones included), every model-local function and the bodies
+    inside those functions."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs.extend([function, *function.subgraphs()])
+    return graphs
 
 
 def _graphs(model: ir.Model | ir.Graph, recursive: bool) -> list[ir.Graph]:
@@ -717,10 +728,7 @@ def clone(model: ir.Model) -> ir.Model:
             graph.sort()
         copied = model.clone()
     copied.meta.update(model.meta)
-    graphs: list[ir.Graph | ir.Function] = [copied.graph, *copied.graph.subgraphs()]
-    for function in copied.functions.values():
-        graphs.extend([function, *function.subgraphs()])
-    for graph in graphs:
+    for graph in all_graphs(copied):
         values = [*graph.inputs, *graph.outputs, *(v for n in graph for v in n.outputs)]
         if isinstance(graph, ir.Graph):
             values.extend(graph.initializers.values())

@@ -23,6 +23,7 @@ import re
 import numpy as np
 import onnx_ir as ir
 
+from svsurgery import patch
 from svsurgery.dtypes import FLOAT_TYPES
 from svsurgery.errors import CheckFailedError
 
@@ -78,7 +79,6 @@ class Float64Shadow:
 
 def float64_shadow(model: ir.Model) -> Float64Shadow:
     """Build and load the float64 shadow of ``model`` (which is not changed)."""
-    from svsurgery import patch
     from svsurgery.runtime import inference_session
 
     # Types decide what widens and which inputs a float32 op must narrow back. They are
@@ -86,7 +86,7 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
     # the copies the engine makes of it later come typed too, instead of inferring again.
     patch.infer_types(model, only_if_missing=[v for node in ir.traversal.RecursiveGraphIterator(model.graph) for v in node.outputs])
     shadow = patch.clone(model)
-    for graph in (shadow.graph, *shadow.graph.subgraphs(), *shadow.functions.values()):
+    for graph in patch.all_graphs(shadow):
         _widen_graph(graph)
     float32_ops = _ops_without_double_kernels(shadow)
     for op_type in float32_ops:
@@ -117,7 +117,7 @@ def _ops_without_double_kernels(model: ir.Model) -> list[str]:
 
     refused: list[str] = []
     opset = model.opset_imports
-    for graph in (model.graph, *model.graph.subgraphs()):
+    for graph in patch.all_graphs(model):
         for node in graph:
             if node.op_type in refused or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
                 continue
@@ -162,7 +162,7 @@ def _narrow_op(model: ir.Model, op_type: str) -> None:
     back to double after its outputs (its own type attributes follow)."""
     double, single = ir.DataType.DOUBLE, ir.DataType.FLOAT
     count = 0
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in patch.all_graphs(model):
         for node in [n for n in graph if n.op_type == op_type]:
             count += 1
             prefix = f"svs/fp64/{node.name or op_type}_{count}"
