@@ -42,8 +42,11 @@ def run(args: argparse.Namespace) -> int:
     return run_engine(args, OUTPUT)
 
 
-def run_engine(args: argparse.Namespace, output_args: OutputArgs, *, precision: ir.DataType | None = None, default_reference=None) -> int:
-    """Load, check every path, run the engine with a progress line, write when within tolerance, report."""
+def run_engine(
+    args: argparse.Namespace, output_args: OutputArgs, *, precision: ir.DataType | None = None, default_reference=None, **engine_options
+) -> int:
+    """Load, check every path, run the engine with a progress line, write when within tolerance, report.
+    ``engine_options`` go to :func:`svsurgery.engine.fix` as they are (fp16: ``min_headroom``)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from svsurgery import engine
@@ -65,7 +68,7 @@ def run_engine(args: argparse.Namespace, output_args: OutputArgs, *, precision: 
         fixed, report = engine.fix(
             model, choice.families, reference=reference, inputs=InputsArgs.parse(args, model, generate=False),
             tolerance=tolerance, raise_opset=not choice.keep_opset, precision=precision,
-            keep_io_types=getattr(args, "keep_io_types", False),
+            keep_io_types=getattr(args, "keep_io_types", False), **engine_options,
             progress=lambda what: bar.update(task, description=f"rule {what}: apply, gate, verify ..."),
         )  # fmt: skip
         if report.passed or choice.force:

@@ -6,7 +6,15 @@ shape inference, an onnxruntime session), compare the outputs with the reference
 and keep the pass only when parity did not get worse than before by more than a small
 margin and did not leave tolerance (for families that change values on purpose: only
 when it strictly improved). Anything else is rolled back to the snapshot and the report
-says why. Families with sites are applied and judged one site at a time.
+says why. Families with sites are applied and judged one site at a time (or whole first,
+and site by site only when the whole pass is rolled back).
+
+For models computed in float16 every candidate's headroom is measured too (how far the
+inputs can be scaled before a value computed in float16 overflows,
+:mod:`svsurgery.parity.headroom`): a pass that raises it is kept when parity stays within
+tolerance by cosine and argmax, one that lowers it below the required headroom is rolled
+back (:func:`svsurgery.parity.judge.judge_headroom`), and with ``min_headroom`` a result
+that overflows at inputs scaled by less than that fails, naming the value.
 
 The reference is evaluated once, on inputs it brings (golden files), inputs the caller
 gives, or inputs generated from the model's signature; every pass is held to the same
@@ -31,7 +39,8 @@ from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.golden import versions
 from svsurgery.io import SOURCE_PATH_KEY
 from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
-from svsurgery.parity.judge import Margin, judge_improvement, regression
+from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, Headroom
+from svsurgery.parity.judge import Margin, judge_headroom, judge_improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
 from svsurgery.precision import convert_to_float16
@@ -59,6 +68,8 @@ class Step:
     findings: list[str]
     seconds: float
     changed_values: list[str] = dataclasses.field(default_factory=list)  # see Applied.changed_values
+    headroom_before: float | None = None  # float16 runs: the model's headroom before and after the pass
+    headroom_after: float | None = None
 
 
 @dataclasses.dataclass
@@ -77,10 +88,20 @@ class FixReport(Report):
     precision: str = "FLOAT"  # what the result computes in
     evaluation: str = Verifier.evaluation  # how candidates were run
     conversion: list[str] = dataclasses.field(default_factory=list)  # what the float16 conversion did
+    headroom_before: Headroom | None = None  # float16 runs: the naive conversion's headroom on the inputs
+    headroom_after: Headroom | None = None  # ... and the result's
+    min_headroom: float | None = None  # required of the result (None: reported, not required)
 
     @property
     def passed(self) -> bool:
-        return self.final.passed
+        return self.final.passed and self.headroom_failure is None
+
+    @property
+    def headroom_failure(self) -> str | None:
+        """Why the result's headroom is not enough (None when it is, or when none is required)."""
+        if self.min_headroom is None or self.headroom_after is None or self.headroom_after.headroom >= self.min_headroom:
+            return None
+        return f"{self.headroom_after.describe()}: below the required {self.min_headroom:g}x (--min-headroom)"
 
     def render(self, console) -> None:
         from rich import box
@@ -92,18 +113,25 @@ class FixReport(Report):
         console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
         console.print(f"  tolerance: {escape(self.tolerance['name'])}; evaluation: {escape(self.evaluation)}")
         table = Table(box=box.SIMPLE_HEAD)
-        for column in ("rule", "n", "result", "max abs", "after", "cosine", "argmax"):
+        columns = ["rule", "n", "result", "max abs", "after", "cosine", "argmax"]
+        headroom = self.headroom_after is not None
+        if headroom:
+            columns.append("headroom")
+        for column in columns:
             table.add_column(column, justify="left" if column in ("rule", "result") else "right", no_wrap=True)
         for step in self.steps:
             rule = step.family + (f" @ {step.site}" if step.site else "")
             colour = {ACCEPTED: "green", ROLLED_BACK: "red"}.get(step.status, "dim")
             after = step.after or {}
             argmax = "-" if not after or after.get("min_argmax") is None else f"{after['min_argmax']:.2%}"
-            table.add_row(
+            row = [
                 escape(rule), "?" if step.matches is None else str(step.matches), f"[{colour}]{step.status}[/{colour}]",
                 f"{step.before['max_abs']:.2e}", f"{after['max_abs']:.2e}" if after else "-",
                 f"{after['min_cosine']:.7f}" if after else "-", argmax,
-            )  # fmt: skip
+            ]  # fmt: skip
+            if headroom:
+                row.append(_times(step.headroom_after) if after and step.headroom_after is not None else "-")
+            table.add_row(*row)
         console.print(table)
         for step in self.steps:
             rule = escape(step.family + (f" @ {step.site}" if step.site else ""))
@@ -117,8 +145,13 @@ class FixReport(Report):
                 console.print(f"  [yellow]{rule} found[/yellow]: {escape(finding)}")
         for line in self.conversion:
             console.print(f"  [cyan]float16 conversion[/cyan]: {escape(line)}")
+        if self.headroom_before is not None and self.headroom_after is not None:
+            console.print(f"  headroom before: {escape(self.headroom_before.describe())}")
+            required = "" if self.min_headroom is None else f" (required: {self.min_headroom:g}x)"
+            console.print(f"  headroom after: {escape(self.headroom_after.describe())}{escape(required)}")
         final = self.final.summary()
-        verdict = "[green]within tolerance[/green]" if self.passed else "[red]beyond tolerance: " + escape("; ".join(self.final.failures())) + "[/red]"
+        failures = self.final.failures() + ([self.headroom_failure] if self.headroom_failure else [])
+        verdict = "[green]within tolerance[/green]" if self.passed else "[red]beyond tolerance: " + escape("; ".join(failures)) + "[/red]"
         argmax = "-" if final["min_argmax"] is None else f"{final['min_argmax']:.2%}"
         console.print(
             f"final parity: max abs {final['max_abs']:.3e}, max rel {final['max_rel']:.3e}, "
@@ -162,6 +195,7 @@ def fix(
     raise_opset: bool = True,
     precision: ir.DataType | None = None,
     keep_io_types: bool = False,
+    min_headroom: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[ir.Model, FixReport]:
     """Apply rule families one verified pass at a time; returns the fixed copy and the report.
@@ -179,6 +213,9 @@ def fix(
     ``precision`` FLOAT16 (default for float16 models) verifies every candidate converted
     to float16 and evaluated in true float16, lets the precision rules mark float32
     regions, and returns the float16 model (``keep_io_types``: float32 inputs and outputs).
+    Its headroom is measured on every candidate and recorded before and after
+    (``report.headroom_before`` / ``headroom_after``); ``min_headroom`` makes a result whose
+    headroom is below it fail (``report.passed`` false, the value named).
     """
     from svsurgery.io import load
     from svsurgery.parity.references import TorchReference
@@ -225,19 +262,33 @@ def fix(
     except CheckFailedError as error:
         raise CheckFailedError(f"the input model fails the validity gate before any rule: {error}") from None
     snapshot = Snapshot(working, verify.last_proto)
-    current = baseline
+    state = _State(working, baseline, getattr(verify, "headroom", None) if low else None)
+    baseline_headroom = state.headroom
+    judge = _Judge(verify, margin, options, min_headroom if min_headroom is not None else DEFAULT_MIN_HEADROOM)
     steps: list[Step] = []
     for family in families:
-        sites = family.sites(working) if family.sites is not None else [None]
+        sites = family.sites(state.model) if family.sites is not None else [None]
         if not sites:
-            steps.append(Step(family.id, family.title, None, 0, NO_MATCH, "", current.summary(), None, [], [], 0.0))
-        for site in sites:
+            steps.append(Step(family.id, family.title, None, 0, NO_MATCH, "", state.parity.summary(), None, [], [], 0.0))
+            continue
+        whole_first = family.sites is not None and family.sites_on_rollback
+        for site in [None] if whole_first else sites:
             if progress is not None:
                 progress(family.id + (f" @ {site}" if site else ""))
-            working, current, step = _step(family, site, working, current, verify, margin, options, snapshot)
+            state, step = _step(family, site, state, judge, snapshot)
             if step.status == ACCEPTED:
-                snapshot = Snapshot(working, verify.last_proto)
+                snapshot = Snapshot(state.model, verify.last_proto)
             steps.append(step)
+        if whole_first and steps[-1].status == ROLLED_BACK and len(sites) > 1:
+            steps[-1].notes.append(f"rolled back as a whole: its {len(sites)} sites are tried one by one")
+            for site in sites:  # keep the sites that pass alone
+                if progress is not None:
+                    progress(f"{family.id} @ {site}")
+                state, step = _step(family, site, state, judge, snapshot)
+                if step.status == ACCEPTED:
+                    snapshot = Snapshot(state.model, verify.last_proto)
+                steps.append(step)
+    working, current = state.model, state.parity
     conversion = []
     if low:
         working, converted = convert_to_float16(working, keep_io_types=keep_io_types)
@@ -258,6 +309,9 @@ def fix(
         precision=precision.name,
         evaluation=verify.evaluation,
         conversion=conversion,
+        headroom_before=baseline_headroom,
+        headroom_after=state.headroom,
+        min_headroom=min_headroom if low else None,
     )
     _record_provenance(working, report)
     return working, report
@@ -290,54 +344,82 @@ def _example_feeds(model: ir.Model, example_inputs) -> ParityInputs:
     return ParityInputs(check_feeds(arrays, model, "example inputs"), {name: "example inputs given by the caller" for name in arrays})
 
 
-def _step(
-    family: RuleFamily,
-    site: str | None,
-    working: ir.Model,
-    current: ParityResult,
-    verify: Verifier,
-    margin: Margin,
-    options: ApplyOptions,
-    snapshot: Snapshot,
-) -> tuple[ir.Model, ParityResult, Step]:
-    """Apply one family (or one site of it) to ``working`` and judge it; a pass that is not
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """The last accepted model, its parity and (float16 runs) its headroom."""
+
+    model: ir.Model
+    parity: ParityResult
+    headroom: Headroom | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Judge:
+    """What every pass is judged with."""
+
+    verify: Verifier
+    margin: Margin
+    options: ApplyOptions
+    required_headroom: float  # a pass may not lower headroom below this (float16 runs)
+
+
+def _step(family: RuleFamily, site: str | None, state: _State, judge: _Judge, snapshot: Snapshot) -> tuple[_State, Step]:
+    """Apply one family (or one site of it) to ``state.model`` and judge it; a pass that is not
     kept is rolled back by restoring ``snapshot`` (the last accepted state)."""
     start = time.perf_counter()
+    current = state.parity
     step = Step(family.id, family.title, site, 0, NO_MATCH, "", current.summary(), None, [], [], 0.0)
+    step.headroom_before = state.headroom.headroom if state.headroom is not None else None
 
-    def done(model: ir.Model, parity: ParityResult) -> tuple[ir.Model, ParityResult, Step]:
+    def kept(model: ir.Model, parity: ParityResult, headroom: Headroom | None, reason: str = "") -> tuple[_State, Step]:
+        step.status, step.reason = ACCEPTED, reason
         step.seconds = time.perf_counter() - start
-        return model, parity, step
+        return _State(model, parity, headroom), step
+
+    def rolled_back(reason: str) -> tuple[_State, Step]:
+        step.status, step.reason = ROLLED_BACK, reason
+        step.seconds = time.perf_counter() - start
+        return dataclasses.replace(state, model=snapshot.restore()), step
 
     try:
-        applied = family.apply(working, dataclasses.replace(options, site=site))
+        applied = family.apply(state.model, dataclasses.replace(judge.options, site=site))
     except Exception as error:  # noqa: BLE001 - a user's rule may raise anything; the model is restored
-        step.status, step.reason = ROLLED_BACK, f"the rule raised {_describe_exception(error)}"
-        return done(snapshot.restore(), current)
+        return rolled_back(f"the rule raised {_describe_exception(error)}")
     if not isinstance(applied, Applied):
-        step.status, step.reason = ROLLED_BACK, f"apply returned {type(applied).__name__}, not Applied"
-        return done(snapshot.restore(), current)
+        return rolled_back(f"apply returned {type(applied).__name__}, not Applied")
     step.matches, step.notes, step.findings = applied.matches, applied.notes, applied.findings
     step.changed_values = list(applied.changed_values)
-    candidate = applied.model or working
+    candidate = applied.model or state.model
     if not applied.changed:
-        return done(candidate, current)
+        step.seconds = time.perf_counter() - start
+        return dataclasses.replace(state, model=candidate), step
     try:
-        parity = verify(candidate)
+        parity = judge.verify(candidate)
     except CheckFailedError as error:
-        step.status, step.reason = ROLLED_BACK, f"breaks validity: {error}"
-        return done(snapshot.restore(), current)
+        return rolled_back(f"breaks validity: {error}")
     step.after = parity.summary()
+    headroom = getattr(judge.verify, "headroom", None) if state.headroom is not None else None
+    for_headroom = lowered = None
+    if headroom is not None:
+        step.headroom_after = headroom.headroom
+        for_headroom, lowered = judge_headroom(current, parity, state.headroom, headroom, judge.verify.tolerance, judge.required_headroom)
+    if lowered is not None:
+        return rolled_back(lowered)
     if family.acceptance == "improves":
-        better, why = judge_improvement(current, parity, margin)
-        step.status, step.reason = (ROLLED_BACK, why) if better is None else (ACCEPTED, why)
-        return done(snapshot.restore(), current) if better is None else done(candidate, parity)
-    worse = regression(current, parity, margin)
-    if worse is not None:
-        step.status, step.reason = ROLLED_BACK, f"parity got worse: {worse}"
-        return done(snapshot.restore(), current)
-    step.status = ACCEPTED
-    return done(candidate, parity)
+        better, why = judge_improvement(current, parity, judge.margin)
+        if better is not None:
+            return kept(candidate, parity, headroom, why)
+        return kept(candidate, parity, headroom, for_headroom) if for_headroom else rolled_back(why)
+    worse = regression(current, parity, judge.margin)
+    if worse is None:
+        return kept(candidate, parity, headroom, for_headroom or "")
+    if for_headroom:
+        return kept(candidate, parity, headroom, f"{for_headroom}; by parity alone it would be rolled back ({worse})")
+    return rolled_back(f"parity got worse: {worse}")
+
+
+def _times(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:.3g}x"
 
 
 def _describe_exception(error: BaseException) -> str:
@@ -369,6 +451,11 @@ def _record_provenance(model: ir.Model, report: FixReport) -> None:
             "precision": report.precision,
             "evaluation": report.evaluation,
             "conversion": report.conversion,
+            "headroom": None if report.headroom_after is None else {
+                "before": report.headroom_before.to_dict() if report.headroom_before else None,
+                "after": report.headroom_after.to_dict(),
+                "required": report.min_headroom,
+            },
             "outputs": [dataclasses.asdict(o) for o in report.final.outputs],
         }
     )

@@ -79,7 +79,9 @@ class RuleFamily:
     afterwards: ``"no-worse"`` (within the margin of before, and within tolerance if it
     was) or ``"improves"`` (strictly better: for rewrites that change the computed values
     on purpose). A family with ``sites`` is applied and verified one site at a time, so
-    one bad site is rolled back without losing the good ones.
+    one bad site is rolled back without losing the good ones; with ``sites_on_rollback``
+    it is applied whole first (one verification), and one site at a time only when that
+    whole pass is rolled back.
     """
 
     id: str
@@ -90,6 +92,7 @@ class RuleFamily:
     references: tuple[str, ...] = ()
     acceptance: Acceptance = "no-worse"
     sites: Callable[[ir.Model], list[str]] | None = None
+    sites_on_rollback: bool = False  # with sites: applied whole first, site by site only if that is rolled back
     origin: str = "svsurgery"
 
     def describe(self) -> dict[str, object]:

@@ -65,7 +65,9 @@ class Float16Verifier(Verifier):
         self.last_proto = None  # what is checked is the conversion, not the model given
         converted, _ = convert_to_float16(model, keep_io_types=self.keep_io_types)
         validate(converted, self.label, optimize=False)  # the float16 model is what gets shipped: it must load
-        outputs = Float16Evaluator(converted).run(self.feeds)
+        evaluator = Float16Evaluator(converted)
+        outputs = evaluator.run(self.feeds)
+        self.headroom = evaluator.headroom  # measured on the same run (svsurgery.parity.headroom)
         return compare_outputs({n: outputs[n] for n in self.expected if n in outputs}, self.expected, self.tolerance)
 
 

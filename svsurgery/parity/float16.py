@@ -4,14 +4,23 @@ onnxruntime's CPU provider runs most float16 ops in float32 (it inserts Casts), 
 that overflows on a GPU looks fine on a CPU. This evaluator runs the model with
 ``onnx.reference`` instead, where every float16 op really produces float16: each result is
 rounded to float16 (and overflows to inf beyond 65504). Where GPU kernels accumulate in
-float32, so does it: MatMul, Gemm, Conv and the reductions, Softmax, InstanceNormalization
-and BatchNormalization compute in float32 and round their outputs (onnx.reference alone
-would accumulate in float16, harsher than any GPU); LayerNormalization computes its
-statistics in its ``stash_type`` (onnx.reference alone ignores it). :data:`SEMANTICS`
-says this in one sentence for reports.
+float32, so does it: MatMul, Gemm, Conv and the reductions, Softmax and BatchNormalization
+compute in float32 and round their outputs (onnx.reference alone would accumulate in
+float16, harsher than any GPU); LayerNormalization and RMSNormalization compute their
+statistics in their ``stash_type`` (onnx.reference alone ignores it), and so does
+GroupNormalization (opset 21; its function body casts to it). InstanceNormalization and
+GroupNormalization-18 carry no ``stash_type``: the spec computes their statistics in the
+input's type, and so does this evaluator (onnx.reference's own kernels: the variance's sum
+of squares is accumulated in float16), since nothing in the model asks a runtime for more.
+:data:`SEMANTICS` says this in one sentence for reports.
+
+Every run also measures the model's headroom (:mod:`svsurgery.parity.headroom`): how far
+each value computed in float16 is from float16's range, on the inputs given.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -21,21 +30,25 @@ from onnx.reference.ops import load_op
 
 from svsurgery.io import to_proto
 
+if TYPE_CHECKING:
+    from svsurgery.parity.headroom import Headroom
+
 __all__ = ["SEMANTICS", "Float16Evaluator"]
 
 SEMANTICS = (
     "true float16 (onnx.reference): every float16 result rounded to float16, inf beyond 65504; "
-    "MatMul/Gemm/Conv, reductions, Softmax and normalizations accumulate in float32 as GPU kernels do; "
-    "LayerNormalization statistics in its stash_type"
+    "MatMul/Gemm/Conv, reductions, Softmax and BatchNormalization accumulate in float32 as GPU kernels do; "
+    "LayerNormalization/RMSNormalization/GroupNormalization statistics in their stash_type; "
+    "InstanceNormalization (no stash_type) as the spec states it: statistics in float16"
 )
 
 # ops whose GPU kernels accumulate or compute internally in float32, rounding only the result
 _FLOAT32_INSIDE = (
     "MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum",
     "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp",
-    "Softmax", "LogSoftmax", "InstanceNormalization", "BatchNormalization", "GroupNormalization",
-    "LayerNormalization",
+    "Softmax", "LogSoftmax", "BatchNormalization", "LayerNormalization", "RMSNormalization",
 )  # fmt: skip
+_STASHED = frozenset({"LayerNormalization", "RMSNormalization"})  # statistics in their stash_type (1: float32)
 
 
 def _widen(value):
@@ -54,7 +67,7 @@ def _accumulating_in_float32(op_type: str) -> type[OpRun]:
     def run(self, *inputs, **context):
         low = any(isinstance(x, np.ndarray) and x.dtype == np.float16 for x in inputs)
         stash = self._standard.onnx_node.attribute
-        if op_type == "LayerNormalization" and any(a.name == "stash_type" and a.i != 1 for a in stash):
+        if op_type in _STASHED and any(a.name == "stash_type" and a.i != 1 for a in stash):
             low = False  # statistics asked for in another type: leave them to the standard implementation
         if not low:
             return self._standard.run(*inputs, **context)
@@ -71,32 +84,44 @@ _OVERRIDES = [_accumulating_in_float32(op) for op in _FLOAT32_INSIDE]
 
 
 class Float16Evaluator:
-    """Runs a model (float16 or mixed) with true float16 arithmetic; outputs by name."""
+    """Runs a model (float16 or mixed) with true float16 arithmetic; outputs by name.
+
+    After each run, :attr:`headroom` holds the model's headroom on those inputs
+    (:class:`svsurgery.parity.headroom.Headroom`), measured on the values the run computed.
+    """
 
     semantics = SEMANTICS
 
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, *, measure_headroom: bool = True) -> None:
         from svsurgery import patch
 
         self._inputs = {v.name: v.dtype for v in model.graph.inputs}
-        ordered = patch.clone(model)  # onnx.reference runs nodes in order, which the clone guarantees
-        self._evaluator = ReferenceEvaluator(to_proto(ordered, inline_external_data=True), new_ops=_OVERRIDES)
+        self._model = patch.clone(model)  # onnx.reference runs nodes in order, which the clone guarantees
+        self._proto = to_proto(self._model, inline_external_data=True)
+        self._evaluator = ReferenceEvaluator(self._proto, new_ops=_OVERRIDES)
         self.output_names = list(self._evaluator.output_names)
+        self.measure_headroom = measure_headroom
+        self.headroom: Headroom | None = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph outputs by name."""
-        return self._run(feeds, intermediate=False)
+        values = self._run(feeds)
+        return {name: values[name] for name in self.output_names}
 
     def run_intermediates(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every value the graph computes (inputs and weights included), by name."""
-        return self._run(feeds, intermediate=True)
+        return self._run(feeds)
 
-    def _run(self, feeds: dict[str, np.ndarray], intermediate: bool) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         typed = {}
         for name, value in feeds.items():
             dtype = self._inputs.get(name)
             array = np.asarray(value)
             typed[name] = array.astype(dtype.numpy()) if dtype is not None and dtype.is_floating_point() else array
         with np.errstate(all="ignore"):  # overflow to inf and NaN are what is being looked for
-            outputs = self._evaluator.run(None, typed, intermediate=intermediate)
-        return dict(outputs) if intermediate else dict(zip(self.output_names, outputs))
+            values = dict(self._evaluator.run(None, typed, intermediate=True))
+        if self.measure_headroom:
+            from svsurgery.parity.headroom import measure
+
+            self.headroom = measure(self._model, values, opsets=self._proto.opset_import)
+        return values

@@ -5,17 +5,30 @@ margin (and stayed within tolerance if it was within it), and, for passes that c
 computed values on purpose, only when parity strictly improved. "Worse" is per output:
 more NaN/Inf values, integer outputs that stop matching, a max abs error that grows by
 more than the margin, a cosine that drops, or fewer positions whose argmax agrees.
+
+For models computed in float16, :func:`judge_headroom` also weighs headroom (how far the
+inputs can be scaled before something computed in float16 overflows,
+:mod:`svsurgery.parity.headroom`): a pass that raises it is kept when parity stays within
+the tolerance by cosine and argmax (a max relative error on near-zero values, which rounding
+to float16 moves either way, is no reason to throw away protection against overflow), and a
+pass that lowers it below the required headroom is rolled back however its parity looks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from svsurgery.parity.metrics import OutputParity, ParityResult
+from svsurgery.parity.metrics import OutputParity, ParityResult, Tolerance
 
-__all__ = ["Margin", "improvement", "judge_improvement", "regression"]
+if TYPE_CHECKING:
+    from svsurgery.parity.headroom import Headroom
+
+__all__ = ["HEADROOM_MARGIN", "Margin", "improvement", "judge_headroom", "judge_improvement", "regression", "within_by_cosine_and_argmax"]
+
+HEADROOM_MARGIN = 0.1  # headroom must move by more than 10 % to count as raised or lowered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,3 +131,71 @@ def judge_improvement(before: ParityResult, after: ParityResult, margin: Margin 
             f"cosine {old.cosine:.8f} -> {output.cosine:.8f} (a rise of more than {margin.cosine:g} counts)"
         )
     return None, "parity did not improve (this rule is kept only when it does): nothing moved beyond the margin: " + "; ".join(unmoved)
+
+
+def within_by_cosine_and_argmax(before: ParityResult, after: ParityResult, tolerance: Tolerance) -> str | None:
+    """Why ``after`` is not within ``tolerance`` by cosine and argmax (None when it is): every
+    output comparable, no more NaN/Inf than before, integer outputs equal, cosine and argmax
+    agreement at the tolerance's bounds. Max abs and max rel errors are not looked at."""
+    previous = before.by_name()
+    for output in after.outputs:
+        old = previous.get(output.name)
+        if output.problem:
+            return f"{output.name}: {output.problem}"
+        if old is not None and output.nan_count + output.inf_count > old.nan_count + old.inf_count:
+            return f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count} -> {output.nan_count + output.inf_count}"
+        if output.exact:
+            if output.max_abs != 0:
+                return f"{output.name}: integer values differ"
+            continue
+        if tolerance.min_cosine is not None and not output.cosine >= tolerance.min_cosine:
+            return f"{output.name}: cosine {output.cosine:.7f} < {tolerance.min_cosine}"
+        if tolerance.min_argmax_agreement is not None and output.argmax_agreement is not None:
+            if not output.argmax_agreement >= tolerance.min_argmax_agreement:
+                return f"{output.name}: argmax agreement {output.argmax_agreement:.4%} < {tolerance.min_argmax_agreement:.4%}"
+    return None
+
+
+def judge_headroom(
+    before: ParityResult,
+    after: ParityResult,
+    headroom_before: Headroom,
+    headroom_after: Headroom,
+    tolerance: Tolerance,
+    required: float,
+) -> tuple[str | None, str | None]:
+    """(why the pass is kept for its headroom, or None; why it is rolled back for it, or None).
+
+    Headroom profiles are compared tightest first (:func:`svsurgery.parity.headroom.compare`).
+    Kept: the first headroom that moved rose by more than :data:`HEADROOM_MARGIN` and ``after``
+    is within ``tolerance`` by cosine and argmax. Rolled back: the first that moved fell by
+    more than the margin to below ``required`` (1000x to 500x costs nothing that matters).
+    Neither: headroom did not move, or rose while parity left the tolerance; parity decides.
+    """
+    from svsurgery.parity.headroom import PROFILE_CAP, compare
+
+    direction, old, new = compare(headroom_before, headroom_after, HEADROOM_MARGIN)
+    if direction > 0:
+        if within_by_cosine_and_argmax(before, after, tolerance) is not None:
+            return None, None  # the rise does not excuse leaving the tolerance
+        if old == headroom_before.headroom:
+            moved = f"raises headroom {_times(old)} -> {_times(headroom_after.headroom)}"
+            if headroom_before.site is not None:
+                moved += f" (was {headroom_before.site.describe()})"
+        else:
+            to = f"to {_times(new)}" if new < PROFILE_CAP else f"to beyond {PROFILE_CAP:g}x (or into float32)"
+            moved = f"raises headroom where it was {_times(old)} {to} (the model's minimum: {_times(headroom_after.headroom)})"
+        summary = after.summary()
+        argmax = "" if summary["min_argmax"] is None else f", argmax {summary['min_argmax']:.4%}"
+        return (
+            f"{moved}; parity within {tolerance.name} by cosine and argmax: "
+            f"cosine {summary['min_cosine']:.7f}{argmax} (max rel {summary['max_rel']:.3g} not weighed)"
+        ), None
+    if direction < 0 and new < required:
+        where = f"; now {headroom_after.site.describe()}" if headroom_after.site else ""
+        return None, f"lowers headroom where it was {_times(old)} to {_times(new)}, below the {required:g}x required{where}"
+    return None, None
+
+
+def _times(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:.3g}x"

@@ -1,0 +1,428 @@
+"""Headroom: how far a float16 model is from overflowing, measured on its inputs.
+
+float16 ends at 65504. For every value a model computes in float16 (outputs of nodes that
+compute in float16, the Casts into float16 at the borders of float32 regions, float16 graph
+inputs), the largest magnitude ``m`` it reaches on the inputs is measured, and for the
+operations that can overflow on the way (a square, ``Pow``, ``ReduceSumSquare``, ``Exp``,
+a variance) the magnitude *before* float16 rounds it: a value that overflowed to inf is
+recomputed in float32 from its (finite) operands, ``Exp`` is judged by its argument, and
+InstanceNormalization / GroupNormalization computing their statistics in float16 by the
+sum of squared deviations inside them.
+
+The **headroom** of a value is the factor by which the inputs can be scaled before it
+passes 65504. A value's magnitude grows with the input scale ``s`` as ``s**k``, ``k`` its
+degree, derived from the graph: 1 for float graph inputs, 0 for weights and constants;
+Add/Sub/Where/Concat and the shape and pooling ops keep their operands' largest degree;
+Mul, MatMul, Gemm and Conv add their operands' degrees, Div subtracts them, ``Pow(x, p)``
+multiplies by ``p``, Sqrt halves, Reciprocal negates, ReduceSumSquare doubles;
+normalisations, Softmax and bounded functions (Sigmoid, Tanh, Erf, Sin, Cos) have degree 0.
+So a value of degree ``k`` overflows at ``s = (65504 / m) ** (1 / k)``: for a plain
+activation (``k = 1``) the ratio 65504 / m itself, for a square (``k = 2``, its magnitude
+grows with the scale squared) the **square root** of that ratio. ``Exp`` overflows when its
+argument ``a`` passes ln 65504 ≈ 11.09: ``(11.09 / max a) ** (1 / k)``. Values of degree 0
+or less do not grow with the inputs: their headroom is infinite while they are in range,
+and 65504 / m (below 1) when they already overflow. Biases and nonlinearities make this
+first order; tests check it by scaling real inputs.
+
+The model's headroom is the smallest over its values, with the value, node and operation
+where it is (:class:`Headroom`); below 1 the model overflows on the inputs measured. Its
+profile, every value's headroom below :data:`PROFILE_CAP` in increasing order, tells two
+models apart beyond their minimum (:func:`compare`): a rewrite that removes the second
+tightest value raises the profile even when the tightest one is elsewhere. Values inside
+If/Loop/Scan bodies are not measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = [
+    "DEFAULT_MIN_HEADROOM", "FLOAT16_MAX", "PROFILE_CAP", "Headroom", "Site", "compare", "headroom_of", "measure",
+    "measure_model", "scale_degrees",
+]  # fmt: skip
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+EXP_LIMIT = math.log(FLOAT16_MAX)  # Exp(a) overflows float16 beyond a = 11.09
+DEFAULT_MIN_HEADROOM = 8.0  # svsurgery fp16 --min-headroom: inputs may grow 8x before anything overflows
+PROFILE_CAP = 1000.0  # values with more headroom than this do not matter for float16
+_KEPT_LOWEST = 5
+
+_BOUNDED = frozenset({
+    "Sigmoid", "Tanh", "Erf", "Sin", "Cos", "Softmax", "HardSigmoid", "Softsign", "Sign", "Exp", "Log",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization", "LpNormalization",
+    "MeanVarianceNormalization", "IsNaN", "IsInf", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+    "Not", "And", "Or", "Xor", "Shape", "Size", "Range", "ConstantOfShape", "EyeLike", "RandomNormal",
+    "RandomUniform", "RandomNormalLike", "RandomUniformLike", "ArgMax", "ArgMin", "NonZero",
+})  # fmt: skip
+_PRODUCTS = frozenset({"Mul", "MatMul", "Einsum", "MatMulInteger", "QLinearMatMul"})
+_WEIGHTED = frozenset({"Gemm", "Conv", "ConvTranspose"})  # x . W (+ bias)
+_STATISTICS_IN_INPUT_TYPE = frozenset({"InstanceNormalization", "GroupNormalization"})
+_FLOAT16 = ir.DataType.FLOAT16
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One measured value: what it is, how large it got, how fast it grows, how far from 65504."""
+
+    value: str
+    node: str
+    op_type: str
+    what: str  # "value" | "would-be value (overflowed to inf)" | "argument of Exp" | "sum of squared deviations"
+    magnitude: float  # the largest magnitude on the inputs (the Exp argument's largest value for Exp)
+    degree: float  # how the magnitude grows with the input scale: as scale ** degree
+    headroom: float  # the input scale at which it passes float16's range
+
+    def describe(self) -> str:
+        growth = {0.0: "does not grow with the inputs", 1.0: "grows with the input scale",
+                  2.0: "grows with the input scale squared"}.get(self.degree, f"grows as the input scale ** {self.degree:g}")  # fmt: skip
+        where = f"{self.op_type} {self.node}" if self.node else self.op_type
+        if self.what == "argument of Exp":
+            size = f"its argument reaches {self.magnitude:.3g} (Exp overflows beyond {EXP_LIMIT:.2f})"
+        else:
+            size = f"{self.what} up to {self.magnitude:.3g}"
+        return f"{_times(self.headroom)} at {self.value} ({where}: {size}, {growth})"
+
+
+@dataclasses.dataclass
+class Headroom:
+    """The smallest headroom over a model's float16 values, where it is, and the next tightest."""
+
+    headroom: float  # inf when nothing computed in float16 grows with the inputs
+    site: Site | None
+    lowest: list[Site]  # the tightest few, tightest first
+    measured: int  # float16 values measured
+    profile: list[float] = dataclasses.field(default_factory=list)  # every headroom below PROFILE_CAP, increasing
+
+    @property
+    def overflows(self) -> bool:
+        """Does something computed in float16 already pass its range on the inputs measured?"""
+        return self.headroom < 1.0
+
+    def describe(self) -> str:
+        if self.site is None:
+            return f"headroom {_times(self.headroom)} ({self.measured} float16 values measured, none grows with the inputs)"
+        return f"headroom {self.site.describe()}"
+
+    def to_dict(self) -> dict:
+        return {
+            "headroom": self.headroom,
+            "value": self.site.value if self.site else None,
+            "node": self.site.node if self.site else None,
+            "op_type": self.site.op_type if self.site else None,
+            "description": self.describe(),
+            "measured": self.measured,
+            "lowest": [dataclasses.asdict(s) for s in self.lowest],
+            "below_cap": len(self.profile),
+        }
+
+
+def compare(before: Headroom, after: Headroom, margin: float) -> tuple[int, float, float]:
+    """(+1 raised, -1 lowered, 0 neither; the headroom where they first differ, before and after).
+
+    The two profiles are compared in increasing order; the first place where they differ by
+    more than ``margin`` (relative) decides. Missing places count as :data:`PROFILE_CAP`.
+    """
+    for index in range(max(len(before.profile), len(after.profile))):
+        old = before.profile[index] if index < len(before.profile) else PROFILE_CAP
+        new = after.profile[index] if index < len(after.profile) else PROFILE_CAP
+        if new > old * (1 + margin):
+            return 1, old, new
+        if new * (1 + margin) < old:
+            return -1, old, new
+    return 0, before.headroom, after.headroom
+
+
+def _times(headroom: float) -> str:
+    return "inf" if math.isinf(headroom) else f"{headroom:.3g}x"
+
+
+# ----------------------------------------------------------------------------- degrees
+
+
+def scale_degrees(graph: ir.Graph, masks: Iterable[str] = ()) -> dict[str, float]:
+    """For each float value of the main graph (by name), how its magnitude grows with the input
+    scale: ``magnitude ~ scale ** degree`` (see the module docstring); ``masks`` names float
+    inputs that are not scaled (degree 0)."""
+    masks = set(masks)
+    degrees: dict[str, float] = {}
+    for value in graph.inputs:
+        scaled = value.dtype is not None and value.dtype.is_floating_point() and value.name not in masks
+        degrees[value.name] = 1.0 if scaled else 0.0
+    for node in graph:
+        degree = _node_degree(node, degrees)
+        for output in node.outputs:
+            degrees[output.name] = degree if output.dtype is None or output.dtype.is_floating_point() else 0.0
+    return degrees
+
+
+def _degree(value: ir.Value | None, degrees: Mapping[str, float]) -> float:
+    if value is None or value.dtype is None or not value.dtype.is_floating_point():
+        return 0.0
+    return degrees.get(value.name, 0.0)  # initializers and outer-scope values: constants
+
+
+def _node_degree(node: ir.Node, degrees: Mapping[str, float]) -> float:
+    op, inputs = node.op_type, list(node.inputs)
+    floats = [_degree(v, degrees) for v in inputs]
+    if node.domain not in ("", "ai.onnx") or op in ("If", "Loop", "Scan"):
+        return max(floats, default=0.0)
+    if op in _BOUNDED:
+        return 0.0
+    if op in _PRODUCTS:
+        return sum(floats)
+    if op in _WEIGHTED:
+        product = sum(floats[:2])
+        return max([product, *floats[2:]])
+    if op == "Div":
+        return floats[0] - floats[1]
+    if op == "Pow":
+        exponent = _constant_scalar(inputs[1])
+        return floats[0] * (exponent if exponent is not None else 1.0)
+    if op == "Sqrt":
+        return floats[0] / 2
+    if op == "Reciprocal":
+        return -floats[0]
+    if op == "ReduceSumSquare":
+        return 2 * floats[0]
+    if op == "Where":
+        return max(floats[1:], default=0.0)
+    if op == "Cast" and inputs[0] is not None and inputs[0].dtype is not None and not inputs[0].dtype.is_floating_point():
+        return 0.0  # positions, lengths, ids made float
+    return max(floats, default=0.0)
+
+
+def _constant_scalar(value: ir.Value | None) -> float | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(-1)[0])
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def headroom_of(magnitude: float, degree: float) -> float:
+    """The input scale at which a value of this magnitude and degree passes 65504."""
+    if magnitude <= 0:
+        return math.inf
+    if not math.isfinite(magnitude):
+        return 0.0
+    ratio = FLOAT16_MAX / magnitude
+    if degree <= 0:
+        return math.inf if ratio >= 1 else ratio
+    return ratio ** (1.0 / degree)
+
+
+def _exp_headroom(argument: float, degree: float) -> float:
+    if argument <= 0:
+        return math.inf
+    ratio = EXP_LIMIT / argument
+    if degree <= 0:
+        return math.inf if ratio >= 1 else ratio
+    return ratio ** (1.0 / degree)
+
+
+def _finite_max(array: np.ndarray, below: float = math.inf) -> tuple[float, bool]:
+    """(largest finite magnitude under ``below``, whether every entry is finite)."""
+    if array.size == 0:
+        return 0.0, True
+    magnitudes = np.abs(array)
+    top = float(magnitudes.max())
+    if top < below:
+        return top, True
+    kept = magnitudes < below
+    return (float(magnitudes[kept].max()) if kept.any() else 0.0), bool(np.isfinite(top))
+
+
+def _is_float16(value: ir.Value) -> bool:
+    return value.dtype == _FLOAT16
+
+
+def _is_float(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype is not None and value.dtype.is_floating_point()
+
+
+def measure(model: ir.Model, values: Mapping[str, np.ndarray], opsets: Iterable | None = None) -> Headroom:
+    """The headroom of ``model`` (as evaluated) from the ``values`` a run computed, by name.
+
+    ``model`` is the float16 model that was run (marked regions already float32), ``values``
+    every value of its main graph (``Float16Evaluator.run_intermediates``). Two kinds of
+    entries are not activations and are left out: float inputs holding only 0 and 1 are
+    masks (degree 0: a mask is not scaled with the signal), and in values computed from a
+    fill constant (a constant at or beyond ±65504: -inf or float16's finite minimum in
+    attention masks) the entries at ±65504 or ±inf are the masked positions.
+    """
+    return _Measurement(model.graph, values, opsets).run()
+
+
+class _Measurement:
+    def __init__(self, graph: ir.Graph, values: Mapping[str, np.ndarray], opsets) -> None:
+        self.graph, self.values, self.opsets = graph, values, opsets
+        self.degrees = scale_degrees(graph, masks=self._masks())
+        self.finite: dict[str, bool] = {}
+        self.fills = self._fill_constants()
+        self.sites: list[Site] = []
+
+    def _masks(self) -> set[str]:
+        masks = set()
+        for value in self.graph.inputs:
+            array = self.values.get(value.name)
+            if _is_float(value) and array is not None and np.asarray(array).size and np.isin(array, (0, 1)).all():
+                masks.add(value.name)
+        return masks
+
+    def _fill_constants(self) -> set[str]:
+        constants = [v for v in self.graph.initializers.values() if _is_float(v)]
+        constants += [n.outputs[0] for n in self.graph if n.op_type == "Constant" and _is_float(n.outputs[0])]
+        fills = set()
+        for value in constants:
+            array = self.values.get(value.name)
+            if array is not None and np.asarray(array).size and not (np.abs(array) < FLOAT16_MAX).all():
+                fills.add(value.name)
+        return fills
+
+    def run(self) -> Headroom:
+        for value in self.graph.inputs:
+            if _is_float16(value) and value.name in self.values:
+                top, self.finite[value.name] = _finite_max(np.asarray(self.values[value.name]))
+                degree = self.degrees.get(value.name, 0.0)
+                self.sites.append(Site(value.name, "", "input", "value", top, degree, headroom_of(top, degree)))
+        for node in self.graph:
+            self._node(node)
+        sites = sorted(self.sites, key=lambda s: s.headroom)
+        lowest = [s for s in sites[:_KEPT_LOWEST] if math.isfinite(s.headroom)]
+        profile = [s.headroom for s in sites if s.headroom < PROFILE_CAP]
+        return Headroom(sites[0].headroom if sites else math.inf, lowest[0] if lowest else None, lowest, len(sites), profile)
+
+    def _inputs_finite(self, node: ir.Node) -> bool:
+        for value in node.inputs:
+            if not _is_float(value):
+                continue
+            if value.name not in self.finite:
+                array = self.values.get(value.name)
+                self.finite[value.name] = array is None or bool(np.isfinite(array).all())
+            if not self.finite[value.name]:
+                return False
+        return True
+
+    def _node(self, node: ir.Node) -> None:
+        filled = any(v is not None and v.name in self.fills for v in node.inputs)
+        if filled:
+            self.fills.update(v.name for v in node.outputs)
+        name = node.name or ""
+        for output in node.outputs:
+            if output.name not in self.values or not _is_float16(output):
+                continue
+            array = np.asarray(self.values[output.name])
+            top, self.finite[output.name] = _finite_max(array, below=FLOAT16_MAX if filled else math.inf)
+            degree = self.degrees.get(output.name, 0.0)
+            what = "value"
+            if not filled and not self.finite[output.name] and self._inputs_finite(node):
+                would_be = _would_be_magnitude(node, self.values, self.opsets)  # overflowed here, from finite operands
+                if would_be > top:
+                    top, what = would_be, "would-be value (overflowed to inf)"
+            if node.op_type == "Exp" and node.domain in ("", "ai.onnx"):
+                self.sites.append(self._exp_site(node, output))
+                continue
+            self.sites.append(Site(output.name, name, node.op_type, what, top, degree, headroom_of(top, degree)))
+        first = node.inputs[0] if node.inputs else None
+        if node.op_type in _STATISTICS_IN_INPUT_TYPE and first is not None and _is_float16(first) and _statistics_in_input_type(node):
+            if first.name in self.values:
+                total = _sum_of_squared_deviations(node, np.asarray(self.values[first.name], dtype=np.float64))
+                degree = 2 * self.degrees.get(first.name, 0.0)
+                self.sites.append(Site(node.outputs[0].name, name, node.op_type, "sum of squared deviations", total, degree, headroom_of(total, degree)))
+
+    def _exp_site(self, node: ir.Node, output: ir.Value) -> Site:
+        argument = np.asarray(self.values[node.inputs[0].name], dtype=np.float64)
+        largest = float(np.max(np.where(np.isfinite(argument), argument, -np.inf))) if argument.size else -math.inf
+        degree = self.degrees.get(node.inputs[0].name, 0.0)
+        return Site(output.name, node.name or "", node.op_type, "argument of Exp", largest, degree, _exp_headroom(largest, degree))
+
+
+def _statistics_in_input_type(node: ir.Node) -> bool:
+    """InstanceNormalization always; GroupNormalization unless a stash_type says float32."""
+    if node.op_type == "InstanceNormalization":
+        return True
+    stash = node.attributes.get("stash_type")
+    return stash is None or stash.value != int(ir.DataType.FLOAT)
+
+
+def _sum_of_squared_deviations(node: ir.Node, x: np.ndarray) -> float:
+    """The largest sum of (x - mean)^2 over one instance (or group): what a float16 variance accumulates."""
+    if x.ndim < 2 or x.size == 0:
+        return 0.0
+    if node.op_type == "GroupNormalization":
+        groups = node.attributes.get_int("num_groups", 1)
+        x = x.reshape(x.shape[0], groups, -1)
+    else:
+        x = x.reshape(x.shape[0], x.shape[1], -1)
+    deviations = x - x.mean(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.square(deviations).sum(axis=-1)
+    total = total[np.isfinite(total)]
+    return float(total.max()) if total.size else 0.0
+
+
+def _would_be_magnitude(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> float:
+    """What a node that overflowed would have computed in float32 (its largest finite magnitude)."""
+    if node.op_type == "Cast":
+        top, _ = _finite_max(np.asarray(values[node.inputs[0].name], dtype=np.float32))
+        return top
+    try:
+        outputs = _run_in_float32(node, values, opsets)
+    except Exception:  # noqa: BLE001 - an op onnx.reference cannot rerun alone: the overflow stays unquantified
+        return math.inf
+    tops = [_finite_max(np.asarray(o))[0] for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f"]
+    return max(tops, default=math.inf)
+
+
+def _run_in_float32(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> list:
+    """The node alone, its float16 operands widened to float32, with onnx.reference."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    feeds, infos = {}, []
+    for index, value in enumerate(node.inputs):
+        if value is None:
+            continue
+        array = np.asarray(values[value.name])
+        if array.dtype == np.float16:
+            array = array.astype(np.float32)
+        feeds[f"in{index}"] = array
+        infos.append(onnx.helper.make_tensor_value_info(f"in{index}", onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+    proto = onnx.NodeProto()
+    proto.CopyFrom(ir.serde.serialize_node(node))
+    del proto.input[:]
+    proto.input.extend(f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs))
+    del proto.output[:]
+    proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
+    graph = onnx.helper.make_graph([proto], "alone", infos, [onnx.ValueInfoProto(name=f"out{i}") for i in range(len(node.outputs))])
+    model = onnx.helper.make_model(graph, opset_imports=list(opsets or [onnx.helper.make_opsetid("", 17)]))
+    with np.errstate(all="ignore"):
+        return ReferenceEvaluator(model).run(None, feeds)
+
+
+# ----------------------------------------------------------------------------- convenience
+
+
+def measure_model(model: ir.Model, feeds: Mapping[str, np.ndarray], *, convert: bool | None = None) -> Headroom:
+    """The headroom of ``model`` on ``feeds``: converted to float16 first (the precision rules'
+    marks honoured) unless it already computes in float16 (``convert`` forces either way)."""
+    from svsurgery.parity.float16 import Float16Evaluator
+    from svsurgery.precision import convert_to_float16
+
+    if convert is None:
+        from svsurgery.engine import model_precision
+
+        convert = model_precision(model) != _FLOAT16
+    if convert:
+        model, _ = convert_to_float16(model, keep_io_types=True)
+    evaluator = Float16Evaluator(model)
+    evaluator.run(dict(feeds))
+    assert evaluator.headroom is not None
+    return evaluator.headroom
