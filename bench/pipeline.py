@@ -140,7 +140,6 @@ def fused_model(encoder_path: Path, mode: str, fsmn_folder: Path, out: Path) -> 
 
 def vad_frontend_model(mode: str, fsmn_folder: Path, frontend):
     from svsurgery.vad import build_vad_frontend
-
     from svsurgery.vad.detect import required_opset
 
     vad = vad_options(mode, fsmn_folder)
@@ -209,8 +208,8 @@ def run(args, recordings, fsmn_folder: Path, work: Path) -> dict:
                 python = PythonPipeline(mode, encoder_path, frontend, fsmn_folder, threads)
                 fused = inference_session(fused_paths[mode], intra_op_threads=threads)
 
-                def one_model(waveform, fused=fused):
-                    return fused.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **python.ids})
+                def one_model(waveform, fused=fused, ids=python.ids):
+                    return fused.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
 
                 same = len(recordings)
                 if mode != "none":

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from svsurgery.cli.main import main
 
 import svsurgery
-from svsurgery.cli.main import main
 from svsurgery.errors import BadInputError
 from svsurgery.frontend import LfrOptions, reference
 from svsurgery.frontend import knf as knf_reference
@@ -39,7 +39,7 @@ def fused(folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("fused")
     results = {}
     for kind, path in folders.items():
-        model, report = fuse_preprocessing(path, out / f"{kind}.onnx", keep_features=(kind == "funasr"))
+        _, report = fuse_preprocessing(path, out / f"{kind}.onnx", keep_features=(kind == "funasr"))
         results[kind] = (out / f"{kind}.onnx", report)
     return results
 

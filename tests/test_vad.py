@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import itertools
 
 import numpy as np
 import onnx_ir as ir
@@ -11,26 +11,16 @@ from vad_support import probe_session
 
 from svsurgery import frontend, vad
 from svsurgery.runtime import inference_session
+from svsurgery.testing import vad_corpus
 from svsurgery.testing.audio import read_wav
 from svsurgery.vad import reference
 from svsurgery.vad.energy import energy_flags
 from svsurgery.vad.segment import flags_to_segments, merge_spans, split_long
 
-
-def _corpus() -> Path:
-    """The shared vad-dev corpus: $SVSURGERY_VAD_DEV or beside the checkout (../shared/data/vad-dev)."""
-    import os
-
-    for candidate in (os.environ.get("SVSURGERY_VAD_DEV"), Path(__file__).resolve().parents[2] / "shared" / "data" / "vad-dev"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return Path("missing")
-
-
 FEATURE_OUTPUTS = ["features", "feature_lengths"]
 VAD_OUTPUTS = [*FEATURE_OUTPUTS, "segments"]
-CORPUS = _corpus()
-RECORDINGS = sorted(CORPUS.glob("rec*.wav"))
+CORPUS = vad_corpus.corpus_dir()  # $SVSURGERY_VAD_DEV or ../shared/data/vad-dev beside the checkout
+RECORDINGS = sorted(CORPUS.glob("rec*.wav")) if CORPUS else []
 MIN_F1_CLEAN = 0.98  # the issue's bar for the energy mode on clean speech
 
 
@@ -54,8 +44,8 @@ def _f1(flags: np.ndarray, labels: np.ndarray) -> float:
     return 2 * tp / (2 * tp + fp + fn)
 
 
-@pytest.mark.skipif(not RECORDINGS, reason="the shared vad-dev corpus is not beside this checkout")
 def test_energy_vad_graph_matches_its_numpy_statement_and_the_labels(energy_session):
+    vad_corpus.require_corpus()
     options = vad.EnergyVadOptions()
     scores = []
     for path in RECORDINGS:
@@ -92,7 +82,7 @@ def test_merge_vad_reproduces_funasr_quirks():
     np.testing.assert_array_equal(reference.merge_vad([[2000, 3000]], 15000), [[2000, 3000]])  # one: unchanged
     spans = reference.merge_vad([[500, 4000], [6000, 14000], [15500, 20000], [21000, 23000]], 15000)
     assert spans[0, 0] == 0  # the first span starts at 0 ms
-    assert all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:]))  # contiguous: silence between is decoded
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous: silence between is decoded
     np.testing.assert_array_equal(spans, [[0, 14000], [14000, 23000]])
 
 

@@ -84,8 +84,9 @@ def test_loop_free_timestamps_equal_the_loop_and_silero_on_random_sequences():
         assert loop_free(options)
         probabilities = ir.val("p", ir.DataType.FLOAT, ["frames"])
         count = ir.val("n", ir.DataType.INT64, [1])
-        session = probe_session(lambda g, p, n: (speech_timestamps(g, p, n, options, loop=False),
-                                                 speech_timestamps(g, p, n, options, loop=True)), [probabilities, count])  # fmt: skip
+        session = probe_session(lambda g, p, n, options=options: (speech_timestamps(g, p, n, options, loop=False),
+                                                                  speech_timestamps(g, p, n, options, loop=True)),
+                                [probabilities, count])  # fmt: skip
         levels = np.array([0.05, options.resolved_neg_threshold, np.nextafter(np.float32(options.resolved_neg_threshold), 0),
                            options.threshold, np.nextafter(np.float32(options.threshold), 0), 0.95], np.float32)  # fmt: skip
         segments = 0
