@@ -116,3 +116,121 @@ def test_metrics_and_judging():
     base = compare("x", np.float32([1.0, 2.0]) + np.float32(1e-7), np.array([1.0, 2.0]))
     after = compare("x", np.float32([1.0, 2.0]) + np.float32(2.4e-7), np.array([1.0, 2.0]))
     assert Margin().allowed_growth(base) >= after.max_abs - base.max_abs
+
+
+# ----------------------------------------------------------------------------- generated inputs
+
+
+def _tensor(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def test_generated_inputs_read_roles_from_graph_use_when_names_say_nothing():
+    """Names that hint at nothing: 'a' is a waveform because a Conv reads it, 'q' a sample rate
+    because it is compared with 8000 (so the waveform is made at 8 kHz), 's' recurrent state
+    because an LSTM takes it as initial_h, 'k' a mask because it reaches a Softmax's scores;
+    the ids sharing k's sequence axis are padded after each row's length; the model runs."""
+    from svsurgery.parity.inputs import generate_inputs
+
+    rng = np.random.default_rng(0)
+    hidden, channels = 4, 3
+    nodes = [
+        helper.make_node("Unsqueeze", ["a", "axis1"], ["a3"]),
+        helper.make_node("Conv", ["a3", "w"], ["frames"], strides=[80], kernel_shape=[160]),  # [B, C, T]
+        helper.make_node("Transpose", ["frames"], ["seq"], perm=[2, 0, 1]),  # [T, B, C]
+        helper.make_node("LSTM", ["seq", "lw", "lr", "", "", "s"], ["", "h_last"], hidden_size=hidden),
+        helper.make_node("Equal", ["q", "eight_k"], ["is_8k"]),
+        helper.make_node("Cast", ["is_8k"], ["rate_gain"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["h_last", "rate_gain"], ["state_out"]),
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),  # [B, t, 4]
+        helper.make_node("Transpose", ["emb"], ["emb_t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["emb", "emb_t"], ["scores"]),
+        helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "kf"], ["hidden_part"]),
+        helper.make_node("Mul", ["hidden_part", "fill"], ["bias"]),
+        helper.make_node("Unsqueeze", ["bias", "axis1"], ["bias3"]),
+        helper.make_node("Add", ["scores", "bias3"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["attention"], axis=-1),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(rng.standard_normal((channels, 1, 160)).astype(np.float32) * 0.1, "w"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, channels)).astype(np.float32), "lw"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "lr"),
+        numpy_helper.from_array(np.array(8000, np.int64), "eight_k"),
+        numpy_helper.from_array(rng.standard_normal((50, 4)).astype(np.float32), "table"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(-1e4, np.float32), "fill"),
+    ]
+    model = _model(
+        nodes,
+        [_tensor("a", TensorProto.FLOAT, ["B", "N"]), _tensor("q", TensorProto.INT64, []),
+         _tensor("s", TensorProto.FLOAT, [1, "B", hidden]), _tensor("k", TensorProto.INT64, ["B", "T"]),
+         _tensor("ids", TensorProto.INT64, ["B", "T"])],
+        [_tensor("state_out", TensorProto.FLOAT, None), _tensor("attention", TensorProto.FLOAT, None)],
+        initializers,
+    )  # fmt: skip
+    made = generate_inputs(model)
+    feeds, how = made.feeds, made.how
+    assert "a Conv reads it as a signal" in how["a"] and "at 8000 Hz ('q' is compared with 8000)" in how["a"]
+    # 1 s at 8 kHz; a streaming model (it has state) first gets a 36 ms chunk: 288 samples, silero's 256 + 32
+    assert feeds["a"].shape == (2, 288) and np.abs(feeds["a"]).max() > 0.05
+    assert int(feeds["q"]) == 8000 and "compared with 8000" in how["q"]
+    assert feeds["s"].shape == (1, 2, hidden) and not feeds["s"].any() and "an LSTM reads it as its initial state" in how["s"]
+    assert feeds["k"].tolist() == [[1] * 8, [1] * 5 + [0] * 3] and "reaches the attention scores" in how["k"]
+    assert feeds["ids"].max() < 50 and np.all(feeds["ids"][1, 5:] == 0) and feeds["ids"][0].any()
+    run(model, feeds)
+
+
+def test_generated_inputs_tie_lengths_batch_and_fixed_dimensions():
+    """svsurgery's own fused signature (waveform [B, N], waveform_lengths [B]): rows of 1 s and
+    0.6 s, zeros after, lengths equal to them; a model fixing batch 1 gets one row everywhere."""
+    from svsurgery.parity.inputs import generate_inputs
+
+    def model(batch):
+        nodes = [
+            helper.make_node("Unsqueeze", ["waveform", "axis1"], ["w3"]),
+            helper.make_node("Conv", ["w3", "w"], ["y"], kernel_shape=[4]),
+            helper.make_node("Cast", ["waveform_lengths"], ["y_lengths"], to=TensorProto.FLOAT),
+        ]
+        return _model(
+            nodes, [_tensor("waveform", TensorProto.FLOAT, [batch, "N"]), _tensor("waveform_lengths", TensorProto.INT64, [batch])],
+            [_tensor("y", TensorProto.FLOAT, None), _tensor("y_lengths", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([1], np.int64), "axis1"), numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "w")],
+        )  # fmt: skip
+
+    made = generate_inputs(model("B"))
+    wave, lengths = made.feeds["waveform"], made.feeds["waveform_lengths"]
+    assert wave.shape == (2, 16000) and lengths.tolist() == [16000, 9600]
+    assert np.all(wave[1, 9600:] == 0) and np.abs(wave[1, 9000:9600]).max() > 0
+    assert "valid length of each row of 'waveform'" in made.how["waveform_lengths"]
+    assert "2 rows: 1 s and 0.6 s" in made.how["waveform"]
+    single = generate_inputs(model(1)).feeds
+    assert single["waveform"].shape == (1, 16000) and single["waveform_lengths"].tolist() == [16000]
+
+
+def test_guessed_lengths_grow_until_the_model_runs_then_fail_in_one_line():
+    """A reflect Pad of 20000 samples needs more than 1 s: 4 s is tried; tokens padded by 20
+    need more than 8: 64 are tried; a Pad no generated length satisfies is one line naming
+    what was tried and --inputs."""
+    from svsurgery.parity.inputs import generate_inputs
+
+    def padded(name, dtype, pads, table=None):
+        nodes, inits = [], [numpy_helper.from_array(np.array(pads, np.int64), "pads")]
+        source = name
+        if table is not None:
+            nodes.append(helper.make_node("Gather", ["table", name], ["emb"]))
+            inits.append(numpy_helper.from_array(np.ones((table, 2), np.float32), "table"))
+            source = "emb"
+        nodes.append(helper.make_node("Pad", [source, "pads"], ["y"], mode="reflect"))
+        return _model(nodes, [_tensor(name, dtype, ["B", "N"])], [_tensor("y", TensorProto.FLOAT, None)], inits)
+
+    wave = generate_inputs(padded("x", TensorProto.FLOAT, [0, 20000, 0, 20000]))
+    assert wave.feeds["x"].shape == (2, 64000) and "2 rows of 4 s" in wave.how["x"]
+    tokens = generate_inputs(padded("tokens", TensorProto.INT64, [0, 20, 0, 0, 20, 0], table=30))
+    assert tokens.feeds["tokens"].shape == (2, 64) and tokens.feeds["tokens"].max() < 30
+    with pytest.raises(BadInputError) as error:
+        generate_inputs(padded("x", TensorProto.FLOAT, [0, 10**6, 0, 10**6]), "pad.onnx")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("pad.onnx (also tried: 1 s of waveform) cannot run on these inputs")
+    assert "x [2, 64000] float32" in message and "--inputs" in message

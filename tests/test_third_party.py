@@ -168,3 +168,19 @@ def test_engine_commands_run_without_inputs(capsys, tmp_path, third_party, model
     assert code == 0, err
     diff = json.loads((tmp_path / "diff.json").read_text())
     assert diff["passed"] and diff["first"] is None and diff["compared"] > 0
+
+
+def test_whisper_log_mel_is_hugging_faces():
+    """The generated Whisper input is what transformers' WhisperFeatureExtractor computes
+    (80 and 128 bins), to within float32 rounding of its STFT."""
+    from transformers import WhisperFeatureExtractor
+
+    from svsurgery.parity.waveforms import speech_like, whisper_log_mel
+
+    waveform = speech_like(4.0, seed=0)
+    for bins in (80, 128):
+        theirs = WhisperFeatureExtractor(feature_size=bins)(waveform, sampling_rate=16000, return_tensors="np").input_features[0]
+        ours = whisper_log_mel(waveform, bins)
+        assert ours.shape == theirs.shape == (bins, 3000)
+        assert np.abs(ours - theirs).max() < 1e-4
+        np.testing.assert_allclose(ours[:, 410:], ours.max() - 2.0)  # past 4 s: silence, floored 8 (log10) below the peak
