@@ -669,11 +669,13 @@ def diff(
     ``inputs`` are the model's feeds by name; the module gets copies of them positionally, in
     the model's input order (as it was exported). A module's introduced error is its ONNX
     nodes replayed on torch's own outputs of the modules (and the graph inputs) they read.
+    A float16 model is evaluated, and replayed, in true float16 (tolerance
+    ``fp16-intermediate`` then, ``fp32-intermediate`` otherwise).
     """
     from svsurgery.errors import require
 
     torch = require("torch", "diff against a torch module")
-    tolerance = tolerance or PROFILES["fp32-intermediate"]
+    tolerance = tolerance or PROFILES["fp16-intermediate" if _is_low_precision(model) else "fp32-intermediate"]
     captured = _capture(module, model, inputs, torch)
     patch.infer_types(model)
     known = set(captured)
