@@ -1,49 +1,58 @@
 """Kaldi fbank as ONNX ops: every linear step folded into a few matrices, time on the last axis.
 
-Only ops every execution provider has (Slice/Concat/Reshape/Transpose/MatMul/elementwise,
-MaxPool; no STFT/DFT, which have no CUDA kernel and run ~20x slower on CPU than this graph).
-Frames are never materialised as [T, 400] rows that separate ops then centre, pre-emphasise
-and window; the waveform is used as segments of ``window_shift`` samples:
+Only ops every execution provider has (Slice/Concat/Reshape/Transpose/Split/MatMul,
+elementwise, Loop; no STFT/DFT: onnxruntime's CPU DFT costs ~12 us per 512-point frame, five
+times this whole graph). Frames are never materialised as [T, 400] rows that separate ops
+then centre, pre-emphasise and window; each row of the waveform is cut into segments of
+``window_shift`` samples, and frame t is segments t .. t+Q-1 (Q = ceil(L / S); 3 for 25/10 ms):
 
-- **References.** Every row is taken relative to its first sample (``D = x - x[0]``): exact for
-  16-bit audio, and it removes a recording's DC offset before anything is multiplied by a
-  large coefficient. Kaldi's per-frame DC removal is linear, so it is folded into the matrices
-  below through each frame's mean (a column of the low-bin product), never subtracted sample
-  by sample. A frame whose samples are all equal is detected exactly (per-block max == min,
-  MaxPool over the frame's blocks) and gets Kaldi's zero spectrum, whatever its level.
-- **Low bins** (below 500 Hz): one MatMul over the segments computes, for every segment and
-  every frame position it can take, its share of the low DFT bins of the DC-free,
-  pre-emphasised, windowed frame (pre-emphasis and window folded in, float64 -> float32);
-  a frame's bins are the sum of its ``ceil(L/S)`` segments' shares. Pre-emphasis attenuates
-  these bins ~30 dB; computing them from the un-emphasised samples through one matrix keeps
-  their error relative to their own size (a float32 FFT of the pre-emphasised frame, as
-  kaldi-native-fbank does, has errors of ~1e-3 there on speech).
-- **The other bins**: a two-stage Cooley-Tukey DFT (N = N1 x C) on the waveform pre-emphasised
-  once per row (``H = D - c D[-1]``). Stage 1 is one batched MatMul per column c of a frame
-  laid out as [C, R rows, T] (window and twiddle factors folded into its [2 K1, R] matrix),
-  stage 2 one shared [C, 2C] MatMul per real/imaginary part; what the per-row pre-emphasis
-  gets wrong (the frame's first sample, DC removal) enters stage 1 as two extra rows per
-  frame. Time stays the last axis from framing to the mel matrix, so no stage needs a
-  per-frame transpose; the one layout change (samples to column-major) is a MatMul with an
-  identity matrix, which onnxruntime runs as a blocked transpose and cannot merge with the
-  framing transpose into its slow general-permutation kernel.
-- Power is re^2 + im^2 of the two stage-2 products, the mel matrix reads the power rows in
-  their computed order (bins below 500 Hz weighted 0 there, taken from the low-bin product),
-  then Kaldi's floors and log.
+- **References.** Each segment is taken relative to its own first sample (``D = x - x[S s]``):
+  exact for 16-bit audio, zero for a constant segment, and no recording offset or loud
+  neighbour ever meets a large coefficient. The frame's own statement (relative to its first
+  sample) adds, per frame, the steps between its segments' first samples; Kaldi's DC removal
+  adds the frame's mean. These few per-frame values enter the matrices below as extra inputs,
+  so a constant frame at any level gives exactly Kaldi's zero spectrum (log(FLT_EPSILON)).
+- **Low bins** (below 500 Hz): one MatMul over the segments [B, Ns, S] x [S, Q F] gives each
+  segment's share of the low DFT bins of the DC-free, pre-emphasised, windowed frame for each
+  part q it can be; a frame sums its Q shares. Each part's functional has its mean removed (a
+  segment's level never meets these weights); the parts' means enter through their per-frame
+  differences. Pre-emphasis attenuates these bins ~30 dB; computed from the un-emphasised
+  samples through one folded matrix their error stays relative to their own size (a float32
+  FFT of the pre-emphasised frame, as kaldi-native-fbank computes it, is ~1e-3 off there).
+- **The other bins**: a two-stage Cooley-Tukey DFT (N = N1 x C, C = 16 for 512 points) on the
+  segments pre-emphasised once (within each segment). Frames are laid out [B, C, R rows, T]
+  (sample C r + c at [c, r]); stage 1 is one batched MatMul per column c with the window and
+  the twiddle factors folded into its [2 K1, R + extras] matrix, stage 2 one shared [2C, 2C]
+  MatMul over (k1', t). Time stays the last axis from framing to the mel matrix, so no stage
+  needs a per-frame transpose; the one layout change (samples to column-major) is a MatMul
+  with an identity matrix, which onnxruntime runs as a blocked transpose and cannot merge with
+  the framing transpose into its slow general-permutation kernel.
+- **Mel**: the power rows come in groups of neighbouring frequencies, each through a MatMul
+  spanning only the filters it touches (a third of the multiply-adds of one dense matrix),
+  plus the low bins' own [2K, bins] product; then Kaldi's floors and log.
+- **Blocks**: frames go through a Loop in equal blocks of at most 1024, so a block's
+  intermediates stay in cache and the cost per audio-second does not grow with the length.
 
-Accuracy (``bench/frontend.py --accuracy``): max abs ~2e-4 from the float64 statement on 60 s
-of speech (kaldi-native-fbank: ~8e-4 to 1.4e-3), mean ~1e-6.
+A row in a batch gives the same bits as alone: every MatMul with the data as its right operand
+has inner products of at most 128 terms (onnxruntime accumulates longer ones in an order that
+depends on the number of columns), and blocks never make a MatMul a single column (GEMV).
+
+Accuracy (``python bench/frontend.py --accuracy``): on 60 s of speech ~3e-4 max abs from the
+float64 statement (kaldi-native-fbank: ~8e-4), mean ~1.5e-6; ~5e-6 mean from
+kaldi-native-fbank.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 import onnx_ir as ir
 
-from svsurgery.frontend._ops import GraphOps
+from svsurgery.frontend._ops import GraphOps, subgraph_value
 from svsurgery.frontend.kaldi_math import mel_banks, window_function
 from svsurgery.frontend.options import FbankOptions
 
@@ -52,6 +61,12 @@ __all__ = ["FbankPlan", "fbank_graph"]
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
 # FFT bins below this frequency come from the dense low-bin product (see the module docstring).
 _LOW_BINS_HZ = 500.0
+_BLOCK_FRAMES = 1024
+# onnxruntime's GEMM with a constant left operand and the data on the right (time as columns)
+# gives each column the same bits whatever the number of columns only for inner products of up
+# to 128 terms; longer ones are accumulated in blocks whose order depends on it.
+_STABLE_DEPTH = 128
+_GROUP_COST = 1500  # multiply-adds a mel group's extra ops are worth, per frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +85,16 @@ class FbankPlan:
 
     @classmethod
     def choose(cls, opts: FbankOptions) -> FbankPlan:
-        """The column count with the fewest multiply-adds in the two FFT stages."""
+        """The column count with the fewest multiply-adds in the two DFT stages, preferring
+        stage-1 inner products of at most 128 terms (longer ones are split in two products)."""
         frame = opts.frame_opts
         size, shift = frame.padded_window_size, frame.window_shift
         low = 0
         if frame.preemph_coeff != 0.0:
             low = min(size // 2, math.ceil(_LOW_BINS_HZ * size / frame.samp_freq))
-        candidates = [cls(opts, c, low) for c in range(1, math.gcd(size, shift) + 1) if math.gcd(size, shift) % c == 0]
-        return min(candidates, key=lambda plan: plan.multiply_adds)
+        common = math.gcd(size, shift)
+        candidates = [cls(opts, c, low) for c in range(1, min(common, _STABLE_DEPTH // 2) + 1) if common % c == 0]
+        return min(candidates, key=lambda plan: (plan.rows + len(plan.extras) > _STABLE_DEPTH, plan.multiply_adds))
 
     # -- sizes ----------------------------------------------------------------------------
     @property
@@ -210,7 +227,9 @@ class FbankPlan:
     def part_responses(self) -> np.ndarray:
         """[Q, 2 K]: the low bins of a frame whose part q is 1 and the rest 0."""
         functionals = self.low_functionals()
-        return np.array([functionals[q * self.shift : q * self.shift + n].sum(axis=0) for q, n in enumerate(self.part_lengths)])
+        return np.array(
+            [functionals[q * self.shift : q * self.shift + n].sum(axis=0) for q, n in enumerate(self.part_lengths)]
+        )
 
     def stage1(self) -> np.ndarray:
         """[C, 2 K1, R + extras]: per column c, rows (re k1' | im k1') of the twiddled, windowed
@@ -251,15 +270,60 @@ class FbankPlan:
             raise AssertionError(f"{self}: the two-stage DFT misses bins")
         return np.where(first, bins, -1)
 
-    def power_weights(self, banks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weights over the power rows of stage 2 and over the low bins' re^2 | im^2 for a
-        [N/2 + 1, k] matrix of per-bin weights (mel banks, Parseval's energy weights)."""
-        table = self.bin_table()
-        high = np.zeros((table.size, banks.shape[1]))
-        used = table >= self.low_bins
-        high[used] = banks[table[used]]
-        low = banks[: self.low_bins]
-        return high, np.concatenate([low, low], axis=0)
+    @property
+    def groups(self) -> list[list[int]]:
+        """The stage-2 bins k2 in groups, lowest frequencies first: each group's power rows go
+        through their own mel MatMul, which only spans the filters its bins touch (~1/3 of
+        the multiply-adds of one [bins, C K1] matrix). A group holds at most 128 power rows:
+        onnxruntime's GEMM with the data as right operand accumulates longer inner products in
+        an order that depends on the number of frames, and a row in a batch must give the
+        same bits as alone."""
+        table = self.bin_table().reshape(self.columns, self.combs)
+        banks = self.banks()
+        order = sorted(
+            range(self.columns), key=lambda k2: table[k2][table[k2] >= 0].min() if (table[k2] >= 0).any() else 0
+        )
+        spans = []
+        for k2 in order:
+            bins = table[k2][(table[k2] >= self.low_bins) & (table[k2] < self.size // 2)]
+            touched = np.flatnonzero(banks[bins].sum(axis=0) > 0) if bins.size else np.zeros(0, int)
+            spans.append((touched.min(), touched.max() + 1) if touched.size else None)
+        most = max(1, _STABLE_DEPTH // self.combs)
+        best = [(0.0, [])] + [None] * len(order)  # cheapest grouping of the first i bins k2
+        for end in range(1, len(order) + 1):
+            for begin in range(max(0, end - most), end):
+                used = [s for s in spans[begin:end] if s]
+                width = (max(s[1] for s in used) - min(s[0] for s in used)) if used else 0
+                cost = best[begin][0] + (end - begin) * self.combs * width + _GROUP_COST
+                if best[end] is None or cost < best[end][0]:
+                    best[end] = (cost, best[begin][1] + [order[begin:end]])
+        return best[-1][1]
+
+    def group_weights(self, weights: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """For per-bin weights [N/2 + 1, W]: per group (first column, end column, [end - first,
+        rows of the group]) over its power rows (k2 in group order, then k1'); bins below
+        ``low_bins`` and repeated bins weigh 0. The column ranges cover 0 .. W together."""
+        table = self.bin_table().reshape(self.columns, self.combs)
+        matrices = []
+        for group in self.groups:
+            bins = table[group].reshape(-1)
+            matrix = np.zeros((bins.size, weights.shape[1]))
+            used = bins >= self.low_bins
+            matrix[used] = weights[bins[used]]
+            matrices.append(matrix)
+        ranges = []
+        for matrix in matrices:
+            columns = np.flatnonzero(np.abs(matrix).sum(axis=0) > 0)
+            ranges.append([columns.min(), columns.max() + 1] if columns.size else [0, 1])
+        ranges[0][0], ranges[-1][1] = 0, weights.shape[1]
+        for earlier, later in itertools.pairwise(ranges):  # close gaps: every column from some group
+            later[0] = min(later[0], earlier[1])
+        return [(first, end, matrix[:, first:end].T) for (first, end), matrix in zip(ranges, matrices)]
+
+    def low_weights(self, weights: np.ndarray) -> np.ndarray:
+        """[2 K, W]: per-bin weights over the low bins' re^2 | im^2."""
+        low = weights[: self.low_bins]
+        return np.concatenate([low, low], axis=0)
 
     def banks(self) -> np.ndarray:
         """[N/2 + 1, bins]: Kaldi's mel banks (no weight on the Nyquist bin)."""
@@ -301,9 +365,7 @@ def _framing_signal(g: GraphOps, samples: ir.Value, lengths: ir.Value, extent: i
     return op.GatherElements(samples, index, axis=1)
 
 
-def fbank_graph(
-    g: GraphOps, waveform: ir.Value, lengths: ir.Value, opts: FbankOptions
-) -> tuple[ir.Value, ir.Value]:
+def fbank_graph(g: GraphOps, waveform: ir.Value, lengths: ir.Value, opts: FbankOptions) -> tuple[ir.Value, ir.Value]:
     """Kaldi fbank of each row: features [B, T, D] and frame counts [B] int64.
 
     Frames past a row's count hold whatever the padding gave; mask them (build does). A row's
@@ -319,9 +381,34 @@ def fbank_graph(
     # column or row through a GEMV kernel that rounds differently from its GEMM, so a one-frame
     # row alone would not be bit-identical to the same row inside a batch.
     computed = op.Add(count, g.i64(1))
-    segments = op.Add(computed, g.i64(plan.phases - 1))
-    signal = _framing_signal(g, waveform, lengths, op.Mul(segments, g.i64(plan.shift)), opts)  # [B, Ns S]
-    features = _features(g, signal, computed, segments, plan)
+    # Frames in equal blocks of at most _BLOCK_FRAMES: a block's intermediates stay in cache,
+    # so the cost per second does not grow with the length (at 60 s a single pass over all
+    # frames runs ~2x slower per frame than over 10 s). At least 2 frames per block (GEMV).
+    blocks = op.Div(op.Add(computed, g.i64(_BLOCK_FRAMES - 1)), g.i64(_BLOCK_FRAMES))
+    per_block = op.Max(op.Div(op.Add(computed, op.Sub(blocks, g.i64(1))), blocks), g.i64(2))
+    reach = op.Add(op.Mul(blocks, per_block), g.i64(plan.phases - 1))  # segments the blocks read
+    signal = _framing_signal(g, waveform, lengths, op.Mul(reach, g.i64(plan.shift)), opts)  # [B, reach S]
+    span = op.Add(per_block, g.i64(plan.phases - 1))  # segments one block reads
+
+    def body(bop, index, going):
+        inner = copy.copy(g)
+        inner.op = bop
+        start = bop.Mul(bop.Mul(bop.Unsqueeze(index, g.i64(0)), per_block), g.i64(plan.shift))
+        piece = bop.Slice(signal, start, bop.Add(start, bop.Mul(span, g.i64(plan.shift))), g.i64(1))
+        return bop.Identity(going), _features(inner, piece, per_block, span, plan)
+
+    step = g.builder.subgraph(
+        body,
+        inputs=[subgraph_value("block", ir.DataType.INT64), subgraph_value("going", ir.DataType.BOOL)],
+        outputs=[subgraph_value("going_out", ir.DataType.BOOL), subgraph_value("features", ir.DataType.FLOAT, None)],
+        name="fbank_block",
+    )
+    for node in ir.traversal.RecursiveGraphIterator(step):  # the body's builder numbers values from 0 again
+        for value in node.outputs:
+            value.name = f"fbank_block/{value.name}"
+    stacked = op.Loop(op.Squeeze(blocks, g.i64(0)), g.const(np.array(True)), body=step)  # [blocks, B, per_block, D]
+    features = op.Transpose(stacked, perm=[1, 0, 2, 3])
+    features = op.Reshape(features, op.Concat(g.dim(waveform, 0), g.i64(-1, opts.feature_dim), axis=0))
     return op.Slice(features, g.i64(0), count, g.i64(1)), counts
 
 
@@ -342,32 +429,27 @@ def _features(g: GraphOps, signal: ir.Value, computed: ir.Value, segments: ir.Va
         previous = op.Pad(op.Slice(relative, g.i64(0), g.i64(-1), g.i64(2)), g.i64(0, 0, 1, 0, 0, 0))
         emphasised = op.Sub(relative, op.Mul(previous, g.f32(frame.preemph_coeff)))  # within each segment
         lasts = op.Squeeze(op.Slice(pieces, g.i64(-1), g.i64(plan.shift), g.i64(2)), g.i64(2))  # [B, Ns]
-        jumps = op.Pad(op.Sub(op.Slice(firsts, g.i64(1), g.i64(_BIG), g.i64(1)), op.Slice(lasts, g.i64(0), g.i64(-1), g.i64(1))), g.i64(0, 1, 0, 0))
+        jumps = op.Pad(
+            op.Sub(op.Slice(firsts, g.i64(1), g.i64(_BIG), g.i64(1)), op.Slice(lasts, g.i64(0), g.i64(-1), g.i64(1))),
+            g.i64(0, 1, 0, 0),
+        )
         jumps = op.Mul(jumps, g.f32(frame.preemph_coeff))  # [B, Ns]: c (x[S s] - x[S s - 1])
         extras += [_frames_of(g, jumps, q, computed) for q in range(1, plan.phases)]
-    power = _two_stage_power(g, emphasised, extras, batch, computed, segments, plan)  # [B, C K1, T'] (or magnitude)
+    powers = _two_stage_power(g, emphasised, extras, batch, computed, segments, plan)  # per group [B, rows, T']
 
     energy_from_spectrum = opts.use_energy and not opts.raw_energy
     weights = plan.banks()
     if energy_from_spectrum and opts.use_power:
         weights = np.concatenate([weights, plan.parseval()], axis=1)
-    high, low_weights = plan.power_weights(weights)
-    spectrum = op.Transpose(op.MatMul(g.const(high.T), power), perm=[0, 2, 1])  # [B, T', bins (+1)]
-    if plan.low_bins:
-        squares = op.Mul(low, low)  # [B, T', 2K]
-        if opts.use_power:
-            spectrum = op.Add(spectrum, op.MatMul(squares, g.const(low_weights)))
-        else:
-            pairs = op.Reshape(squares, op.Concat(batch, computed, g.i64(2, plan.low_bins), axis=0))
-            magnitude = op.Sqrt(g.reduce("ReduceSum", pairs, [2], keepdims=False))
-            spectrum = op.Add(spectrum, op.MatMul(magnitude, g.const(low_weights[: plan.low_bins])))
+    magnitudes = powers if opts.use_power else [op.Sqrt(p) for p in powers]
+    spectrum = _weighted(g, plan, weights, magnitudes, low, opts.use_power, batch, computed)  # [B, T', bins (+1)]
 
     mel, energy, bins = spectrum, None, opts.mel_opts.num_bins
     if energy_from_spectrum and opts.use_power:
         mel = op.Slice(spectrum, g.i64(0), g.i64(bins), g.i64(2))
         energy = op.Slice(spectrum, g.i64(bins), g.i64(bins + 1), g.i64(2))
     elif opts.use_energy:
-        energy = _energy(g, relative, steps, mean, totals, firsts, low, power, computed, plan)
+        energy = _energy(g, relative, steps, mean, totals, firsts, low, powers, batch, computed, plan)
     if opts.mel_opts.htk_mode:
         mel = op.Max(mel, g.f32(1.0))
     if opts.use_log_fbank:
@@ -419,45 +501,90 @@ def _low_bins(g: GraphOps, relative, steps, firsts, computed, plan: FbankPlan):
     return low, mean, sums
 
 
-def _two_stage_power(g: GraphOps, emphasised, extras, batch, computed, segments, plan: FbankPlan) -> ir.Value:
-    """|DFT|^2 (|DFT| for use_power=False) of every frame, [B, C K1, T'] in the plan's row order."""
+def _two_stage_power(g: GraphOps, emphasised, extras, batch, computed, segments, plan: FbankPlan) -> list[ir.Value]:
+    """|DFT|^2 of every frame: per group of ``plan.groups`` [B, |group| K1, T'], rows (k2, k1')."""
     op = g.op
     columns, per_segment = plan.columns, plan.shift // plan.columns
-    # samples column-major: [B, Ns S/C, C] -> [B, C, Ns, S/C] -> [B, C, S/C, Ns] (time last)
+    # samples column-major, [B, C, Ns S/C]: sample C j + c at [c, j]
     grid = op.Reshape(emphasised, op.Concat(batch, g.i64(-1, columns), axis=0))
     by_column = op.MatMul(g.const(np.eye(columns)), op.Transpose(grid, perm=[0, 2, 1]))
+    matrix = plan.stage1()
     by_column = op.Reshape(by_column, op.Concat(batch, g.i64(columns), segments, g.i64(per_segment), axis=0))
     by_column = op.Transpose(by_column, perm=[0, 1, 3, 2])
     parts = []
-    for q, rows in enumerate(plan.phase_rows):
-        parts.append(op.Slice(by_column, g.i64(0, q), op.Concat(g.i64(rows), op.Add(computed, g.i64(q)), axis=0), g.i64(2, 3)))
+    for q, count in enumerate(plan.phase_rows):
+        parts.append(
+            op.Slice(by_column, g.i64(0, q), op.Concat(g.i64(count), op.Add(computed, g.i64(q)), axis=0), g.i64(2, 3))
+        )
     added = op.Transpose(op.Concat(*extras, axis=2), perm=[0, 2, 1])  # [B, extras, T']
     added = op.Expand(op.Unsqueeze(added, g.i64(1)), op.Concat(batch, g.i64(columns, len(extras)), computed, axis=0))
     frames = op.Concat(*parts, added, axis=2)  # [B, C, R + extras, T']
-    stage1 = op.MatMul(g.const(plan.stage1()), frames)  # [B, C, 2 K1, T']
+    stage1 = None
+    for begin in range(0, matrix.shape[2], _STABLE_DEPTH):  # one product unless R + extras > 128
+        end = min(begin + _STABLE_DEPTH, matrix.shape[2])
+        rows = frames if end - begin == matrix.shape[2] else op.Slice(frames, g.i64(begin), g.i64(end), g.i64(2))
+        product = op.MatMul(g.const(matrix[:, :, begin:end]), rows)  # [B, C, 2 K1, T']
+        stage1 = product if stage1 is None else op.Add(stage1, product)
     stage1 = op.Reshape(stage1, op.Concat(batch, g.i64(2 * columns, -1), axis=0))  # [B, (c, re/im), (k1', t)]
     real_matrix, imaginary_matrix = plan.stage2()
-    real = op.MatMul(g.const(real_matrix), stage1)
-    imaginary = op.MatMul(g.const(imaginary_matrix), stage1)
-    power = op.Add(op.Mul(real, real), op.Mul(imaginary, imaginary))  # [B, C, K1 T']
-    if not plan.opts.use_power:
-        power = op.Sqrt(power)
-    return op.Reshape(power, op.Concat(batch, g.i64(columns * plan.combs), computed, axis=0))
+    rows = [part for group in plan.groups for part in (real_matrix[group], imaginary_matrix[group])]
+    spectrum = op.MatMul(g.const(np.concatenate(rows, axis=0)), stage1)  # [B, 2C, K1 T']: per group re | im
+    squares = op.Mul(spectrum, spectrum)
+    sizes = [len(group) for group in plan.groups for _ in range(2)]
+    pieces = op.Split(squares, g.i64(*sizes), axis=1, _outputs=len(sizes))
+    powers = []
+    for (real, imaginary), group in zip(zip(pieces[0::2], pieces[1::2]), plan.groups):
+        power = op.Add(real, imaginary)  # [B, |group|, K1 T']
+        powers.append(op.Reshape(power, op.Concat(batch, g.i64(len(group) * plan.combs), computed, axis=0)))
+    return powers
 
 
-def _energy(g: GraphOps, relative, steps, mean, sums, firsts, low, power, computed, plan: FbankPlan) -> ir.Value:
+def _weighted(
+    g: GraphOps, plan: FbankPlan, weights: np.ndarray, spectra, low, use_power: bool, batch, computed
+) -> ir.Value:
+    """[B, T', W]: per-bin ``weights`` [N/2 + 1, W] applied to the grouped spectrum rows and the
+    low bins (their power, or magnitude for use_power=False)."""
+    op = g.op
+    partial = []
+    for (first, end, matrix), rows in zip(plan.group_weights(weights), spectra):
+        partial.append((first, end, op.MatMul(g.const(matrix), rows)))  # [B, end - first, T']
+    edges = sorted({edge for first, end, _ in partial for edge in (first, end)})
+    pieces = []
+    for left, right in itertools.pairwise(edges):
+        covering = [
+            op.Slice(value, g.i64(left - first), g.i64(right - first), g.i64(1))
+            for first, end, value in partial
+            if first <= left and right <= end
+        ]
+        total = covering[0]
+        for more in covering[1:]:
+            total = op.Add(total, more)
+        pieces.append(total)
+    combined = op.Concat(*pieces, axis=1) if len(pieces) > 1 else pieces[0]
+    combined = op.Transpose(combined, perm=[0, 2, 1])  # [B, T', W]
+    if not plan.low_bins:
+        return combined
+    squares = op.Mul(low, low)  # [B, T', 2K]
+    if use_power:
+        return op.Add(combined, op.MatMul(squares, g.const(plan.low_weights(weights))))
+    pairs = op.Reshape(squares, op.Concat(batch, computed, g.i64(2, plan.low_bins), axis=0))
+    magnitude = op.Sqrt(g.reduce("ReduceSum", pairs, [2], keepdims=False))
+    return op.Add(combined, op.MatMul(magnitude, g.const(weights[: plan.low_bins])))
+
+
+def _energy(
+    g: GraphOps, relative, steps, mean, sums, firsts, low, powers, batch, computed, plan: FbankPlan
+) -> ir.Value:
     """[B, T', 1] Kaldi's energy: of the frame after DC removal (raw_energy), else of the
     pre-emphasised, windowed frame (Parseval over the spectrum, here for use_power=False)."""
     op, opts, frame = g.op, plan.opts, plan.frame
-    if not opts.raw_energy:  # the spectrum rows hold magnitudes: square them back
-        high, low_weights = plan.power_weights(plan.parseval())
-        total = op.Transpose(op.MatMul(g.const(high.T), op.Mul(power, power)), perm=[0, 2, 1])
-        if plan.low_bins:
-            total = op.Add(total, op.MatMul(op.Mul(low, low), g.const(low_weights)))
-        return total
+    if not opts.raw_energy:  # Parseval over the power spectrum (the mel part used magnitudes)
+        return _weighted(g, plan, plan.parseval(), powers, low, True, batch, computed)
     # sum over the frame of v^2 = sum over parts of (D + step)^2 = D^2 + 2 step D + n step^2
     blocks = op.Reshape(relative, op.Concat(g.dim(relative, 0), g.dim(relative, 1), g.i64(-1, plan.block), axis=0))
-    squares = op.MatMul(g.reduce("ReduceSumSquare", blocks, [3], keepdims=False), g.const(_part_matrix(plan)))  # [B, Ns, Q]
+    squares = op.MatMul(
+        g.reduce("ReduceSumSquare", blocks, [3], keepdims=False), g.const(_part_matrix(plan))
+    )  # [B, Ns, Q]
     own = None
     for q in range(plan.phases):
         part = op.Slice(squares, g.i64(q, q), op.Concat(op.Add(computed, g.i64(q)), g.i64(q + 1), axis=0), g.i64(1, 2))
@@ -470,10 +597,9 @@ def _energy(g: GraphOps, relative, steps, mean, sums, firsts, low, power, comput
     length = float(plan.length)
     if frame.remove_dc_offset:
         total = op.Sub(total, op.Mul(op.Mul(mean, mean), g.f32(length)))
-    else:  # x = v + level: sum x^2 = sum v^2 + 2 level sum v + L level^2
+    else:  # x = v + level: sum x^2 = sum v^2 + 2 level L mean + L level^2 = sum v^2 + L level (level + 2 mean)
         level = _frames_of(g, firsts, 0, computed)
-        total = op.Add(total, op.Mul(op.Mul(level, op.Mul(mean, g.f32(2.0 * length))), g.f32(1.0)))
-        total = op.Add(total, op.Mul(op.Mul(level, level), g.f32(length)))
+        total = op.Add(total, op.Mul(op.Mul(level, op.Add(level, op.Mul(mean, g.f32(2.0)))), g.f32(length)))
     return op.Mul(op.Max(total, g.f32(0.0)), g.f32(opts.input_scale**2))
 
 
