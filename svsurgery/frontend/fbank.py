@@ -519,12 +519,7 @@ def _two_stage_power(g: GraphOps, emphasised, extras, batch, computed, segments,
     added = op.Transpose(op.Concat(*extras, axis=2), perm=[0, 2, 1])  # [B, extras, T']
     added = op.Expand(op.Unsqueeze(added, g.i64(1)), op.Concat(batch, g.i64(columns, len(extras)), computed, axis=0))
     frames = op.Concat(*parts, added, axis=2)  # [B, C, R + extras, T']
-    stage1 = None
-    for begin in range(0, matrix.shape[2], _STABLE_DEPTH):  # one product unless R + extras > 128
-        end = min(begin + _STABLE_DEPTH, matrix.shape[2])
-        rows = frames if end - begin == matrix.shape[2] else op.Slice(frames, g.i64(begin), g.i64(end), g.i64(2))
-        product = op.MatMul(g.const(matrix[:, :, begin:end]), rows)  # [B, C, 2 K1, T']
-        stage1 = product if stage1 is None else op.Add(stage1, product)
+    stage1 = _stable_product(g, matrix, frames)  # [B, C, 2 K1, T']
     stage1 = op.Reshape(stage1, op.Concat(batch, g.i64(2 * columns, -1), axis=0))  # [B, (c, re/im), (k1', t)]
     real_matrix, imaginary_matrix = plan.stage2()
     rows = [part for group in plan.groups for part in (real_matrix[group], imaginary_matrix[group])]
@@ -539,6 +534,19 @@ def _two_stage_power(g: GraphOps, emphasised, extras, batch, computed, segments,
     return powers
 
 
+def _stable_product(g: GraphOps, matrix: np.ndarray, data: ir.Value) -> ir.Value:
+    """``matrix @ data`` (a constant left operand, data [..., K, T]) as products of at most
+    _STABLE_DEPTH inner terms, summed: each column's bits then do not depend on T."""
+    op, depth = g.op, matrix.shape[-1]
+    total = None
+    for begin in range(0, depth, _STABLE_DEPTH):
+        end = min(begin + _STABLE_DEPTH, depth)
+        rows = data if end - begin == depth else op.Slice(data, g.i64(begin), g.i64(end), g.i64(-2))
+        product = op.MatMul(g.const(matrix[..., begin:end]), rows)
+        total = product if total is None else op.Add(total, product)
+    return total
+
+
 def _weighted(
     g: GraphOps, plan: FbankPlan, weights: np.ndarray, spectra, low, use_power: bool, batch, computed
 ) -> ir.Value:
@@ -547,7 +555,7 @@ def _weighted(
     op = g.op
     partial = []
     for (first, end, matrix), rows in zip(plan.group_weights(weights), spectra):
-        partial.append((first, end, op.MatMul(g.const(matrix), rows)))  # [B, end - first, T']
+        partial.append((first, end, _stable_product(g, matrix, rows)))  # [B, end - first, T']
     edges = sorted({edge for first, end, _ in partial for edge in (first, end)})
     pieces = []
     for left, right in itertools.pairwise(edges):
