@@ -44,6 +44,7 @@ model is run once on the inputs with onnxruntime; if it fails, longer inputs are
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -362,9 +363,9 @@ def _reaches(
     """The first node (breadth first) reading ``value``'s data, directly or through nodes
     ``passes`` lets through, for which ``is_target(node, input_index)`` holds (uses inside
     If/Loop/Scan bodies included); None after ``depth`` hops or ``limit`` nodes."""
-    frontier, seen = [(value, 0)], set()
+    frontier, seen = collections.deque([(value, 0)]), set()
     while frontier:
-        current, hops = frontier.pop(0)
+        current, hops = frontier.popleft()
         for use in current.uses():
             node = use.node
             if is_target(node, use.idx):
@@ -450,20 +451,20 @@ def _sample_rate(model: ir.Model, graph_inputs: list[ir.Value], roles: dict[str,
 
 
 def _batch_axes(value: ir.Value, role: _Role) -> list[int]:
-    if role.kind == "rate" or not value.shape:
-        return []
+    if role.kind == "rate" or not value.shape or (role.kind == "waveform" and len(value.shape) == 1):
+        return []  # a scalar; a waveform [N] is one row
     if role.kind == "state":  # [layers, B, hidden], [B, C, T, 1]...: what is not fixed is the batch
         return [axis for axis, dim in enumerate(value.shape) if not isinstance(dim, int)]
     return [0]
 
 
-def _batch_size(graph_inputs: list[ir.Value], roles: dict[str, _Role]) -> tuple[int, str]:
-    for value in graph_inputs:
-        role = roles[value.name]
-        if role.kind in ("state", "rate") or len(value.shape) < 2 or not isinstance(value.shape[0], int):
-            continue
-        return value.shape[0], f"'{value.name}' fixes it to {value.shape[0]}"
-    return _BATCH, ""
+def _batch_size(graph_inputs: list[ir.Value], roles: dict[str, _Role]) -> int:
+    """2, or what a data input fixes its axis 0 to (rank >= 2 first: a [2] input may be a pair, not a batch)."""
+    for min_rank in (2, 1):
+        for value in graph_inputs:
+            if _batch_axes(value, roles[value.name]) == [0] and len(value.shape) >= min_rank and isinstance(value.shape[0], int):
+                return value.shape[0]
+    return _BATCH
 
 
 def _row_lengths(size: int, rows: int) -> list[int]:
@@ -476,7 +477,7 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
     from svsurgery.parity.waveforms import speech_like
 
     rng = np.random.default_rng(seed)
-    batch, batch_source = _batch_size(graph_inputs, roles)
+    batch = _batch_size(graph_inputs, roles)
     dims: dict[str, int] = {}
     sizes: dict[tuple[str, int], int] = {}  # (input, axis) -> size decided for a dimension with no name
     guessed: set[str] = set()
@@ -551,7 +552,7 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
         elif role.kind == "lengths":
             target = next(v for v in graph_inputs if v.name == role.target)
             axis = _sequence_axis(target, roles[target.name])
-            lengths = valid[_key(target, axis)]
+            lengths = valid[_key(target, axis)][: shape[0] if shape else 1]
             feeds[value.name] = np.asarray(lengths, dtype).reshape(shape)
             how[value.name] = f"valid length of each row of '{target.name}' (axis {axis}): {lengths} ({role.why})"
         else:
