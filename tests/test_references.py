@@ -234,3 +234,30 @@ def test_guessed_lengths_grow_until_the_model_runs_then_fail_in_one_line():
     message = str(error.value)
     assert "\n" not in message and message.startswith("pad.onnx (also tried: 1 s of waveform) cannot run on these inputs")
     assert "x [2, 64000] float32" in message and "--inputs" in message
+
+
+def test_generated_inputs_take_the_rate_from_metadata_and_make_whisper_log_mel():
+    """A ``sample_rate`` in metadata_props sets the waveform's rate; a [B, 128, T] input read by
+    a Conv with 128 input channels gets Whisper's 128-bin log-mel over 3000 frames."""
+    from svsurgery.parity.inputs import generate_inputs
+    from svsurgery.parity.waveforms import speech_like, whisper_log_mel
+
+    wave = _model(
+        [helper.make_node("Unsqueeze", ["audio", "axis1"], ["a3"]), helper.make_node("Conv", ["a3", "w"], ["y"], kernel_shape=[4])],
+        [_tensor("audio", TensorProto.FLOAT, ["B", "N"])], [_tensor("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1], np.int64), "axis1"), numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "w")],
+    )  # fmt: skip
+    wave.metadata_props["sample_rate"] = "22050"
+    made = generate_inputs(wave)
+    assert made.feeds["audio"].shape == (2, 22050) and "at 22050 Hz (metadata 'sample_rate')" in made.how["audio"]
+    np.testing.assert_array_equal(made.feeds["audio"][1], speech_like(1.0, seed=1, rate=22050))
+
+    mel = _model(
+        [helper.make_node("Conv", ["mel_in", "w"], ["y"], kernel_shape=[3], pads=[1, 1])],
+        [_tensor("mel_in", TensorProto.FLOAT, ["B", "F", "T"])], [_tensor("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((4, 128, 3), np.float32), "w")],
+    )  # fmt: skip
+    made = generate_inputs(mel)
+    assert made.feeds["mel_in"].shape == (2, 128, 3000) and "log-mel" in made.how["mel_in"]
+    assert "a Conv reads its 128 channels over time" in made.how["mel_in"]
+    np.testing.assert_allclose(made.feeds["mel_in"][0], whisper_log_mel(speech_like(4.0, seed=0), 128), atol=1e-6)
