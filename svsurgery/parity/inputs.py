@@ -15,8 +15,10 @@ dimensions *and* from how the graph uses it; names are hints, third-party names 
 - **waveforms** (float [B, N] or [N]: a signal a Conv, STFT, DFT or Pad reads, or named
   ``input_values``, ``waveform``, ``speech``, ``x``, ``input``, ``audio``... with N not fixed):
   the speech-like waveform at the model's rate (metadata ``sample_rate``/``sampling_rate``,
-  the constants a rate input is compared with, else 16 kHz), 1 s per row; a streaming model
-  (one with state inputs) first gets a chunk of 36 ms, silero's 512 + 64 samples at 16 kHz;
+  the constants a rate input is compared with, else 16 kHz), 1 s per row (1 s and 0.6 s,
+  zeros after, where a mask or length input says rows differ); a streaming model (one with
+  state inputs) first gets a 36 ms chunk cut where the speech is loudest: silero's 512 + 64
+  samples at 16 kHz;
 - **recurrent state** (float; named ``state``, ``h``, ``c``, ``*cache*``..., returned as an
   output of the same shape, or read as an LSTM/GRU/RNN initial state): zeros;
 - **sample rates** (a scalar integer named ``sr``/``sample_rate`` or compared with 8000,
