@@ -389,13 +389,14 @@ def fbank_graph(g: GraphOps, waveform: ir.Value, lengths: ir.Value, opts: FbankO
     reach = op.Add(op.Mul(blocks, per_block), g.i64(plan.phases - 1))  # segments the blocks read
     signal = _framing_signal(g, waveform, lengths, op.Mul(reach, g.i64(plan.shift)), opts)  # [B, reach S]
     span = op.Add(per_block, g.i64(plan.phases - 1))  # segments one block reads
+    dims = _Dims(g, g.dim(waveform, 0), per_block, span)
 
     def body(bop, index, going):
         inner = copy.copy(g)
         inner.op = bop
         start = bop.Mul(bop.Mul(bop.Unsqueeze(index, g.i64(0)), per_block), g.i64(plan.shift))
         piece = bop.Slice(signal, start, bop.Add(start, bop.Mul(span, g.i64(plan.shift))), g.i64(1))
-        return bop.Identity(going), _features(inner, piece, per_block, span, plan)
+        return bop.Identity(going), _features(inner, piece, dims, plan)
 
     step = g.builder.subgraph(
         body,
@@ -412,18 +413,18 @@ def fbank_graph(g: GraphOps, waveform: ir.Value, lengths: ir.Value, opts: FbankO
     return op.Slice(features, g.i64(0), count, g.i64(1)), counts
 
 
-def _features(g: GraphOps, signal: ir.Value, computed: ir.Value, segments: ir.Value, plan: FbankPlan) -> ir.Value:
-    """[B, T', D] features of frames 0 .. T'-1 (T' = ``computed``) of ``signal`` [B, Ns S]."""
+def _features(g: GraphOps, signal: ir.Value, dims: _Dims, plan: FbankPlan) -> ir.Value:
+    """[B, T', D] features of frames 0 .. T'-1 of ``signal`` [B, Ns S] (T', Ns: ``dims``)."""
     op, opts, frame = g.op, plan.opts, plan.frame
-    batch = g.dim(signal, 0)
-    pieces = op.Reshape(signal, op.Concat(batch, segments, g.i64(plan.shift), axis=0))  # [B, Ns, S]
+    pieces = op.Reshape(signal, dims.shape("batch", "segments", plan.shift))  # [B, Ns, S]
     first = op.Slice(pieces, g.i64(0), g.i64(1), g.i64(2))  # [B, Ns, 1]: each segment's reference
     relative = op.Sub(pieces, first)  # exact for 16-bit audio, 0 for a constant segment
     firsts = op.Squeeze(first, g.i64(2))  # [B, Ns]
-    steps = [op.Sub(_frames_of(g, firsts, q, computed), _frames_of(g, firsts, 0, computed)) for q in range(plan.phases)]
+    level = _frames_of(g, firsts, 0, dims)  # [B, T', 1]: each frame's first sample
+    steps = [op.Sub(_frames_of(g, firsts, q, dims), level) if q else op.Sub(level, level) for q in range(plan.phases)]
 
-    low, mean, totals = _low_bins(g, relative, steps, firsts, computed, plan)
-    extras = steps[1:] + [mean if frame.remove_dc_offset else _frames_of(g, firsts, 0, computed)]
+    low, mean, totals = _low_bins(g, relative, steps, firsts, dims, plan)
+    extras = steps[1:] + [mean if frame.remove_dc_offset else level]
     emphasised = relative
     if frame.preemph_coeff != 0.0:
         previous = op.Pad(op.Slice(relative, g.i64(0), g.i64(-1), g.i64(2)), g.i64(0, 0, 1, 0, 0, 0))
@@ -434,22 +435,22 @@ def _features(g: GraphOps, signal: ir.Value, computed: ir.Value, segments: ir.Va
             g.i64(0, 1, 0, 0),
         )
         jumps = op.Mul(jumps, g.f32(frame.preemph_coeff))  # [B, Ns]: c (x[S s] - x[S s - 1])
-        extras += [_frames_of(g, jumps, q, computed) for q in range(1, plan.phases)]
-    powers = _two_stage_power(g, emphasised, extras, batch, computed, segments, plan)  # per group [B, rows, T']
+        extras += [_frames_of(g, jumps, q, dims) for q in range(1, plan.phases)]
+    powers = _two_stage_power(g, emphasised, extras, dims, plan)  # per group [B, rows, T']
 
     energy_from_spectrum = opts.use_energy and not opts.raw_energy
     weights = plan.banks()
     if energy_from_spectrum and opts.use_power:
         weights = np.concatenate([weights, plan.parseval()], axis=1)
     magnitudes = powers if opts.use_power else [op.Sqrt(p) for p in powers]
-    spectrum = _weighted(g, plan, weights, magnitudes, low, opts.use_power, batch, computed)  # [B, T', bins (+1)]
+    spectrum = _weighted(g, plan, weights, magnitudes, low, opts.use_power, dims)  # [B, T', bins (+1)]
 
     mel, energy, bins = spectrum, None, opts.mel_opts.num_bins
     if energy_from_spectrum and opts.use_power:
         mel = op.Slice(spectrum, g.i64(0), g.i64(bins), g.i64(2))
         energy = op.Slice(spectrum, g.i64(bins), g.i64(bins + 1), g.i64(2))
     elif opts.use_energy:
-        energy = _energy(g, relative, steps, mean, totals, firsts, low, powers, batch, computed, plan)
+        energy = _energy(g, relative, steps, mean, totals, firsts, low, powers, dims, plan)
     if opts.mel_opts.htk_mode:
         mel = op.Max(mel, g.f32(1.0))
     if opts.use_log_fbank:
@@ -465,13 +466,39 @@ def _features(g: GraphOps, signal: ir.Value, computed: ir.Value, segments: ir.Va
 _BIG = 2**62  # a Slice end past any axis
 
 
-def _frames_of(g: GraphOps, per_segment: ir.Value, q: int, computed: ir.Value) -> ir.Value:
+class _Dims:
+    """Shape vectors of one block, built once outside the Loop: its body only reads them."""
+
+    def __init__(self, g: GraphOps, batch: ir.Value, computed: ir.Value, segments: ir.Value) -> None:
+        self._g, self._values = g, {"batch": batch, "computed": computed, "segments": segments}
+        self._cache: dict = {}
+
+    def end(self, q: int) -> ir.Value:
+        """T' + q: where frame T'-1's part q ends among the segments."""
+        return self.shape(("end", q))
+
+    def shape(self, *parts) -> ir.Value:
+        """A 1-D int64 vector: ints, "batch" | "computed" | "segments", ("end", q)."""
+        if parts not in self._cache:
+            g, pieces = self._g, []
+            for part in parts:
+                if isinstance(part, int):
+                    pieces.append(g.i64(part))
+                elif isinstance(part, tuple):
+                    pieces.append(g.op.Add(self._values["computed"], g.i64(part[1])))
+                else:
+                    pieces.append(self._values[part])
+            self._cache[parts] = pieces[0] if len(pieces) == 1 else g.op.Concat(*pieces, axis=0)
+        return self._cache[parts]
+
+
+def _frames_of(g: GraphOps, per_segment: ir.Value, q: int, dims: _Dims) -> ir.Value:
     """[B, T', 1]: for each frame t the value of segment t + q, from [B, Ns]."""
     op = g.op
-    return op.Unsqueeze(op.Slice(per_segment, g.i64(q), op.Add(computed, g.i64(q)), g.i64(1)), g.i64(2))
+    return op.Unsqueeze(op.Slice(per_segment, g.i64(q), dims.end(q), g.i64(1)), g.i64(2))
 
 
-def _low_bins(g: GraphOps, relative, steps, firsts, computed, plan: FbankPlan):
+def _low_bins(g: GraphOps, relative, steps, firsts, dims: _Dims, plan: FbankPlan):
     """From one MatMul over the segments: the low bins' re | im [B, T', 2K] (None without
     pre-emphasis), each frame's mean relative to its first sample [B, T', 1] and its parts'
     sums relative to it [B, T', Q]."""
@@ -480,7 +507,7 @@ def _low_bins(g: GraphOps, relative, steps, firsts, computed, plan: FbankPlan):
     shares = op.Reshape(shares, g.i64(0, 0, plan.phases, plan.low_width))
     total = None
     for q in range(plan.phases):  # frame t takes segment t + q as its part q
-        part = op.Slice(shares, g.i64(q, q), op.Concat(op.Add(computed, g.i64(q)), g.i64(q + 1), axis=0), g.i64(1, 2))
+        part = op.Slice(shares, g.i64(q, q), dims.shape(("end", q), q + 1), g.i64(1, 2))
         total = part if total is None else op.Add(total, part)
     total = op.Squeeze(total, g.i64(2))  # [B, T', F]
     bins = 2 * plan.low_bins
@@ -496,31 +523,29 @@ def _low_bins(g: GraphOps, relative, steps, firsts, computed, plan: FbankPlan):
         low = op.Add(low, op.MatMul(op.Sub(means, mean), g.const(plan.part_responses())))
     else:  # Kaldi keeps the level: x = v + the frame's first sample
         low = op.Add(low, op.MatMul(means, g.const(plan.part_responses())))
-        level = _frames_of(g, firsts, 0, computed)
+        level = _frames_of(g, firsts, 0, dims)
         low = op.Add(low, op.Mul(level, g.const(plan.part_responses().sum(axis=0))))
     return low, mean, sums
 
 
-def _two_stage_power(g: GraphOps, emphasised, extras, batch, computed, segments, plan: FbankPlan) -> list[ir.Value]:
+def _two_stage_power(g: GraphOps, emphasised, extras, dims: _Dims, plan: FbankPlan) -> list[ir.Value]:
     """|DFT|^2 of every frame: per group of ``plan.groups`` [B, |group| K1, T'], rows (k2, k1')."""
     op = g.op
     columns, per_segment = plan.columns, plan.shift // plan.columns
     # samples column-major, [B, C, Ns S/C]: sample C j + c at [c, j]
-    grid = op.Reshape(emphasised, op.Concat(batch, g.i64(-1, columns), axis=0))
+    grid = op.Reshape(emphasised, dims.shape("batch", -1, columns))
     by_column = op.MatMul(g.const(np.eye(columns)), op.Transpose(grid, perm=[0, 2, 1]))
     matrix = plan.stage1()
-    by_column = op.Reshape(by_column, op.Concat(batch, g.i64(columns), segments, g.i64(per_segment), axis=0))
+    by_column = op.Reshape(by_column, dims.shape("batch", columns, "segments", per_segment))
     by_column = op.Transpose(by_column, perm=[0, 1, 3, 2])
     parts = []
     for q, count in enumerate(plan.phase_rows):
-        parts.append(
-            op.Slice(by_column, g.i64(0, q), op.Concat(g.i64(count), op.Add(computed, g.i64(q)), axis=0), g.i64(2, 3))
-        )
+        parts.append(op.Slice(by_column, g.i64(0, q), dims.shape(count, ("end", q)), g.i64(2, 3)))
     added = op.Transpose(op.Concat(*extras, axis=2), perm=[0, 2, 1])  # [B, extras, T']
-    added = op.Expand(op.Unsqueeze(added, g.i64(1)), op.Concat(batch, g.i64(columns, len(extras)), computed, axis=0))
+    added = op.Expand(op.Unsqueeze(added, g.i64(1)), dims.shape("batch", columns, len(extras), "computed"))
     frames = op.Concat(*parts, added, axis=2)  # [B, C, R + extras, T']
     stage1 = _stable_product(g, matrix, frames)  # [B, C, 2 K1, T']
-    stage1 = op.Reshape(stage1, op.Concat(batch, g.i64(2 * columns, -1), axis=0))  # [B, (c, re/im), (k1', t)]
+    stage1 = op.Reshape(stage1, dims.shape("batch", 2 * columns, -1))  # [B, (c, re/im), (k1', t)]
     real_matrix, imaginary_matrix = plan.stage2()
     rows = [part for group in plan.groups for part in (real_matrix[group], imaginary_matrix[group])]
     spectrum = op.MatMul(g.const(np.concatenate(rows, axis=0)), stage1)  # [B, 2C, K1 T']: per group re | im
@@ -530,7 +555,7 @@ def _two_stage_power(g: GraphOps, emphasised, extras, batch, computed, segments,
     powers = []
     for (real, imaginary), group in zip(zip(pieces[0::2], pieces[1::2]), plan.groups):
         power = op.Add(real, imaginary)  # [B, |group|, K1 T']
-        powers.append(op.Reshape(power, op.Concat(batch, g.i64(len(group) * plan.combs), computed, axis=0)))
+        powers.append(op.Reshape(power, dims.shape("batch", len(group) * plan.combs, "computed")))
     return powers
 
 
@@ -548,7 +573,7 @@ def _stable_product(g: GraphOps, matrix: np.ndarray, data: ir.Value) -> ir.Value
 
 
 def _weighted(
-    g: GraphOps, plan: FbankPlan, weights: np.ndarray, spectra, low, use_power: bool, batch, computed
+    g: GraphOps, plan: FbankPlan, weights: np.ndarray, spectra, low, use_power: bool, dims: _Dims
 ) -> ir.Value:
     """[B, T', W]: per-bin ``weights`` [N/2 + 1, W] applied to the grouped spectrum rows and the
     low bins (their power, or magnitude for use_power=False)."""
@@ -575,27 +600,25 @@ def _weighted(
     squares = op.Mul(low, low)  # [B, T', 2K]
     if use_power:
         return op.Add(combined, op.MatMul(squares, g.const(plan.low_weights(weights))))
-    pairs = op.Reshape(squares, op.Concat(batch, computed, g.i64(2, plan.low_bins), axis=0))
+    pairs = op.Reshape(squares, dims.shape("batch", "computed", 2, plan.low_bins))
     magnitude = op.Sqrt(g.reduce("ReduceSum", pairs, [2], keepdims=False))
     return op.Add(combined, op.MatMul(magnitude, g.const(weights[: plan.low_bins])))
 
 
-def _energy(
-    g: GraphOps, relative, steps, mean, sums, firsts, low, powers, batch, computed, plan: FbankPlan
-) -> ir.Value:
+def _energy(g: GraphOps, relative, steps, mean, sums, firsts, low, powers, dims: _Dims, plan: FbankPlan) -> ir.Value:
     """[B, T', 1] Kaldi's energy: of the frame after DC removal (raw_energy), else of the
     pre-emphasised, windowed frame (Parseval over the spectrum, here for use_power=False)."""
     op, opts, frame = g.op, plan.opts, plan.frame
     if not opts.raw_energy:  # Parseval over the power spectrum (the mel part used magnitudes)
-        return _weighted(g, plan, plan.parseval(), powers, low, True, batch, computed)
+        return _weighted(g, plan, plan.parseval(), powers, low, True, dims)
     # sum over the frame of v^2 = sum over parts of (D + step)^2 = D^2 + 2 step D + n step^2
-    blocks = op.Reshape(relative, op.Concat(g.dim(relative, 0), g.dim(relative, 1), g.i64(-1, plan.block), axis=0))
+    blocks = op.Reshape(relative, dims.shape("batch", "segments", -1, plan.block))
     squares = op.MatMul(
         g.reduce("ReduceSumSquare", blocks, [3], keepdims=False), g.const(_part_matrix(plan))
     )  # [B, Ns, Q]
     own = None
     for q in range(plan.phases):
-        part = op.Slice(squares, g.i64(q, q), op.Concat(op.Add(computed, g.i64(q)), g.i64(q + 1), axis=0), g.i64(1, 2))
+        part = op.Slice(squares, g.i64(q, q), dims.shape(("end", q), q + 1), g.i64(1, 2))
         own = part if own is None else op.Add(own, part)  # [B, T', 1]
     step = op.Concat(*steps, axis=2)  # [B, T', Q]
     counts = g.const(np.array(plan.part_lengths, np.float64))
@@ -606,7 +629,7 @@ def _energy(
     if frame.remove_dc_offset:
         total = op.Sub(total, op.Mul(op.Mul(mean, mean), g.f32(length)))
     else:  # x = v + level: sum x^2 = sum v^2 + 2 level L mean + L level^2 = sum v^2 + L level (level + 2 mean)
-        level = _frames_of(g, firsts, 0, computed)
+        level = _frames_of(g, firsts, 0, dims)
         total = op.Add(total, op.Mul(op.Mul(level, op.Add(level, op.Mul(mean, g.f32(2.0)))), g.f32(length)))
     return op.Mul(op.Max(total, g.f32(0.0)), g.f32(opts.input_scale**2))
 
