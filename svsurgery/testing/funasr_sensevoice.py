@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _sense_voice_class():
     from svsurgery.errors import MissingDependencyError
 
     # funasr prints "Please install torch_complex firstly" (and an ffmpeg notice) while importing
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _without_broken_torchaudio():
         warnings.simplefilter("ignore")
         try:
             from funasr.models.sense_voice.model import SenseVoiceSmall
@@ -59,6 +60,33 @@ def _sense_voice_class():
                 "pip install --no-deps funasr==1.4.16 kaldiio librosa lazy_loader rapidfuzz six"
             ) from None
     return SenseVoiceSmall
+
+
+@contextlib.contextmanager
+def _without_broken_torchaudio():
+    """funasr imports torchaudio for audio loading only, guarding against ImportError; a
+    torchaudio whose compiled library does not load beside this torch (torchaudio 2.11 with
+    torch 2.13 CPU) raises OSError instead and takes funasr down with it. While funasr is
+    imported, such a torchaudio reads as not installed; afterwards it is as it was."""
+    try:
+        import torchaudio  # noqa: F401
+        broken = False
+    except ImportError:  # not installed: funasr copes
+        broken = False
+    except OSError:
+        broken = True
+    if not broken:
+        yield
+        return
+    saved = {name: module for name, module in sys.modules.items() if name == "torchaudio" or name.startswith("torchaudio.")}
+    for name in saved:
+        del sys.modules[name]
+    sys.modules["torchaudio"] = None  # type: ignore[assignment]  # import torchaudio -> ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["torchaudio"]
+        sys.modules.update(saved)
 
 
 def build_funasr_sensevoice(config: FunasrConfig | None = None) -> torch.nn.Module:
