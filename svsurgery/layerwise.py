@@ -53,7 +53,10 @@ from svsurgery.errors import BadInputError
 from svsurgery.parity.metrics import PROFILES, OutputParity, Tolerance, compare
 from svsurgery.report import Report
 
-__all__ = ["DiffReport", "Divergence", "diff", "diff_models", "intended_changes", "module_scopes"]
+__all__ = [
+    "INHERITS", "INTENDED", "INTRODUCES", "OK", "DiffReport", "Divergence", "diff", "diff_models", "intended_changes",
+    "module_scopes",
+]  # fmt: skip
 
 _RULE_PREFIX = re.compile(r"^svs/(?:rule/[\w.-]+|patch|frontend|fp16)/?")
 _CALL_SUFFIX = re.compile(r"^(?P<name>.+)_(?P<call>\d+)$")
