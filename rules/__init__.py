@@ -12,21 +12,25 @@ from collections.abc import Sequence
 from svsurgery.errors import BadInputError
 from svsurgery.family import RuleFamily
 from svsurgery.report import Report, dumps
-from svsurgery.rules import casts, layer_norm, lossy_casts, masks, positional, softmax
+from svsurgery.rules import casts, gelu, instance_norm, layer_norm, lossy_casts, masks, positional, rms_norm, softmax
 
 __all__ = ["CATALOG", "CatalogReport", "select"]
 
 # layer-norm first: below opset 17 it converts the model, and the conversion brings every
 # value's type, which the cast rules then need without another shape inference.
-# The precision families (mask-fill for float16 and -inf fills; softmax-fp32 and
-# positional-fp32 only for models computed in float16) come before lossy-casts, which
-# judges single sites against whatever precision the model has by then.
+# rms-norm next (the other fusion; below opset 23 it protects float16 chains instead).
+# The precision families (mask-fill for float16 and -inf fills; softmax-fp32,
+# positional-fp32, instance-norm and gelu only for models computed in float16) come before
+# lossy-casts, which judges single sites against whatever precision the model has by then.
 CATALOG: tuple[RuleFamily, ...] = (
     layer_norm.FAMILY,
+    rms_norm.FAMILY,
     casts.FAMILY,
     masks.FAMILY,
     softmax.FAMILY,
     positional.FAMILY,
+    instance_norm.FAMILY,
+    gelu.FAMILY,
     lossy_casts.FAMILY,
 )
 

@@ -183,7 +183,8 @@ def test_rules_command_lists_the_catalog(capsys):
     code, stdout, _ = _cli(capsys, "rules", "--json")
     catalog = json.loads(stdout)
     assert code == 0 and [r["id"] for r in catalog] == [
-        "layer-norm", "casts", "mask-fill", "softmax-fp32", "positional-fp32", "lossy-casts",
+        "layer-norm", "rms-norm", "casts", "mask-fill", "softmax-fp32", "positional-fp32", "instance-norm", "gelu",
+        "lossy-casts",
     ]  # fmt: skip
     assert all(r["title"] and r["fixes"] and r["safe_when"] for r in catalog)
 

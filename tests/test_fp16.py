@@ -102,8 +102,8 @@ def test_fp16_command_writes_a_loadable_half_size_model(tmp_path, capsys, legacy
 # ----------------------------------------------------------------------------- one rule, one failure
 
 
-def _without(rule_id: str):
-    return [family for family in CATALOG if family.id != rule_id]
+def _without(*rule_ids: str):
+    return [family for family in CATALOG if family.id not in rule_ids]
 
 
 def _fp16(model: ir.Model, feeds: dict, families, tolerance: Tolerance = FOCUSED):
@@ -118,10 +118,12 @@ def _model(nodes, inputs, outputs, initializers=(), opset=17):
 def test_layer_norm_rule_is_needed_in_float16():
     spec = LayerNormSpec(dim=64)
     feeds = feeds_for(spec, offset=3.0, spread=200.0)  # |x - mean| ~ 600: Pow overflows in float16
-    without = _fp16(ir.from_proto(layer_norm_model(spec)), feeds, _without("layer-norm"))
+    # rms-norm would protect the variance chain too (d / sqrt(mean(d^2) + eps) is an RMSNorm of d)
+    without = _fp16(ir.from_proto(layer_norm_model(spec)), feeds, _without("layer-norm", "rms-norm"))
     with_rule = _fp16(ir.from_proto(layer_norm_model(spec)), feeds, CATALOG)
     assert not without.passed and without.final.by_name()["y"].cosine < 0.99
     assert with_rule.passed and {s.family: s.status for s in with_rule.steps}["layer-norm"] == "accepted"
+    assert without.headroom_after.headroom < 1 <= with_rule.headroom_after.headroom  # Pow(x - mean, 2) overflows
 
 
 def _attention(bias_constant: float, queries: np.ndarray | None = None):

@@ -51,6 +51,7 @@ def test_funasr_export_every_layer_norm_fused_every_identity_cast_removed(legacy
 
     assert _status(report) == {
         "layer-norm": "accepted", "casts": "accepted", "mask-fill": "accepted",  # -inf fills -> float32's minimum
+        "rms-norm": "no match", "instance-norm": "no match", "gelu": "no match",  # no such patterns
         "softmax-fp32": "no match", "positional-fp32": "no match", "lossy-casts": "no match",  # float32 model
     }
     ops = _ops(fixed)
@@ -129,14 +130,40 @@ def test_keepdims_zero_is_refused():
     assert _status(report) == {"layer-norm": "no match"}
 
 
+def _with_constant(proto: onnx.ModelProto, name: str, value: float) -> onnx.ModelProto:
+    """The model with the Constant node that makes ``name`` holding ``value`` instead."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    (node,) = [n for n in proto.graph.node if n.output[0] == name]
+    node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(value, np.float32), name))
+    return proto
+
+
+def _with_input_epsilon(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with epsilon a graph input (a value known only at run time) instead of a Constant."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    (node,) = [n for n in proto.graph.node if n.output[0] == "/ln/eps"]
+    proto.graph.node.remove(node)
+    proto.graph.input.append(onnx.helper.make_tensor_value_info("/ln/eps", onnx.TensorProto.FLOAT, []))
+    return proto
+
+
 def test_non_constant_epsilon_and_other_exponents_are_refused():
     spec = LayerNormSpec()
-    proto = layer_norm_model(spec)
-    for node in proto.graph.node:
-        if node.output[0] == "/ln/two":
-            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(3.0, np.float32), "/ln/two"))
-    fixed, report = svsurgery.fix(ir.from_proto(proto), "layer-norm", inputs=feeds_for(spec))
-    assert _ops(fixed)["LayerNormalization"] == 0
+    feeds = feeds_for(spec)
+    # the exponent 3: not a variance
+    cubed = _with_constant(layer_norm_model(spec), "/ln/two", 3.0)
+    fixed, report = svsurgery.fix(ir.from_proto(cubed), "layer-norm", inputs=feeds)
+    assert _ops(fixed)["LayerNormalization"] == 0 and _ops(fixed)["Pow"] == 1
+    # epsilon a graph input: LayerNormalization's epsilon is an attribute, so it cannot be fused
+    proto = _with_input_epsilon(layer_norm_model(spec))
+    onnx.checker.check_model(proto, full_check=True)
+    runtime = {**feeds, "/ln/eps": np.array(1e-5, np.float32)}
+    fixed, report = svsurgery.fix(ir.from_proto(proto), "layer-norm", inputs=runtime)
+    assert _ops(fixed)["LayerNormalization"] == 0 and _ops(fixed)["ReduceMean"] == 2
+    assert [v.name for v in fixed.graph.inputs] == ["x", "/ln/eps"]
+    # ... and the same model with the epsilon constant again does fuse: the refusal is about the epsilon
+    fixed, _ = svsurgery.fix(ir.from_proto(layer_norm_model(spec)), "layer-norm", inputs=feeds)
+    assert _ops(fixed)["LayerNormalization"] == 1
 
 
 def test_float16_layer_norm_fuses_with_float32_statistics():

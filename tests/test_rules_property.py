@@ -77,10 +77,33 @@ def test_accepted_rewrites_stay_within_tolerance_of_the_float64_original(spec, c
         event(f"{step.family}: {step.status}")
     if not spec.fusable:
         assert not fused and layer_norm_step.matches == 0
-    elif layer_norm_step.status == "accepted" and fixed.opset_imports.get("", 0) >= 17:
-        assert len(fused) == 1
+    elif spec.dtype == "float64" and layer_norm_step.status == "rolled back":
+        # the one fusion the engine may refuse: onnxruntime's double LayerNormalization computes the
+        # variance as E[x^2] - E[x]^2, a few ulps from the two-pass double statement; the refusal must
+        # be that, measured again here on the fused model
+        assert layer_norm_step.reason.startswith("parity got worse: y: max abs error"), layer_norm_step.reason
+        _assert_fused_double_layer_norm_is_worse(proto, feeds, exact["y"])
+    else:  # a fusable LayerNorm must be fused: a family that rolled every fusion back would fail here
+        assert layer_norm_step.status == "accepted", (spec, layer_norm_step.reason)
+        assert fixed.opset_imports.get("", 0) >= 17 and len(fused) == 1
         assert fused[0].attributes["epsilon"].value == np.float32(np.asarray(spec.eps, spec.dtype))
     svsurgery.validate(fixed)
+
+
+def _assert_fused_double_layer_norm_is_worse(proto: onnx.ModelProto, feeds: dict, exact: np.ndarray) -> None:
+    """The layer-norm family applied alone, without the engine: its error against the float64
+    statement is beyond the engine's margin (4 rounding steps at the output's scale) of the original's."""
+    from svsurgery.family import ApplyOptions
+    from svsurgery.parity.judge import Margin
+    from svsurgery.rules import layer_norm
+
+    model = ir.from_proto(proto)
+    applied = layer_norm.FAMILY.apply(model, ApplyOptions())
+    fused = applied.model or model
+    assert sum(n.op_type == "LayerNormalization" for n in fused.graph) == 1
+    before = compare("y", run(ir.from_proto(proto), feeds, optimize=False)["y"], exact)
+    after = compare("y", run(fused, feeds, optimize=False)["y"], exact)
+    assert after.max_abs > before.max_abs + Margin().allowed_growth(before), (before.max_abs, after.max_abs)
 
 
 # ----------------------------------------------------------------------------- subgraphs
