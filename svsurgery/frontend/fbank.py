@@ -30,7 +30,7 @@ then centre, pre-emphasise and window; each row of the waveform is cut into segm
 - **Mel**: the power rows come in groups of neighbouring frequencies, each through a MatMul
   spanning only the filters it touches (a third of the multiply-adds of one dense matrix),
   plus the low bins' own [2K, bins] product; then Kaldi's floors and log.
-- **Blocks**: frames go through a Loop in equal blocks of at most 1024, so a block's
+- **Blocks**: frames go through a Loop in equal blocks of at most 512, so a block's
   intermediates stay in cache and the cost per audio-second does not grow with the length.
 
 A row in a batch gives the same bits as alone: every MatMul with the data as its right operand
@@ -61,7 +61,7 @@ __all__ = ["FbankPlan", "fbank_graph"]
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
 # FFT bins below this frequency come from the dense low-bin product (see the module docstring).
 _LOW_BINS_HZ = 500.0
-_BLOCK_FRAMES = 1024
+_BLOCK_FRAMES = 512
 # onnxruntime's GEMM with a constant left operand and the data on the right (time as columns)
 # gives each column the same bits whatever the number of columns only for inner products of up
 # to 128 terms; longer ones are accumulated in blocks whose order depends on it.
