@@ -43,13 +43,14 @@ import onnx_ir as ir
 
 __all__ = [
     "DEFAULT_MIN_HEADROOM", "FLOAT16_MAX", "PROFILE_CAP", "Headroom", "Site", "compare", "headroom_of", "measure",
-    "measure_model", "scale_degrees",
+    "measure_model", "measure_sites", "scale_degrees",
 ]  # fmt: skip
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 EXP_LIMIT = math.log(FLOAT16_MAX)  # Exp(a) overflows float16 beyond a = 11.09
 DEFAULT_MIN_HEADROOM = 8.0  # svsurgery fp16 --min-headroom: inputs may grow 8x before anything overflows
 PROFILE_CAP = 1000.0  # values with more headroom than this do not matter for float16
+_FILLED = FLOAT16_MAX / 2  # in values computed from a fill constant, entries beyond this are masked positions
 _KEPT_LOWEST = 5
 
 _BOUNDED = frozenset({
@@ -97,6 +98,14 @@ class Headroom:
     lowest: list[Site]  # the tightest few, tightest first
     measured: int  # float16 values measured
     profile: list[float] = dataclasses.field(default_factory=list)  # every headroom below PROFILE_CAP, increasing
+
+    @classmethod
+    def of(cls, sites: Iterable[Site]) -> Headroom:
+        """The headroom of a model whose measured values are ``sites``."""
+        ordered = sorted(sites, key=lambda s: s.headroom)
+        lowest = [s for s in ordered[:_KEPT_LOWEST] if math.isfinite(s.headroom)]
+        profile = [s.headroom for s in ordered if s.headroom < PROFILE_CAP]
+        return cls(ordered[0].headroom if ordered else math.inf, lowest[0] if lowest else None, lowest, len(ordered), profile)
 
     @property
     def overflows(self) -> bool:
@@ -255,8 +264,14 @@ def measure(model: ir.Model, values: Mapping[str, np.ndarray], opsets: Iterable 
     entries are not activations and are left out: float inputs holding only 0 and 1 are
     masks (degree 0: a mask is not scaled with the signal), and in values computed from a
     fill constant (a constant at or beyond ±65504: -inf or float16's finite minimum in
-    attention masks) the entries at ±65504 or ±inf are the masked positions.
+    attention masks) the entries beyond half of float16's range, or infinite, are the masked
+    positions (a score added to -65504 rounds to -65440, not to -65504).
     """
+    return Headroom.of(measure_sites(model, values, opsets))
+
+
+def measure_sites(model: ir.Model, values: Mapping[str, np.ndarray], opsets: Iterable | None = None) -> list[Site]:
+    """Every measured value of ``model`` (see :func:`measure`), in graph order."""
     return _Measurement(model.graph, values, opsets).run()
 
 
@@ -286,7 +301,7 @@ class _Measurement:
                 fills.add(value.name)
         return fills
 
-    def run(self) -> Headroom:
+    def run(self) -> list[Site]:
         for value in self.graph.inputs:
             if _is_float16(value) and value.name in self.values:
                 top, self.finite[value.name] = _finite_max(np.asarray(self.values[value.name]))
@@ -294,10 +309,7 @@ class _Measurement:
                 self.sites.append(Site(value.name, "", "input", "value", top, degree, headroom_of(top, degree)))
         for node in self.graph:
             self._node(node)
-        sites = sorted(self.sites, key=lambda s: s.headroom)
-        lowest = [s for s in sites[:_KEPT_LOWEST] if math.isfinite(s.headroom)]
-        profile = [s.headroom for s in sites if s.headroom < PROFILE_CAP]
-        return Headroom(sites[0].headroom if sites else math.inf, lowest[0] if lowest else None, lowest, len(sites), profile)
+        return self.sites
 
     def _inputs_finite(self, node: ir.Node) -> bool:
         for value in node.inputs:
@@ -319,7 +331,7 @@ class _Measurement:
             if output.name not in self.values or not _is_float16(output):
                 continue
             array = np.asarray(self.values[output.name])
-            top, self.finite[output.name] = _finite_max(array, below=FLOAT16_MAX if filled else math.inf)
+            top, self.finite[output.name] = _finite_max(array, below=_FILLED if filled else math.inf)
             degree = self.degrees.get(output.name, 0.0)
             what = "value"
             if not filled and not self.finite[output.name] and self._inputs_finite(node):
