@@ -209,6 +209,7 @@ def profile(args) -> None:
         with open(path, encoding="utf-8") as handle:
             events = json.load(handle)
         os.remove(path)
+        runs = sum(1 for event in events if event.get("name") == "model_run")
         durations = collections.defaultdict(list)
         for event in events:
             if (
@@ -217,12 +218,16 @@ def profile(args) -> None:
                 and event["args"]["op_name"] != "Loop"
             ):
                 durations[(event["args"]["op_name"], event["name"][: -len("_kernel_time")])].append(event["dur"])
-        nodes = sorted(((float(np.median(d[3:] or d)), key) for key, d in durations.items()), reverse=True)
+        # per run: a node's median call times its calls per run (a Loop body node runs once per block)
+        per_run = {key: float(np.median(d)) * len(d) / runs for key, d in durations.items()}
+        nodes = sorted(((taken, key) for key, taken in per_run.items()), reverse=True)
         total = sum(t for t, _ in nodes)
         by_op = collections.Counter()
         for taken, (op_type, _) in nodes:
             by_op[op_type] += taken
-        print(f"\n{seconds} s: {total / 1e3:.3f} ms in {len(nodes)} kernels (profiled; medians per node)")
+        print(
+            f"\n{seconds} s: {total / 1e3:.3f} ms per run in {len(nodes)} kernels ({total / 1e3 / seconds:.4f} ms per audio-second; profiled)"
+        )
         for op_type, taken in by_op.most_common(10):
             print(f"  {op_type:14s} {taken / 1e3:8.3f} ms  {100 * taken / total:5.1f} %")
         for taken, (op_type, name) in nodes[:8]:

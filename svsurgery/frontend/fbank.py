@@ -348,14 +348,13 @@ def _frame_counts(g: GraphOps, lengths: ir.Value, opts: FbankOptions) -> ir.Valu
 
 
 def _framing_signal(g: GraphOps, samples: ir.Value, lengths: ir.Value, extent: ir.Value, opts) -> ir.Value:
-    """[B, extent] samples from frame 0's first sample on: the waveform itself (snip_edges), or
-    each row reflected at its own length as Kaldi does (s < 0 -> -s-1, s >= N -> 2N-1-s,
-    repeatedly); samples past a row's end are whatever the batch holds there."""
+    """[B, <= extent] samples from frame 0's first sample on: the waveform itself (snip_edges;
+    blocks pad what they read past its end), or each row reflected at its own length as Kaldi
+    does (s < 0 -> -s-1, s >= N -> 2N-1-s, repeatedly); samples past a row's end are whatever
+    the batch holds there."""
     op, frame = g.op, opts.frame_opts
     if frame.snip_edges:
-        kept = op.Slice(samples, g.i64(0), extent, g.i64(1))
-        missing = op.Max(op.Sub(extent, g.dim(kept, 1)), g.i64(0))
-        return op.Pad(kept, op.Concat(g.i64(0, 0, 0), missing, axis=0))
+        return samples
     offset = frame.window_shift // 2 - frame.window_size // 2  # where frame 0 starts in the original signal
     positions = op.Add(op.Unsqueeze(g.range_(extent), g.i64(0)), g.i64(offset))  # [1, E]
     row_length = op.Unsqueeze(op.Max(lengths, g.i64(1)), g.i64(1))  # [B, 1]; empty rows are masked later
@@ -387,15 +386,18 @@ def fbank_graph(g: GraphOps, waveform: ir.Value, lengths: ir.Value, opts: FbankO
     blocks = op.Div(op.Add(computed, g.i64(_BLOCK_FRAMES - 1)), g.i64(_BLOCK_FRAMES))
     per_block = op.Max(op.Div(op.Add(computed, op.Sub(blocks, g.i64(1))), blocks), g.i64(2))
     reach = op.Add(op.Mul(blocks, per_block), g.i64(plan.phases - 1))  # segments the blocks read
-    signal = _framing_signal(g, waveform, lengths, op.Mul(reach, g.i64(plan.shift)), opts)  # [B, reach S]
+    signal = _framing_signal(g, waveform, lengths, op.Mul(reach, g.i64(plan.shift)), opts)  # [B, <= reach S]
     span = op.Add(per_block, g.i64(plan.phases - 1))  # segments one block reads
     dims = _Dims(g, g.dim(waveform, 0), per_block, span)
+    width = op.Mul(span, g.i64(plan.shift))  # samples one block reads
 
     def body(bop, index, going):
         inner = copy.copy(g)
         inner.op = bop
         start = bop.Mul(bop.Mul(bop.Unsqueeze(index, g.i64(0)), per_block), g.i64(plan.shift))
-        piece = bop.Slice(signal, start, bop.Add(start, bop.Mul(span, g.i64(plan.shift))), g.i64(1))
+        piece = bop.Slice(signal, start, bop.Add(start, width), g.i64(1))
+        missing = bop.Sub(width, inner.dim(piece, 1))  # past the waveform's end (the last block)
+        piece = bop.Pad(piece, bop.Concat(g.i64(0, 0, 0), missing, axis=0))
         return bop.Identity(going), _features(inner, piece, dims, plan)
 
     step = g.builder.subgraph(
