@@ -22,7 +22,7 @@ def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def build_parser():
     from svsurgery._version import __version__
-    from svsurgery.cli import check, demo, diff, example, extract, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
+    from svsurgery.cli import audit, check, demo, diff, example, extract, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
     from svsurgery.cli.arguments import CommandParser
 
     parser = CommandParser(
@@ -33,7 +33,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"svsurgery {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
     verbs.required = True
-    for verb in (demo, fuse_preproc, frontend, fix, fp16, rules, golden, check, diff, extract, inspect, example):
+    for verb in (demo, fuse_preproc, frontend, fix, fp16, rules, golden, check, diff, extract, inspect, example, audit):
         verb.register(verbs)
     return parser
 

@@ -1,0 +1,333 @@
+"""The audit, end to end: decide what is compared, shard the corpus, compute the shards not yet
+done (local pool or Ray), gather the rows, summarise, harvest the worst, localise the worst,
+the runtime matrix, the baseline verdict, and write everything into the output folder:
+
+    OUT/rows.parquet, OUT/rows.jsonl    one row per utterance (svsurgery.audit.metrics.COLUMNS)
+    OUT/summary.json                    corpus figures, buckets, worst, diff, matrix, baseline, versions
+    OUT/report.html                     the same for a person, with plots
+    OUT/worst/NN-ID.npz                 the worst utterances as golden files
+    OUT/worst/diff.json                 the diff reports of the worst utterance
+    OUT/shards/shard-NNNNN.jsonl        finished shards (what a rerun reuses)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from svsurgery.report import Report, dumps
+
+__all__ = ["AuditReport", "audit", "versions"]
+
+SUMMARY_KIND = "svsurgery-audit-summary"
+
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found = {}
+    for package in ("svsurgery", "onnxruntime", "onnx", "numpy", "torch", "kaldi-native-fbank", "silero-vad", "ray", "pyarrow"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+@dataclasses.dataclass
+class AuditReport(Report):
+    summary: dict
+    output_dir: str
+
+    @property
+    def passed(self) -> bool:
+        baseline = self.summary.get("baseline")
+        return baseline is None or not baseline["drift"]
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+    def render(self, console) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        s = self.summary
+        audit, totals = s["audit"], s["totals"]
+        console.print(f"[bold]audit[/bold] {escape(audit['model'])} ({audit['model_kind']}) against {escape(audit['reference'])}")
+        console.print(f"  corpus {escape(audit['corpus'])}: {totals['utterances']} utterances, {totals['bad']} bad, "
+                      f"{totals['audio_s']:.1f} s of audio; {audit['shards']} shards ({audit['shards_reused']} reused), "
+                      f"engine {audit['engine']} x {audit['workers']}")  # fmt: skip
+        table = Table(title="by bucket")
+        for column in ("group", "bucket", "utts", "ident. segments", "tokens differ", "TER corpus", "TER max", "cosine worst", "max abs"):
+            table.add_column(column, justify="left" if column in ("group", "bucket") else "right")
+        table.add_row("all", "", *_cells(totals))
+        for group, label in (("duration", "duration"), ("snr", "SNR"), ("language", "language")):
+            for bucket in s["buckets"][group]:
+                table.add_row(label, escape(str(bucket["bucket"])), *_cells(bucket))
+                label = ""
+        console.print(table)
+        timing = s["timing"]
+        console.print(f"  time per audio-second: model {_fmt(timing['model_ms_per_audio_s'])} ms, reference "
+                      f"{_fmt(timing['reference_ms_per_audio_s'])} ms; {_fmt(timing.get('utterances_per_s'))} utterances/s")  # fmt: skip
+        for worst in s.get("worst", []):
+            console.print(f"  worst {worst['rank']}: {escape(worst['id'])} TER {_fmt(worst['token_error_rate'])}, cosine "
+                          f"{_fmt(worst['cosine_min'])}, segments identical {worst['segments_identical']} -> {escape(worst['path'])}")  # fmt: skip
+        culprit = (s.get("diff") or {}).get("culprit")
+        if culprit:
+            console.print(f"  [red]first divergence[/red] ({culprit['step']}): {escape(str(culprit.get('module') or culprit['value']))} "
+                          f"(node {escape(culprit['node'])}, {culprit['op_type']}): {escape('; '.join(culprit['failures']))}")  # fmt: skip
+        for entry in s["bad_entries"][:20]:
+            console.print(f"  [yellow]bad[/yellow] {escape(entry['id'])}: {escape(entry['reason'])}")
+        if len(s["bad_entries"]) > 20:
+            console.print(f"  ... and {len(s['bad_entries']) - 20} more bad entries (summary.json lists them all)")
+        matrix = s.get("runtime_matrix")
+        if matrix:
+            table = Table(title=f"runtime matrix vs {matrix['reference_setting']}")
+            for column in ("setting", "bit-identical", "max abs", "cosine worst", "tokens differ", "ms/audio-s"):
+                table.add_column(column, justify="left" if column == "setting" else "right")
+            for row in matrix["settings"]:
+                if "error" in row:
+                    table.add_row(escape(row["label"]), escape(row["error"][:60]), "", "", "", "")
+                else:
+                    table.add_row(escape(row["label"]), str(row["bit_identical"]), _fmt(row["max_abs"]), _fmt(row["cosine_min"]),
+                                  str(row["tokens_differ"]), _fmt(row["ms_per_audio_s"]))  # fmt: skip
+            console.print(table)
+        baseline = s.get("baseline")
+        if baseline is not None:
+            for check in baseline["checks"]:
+                mark = "[red]DRIFT[/red]" if check["drift"] else "ok"
+                console.print(f"  baseline {check['figure']}: {_fmt(check['baseline'])} -> {_fmt(check['current'])} "
+                              f"(change {_fmt(check['change'])}, threshold {check['threshold']:g}) {mark}")  # fmt: skip
+            for note in baseline["notes"]:
+                console.print(f"  [yellow]note[/yellow]: {escape(note)}")
+            console.print("[red]drift beyond the thresholds[/red]" if baseline["drift"] else "[green]no drift against the baseline[/green]")
+        for note in s.get("notes", []):
+            console.print(f"  [yellow]note[/yellow]: {escape(note)}")
+        console.print(f"[green]wrote[/green] {escape(self.output_dir)}/ (summary.json, rows.parquet, rows.jsonl, report.html)")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+    return str(value)
+
+
+def _cells(group: dict) -> list[str]:
+    return [str(group["utterances"]), _fmt(group["segments_identical_share"]), _fmt(group["tokens_differ_share"]),
+            _fmt(group["token_error_rate_corpus"]), _fmt(group["token_error_rate_max"]), _fmt(group["cosine_min"]),
+            _fmt(group["max_abs_max"])]  # fmt: skip
+
+
+def audit(
+    model: str,
+    *,
+    audio: str | None = None,
+    reference_model: str | None = None,
+    torch_spec: str | None = None,
+    weights: str | None = None,
+    golden_dir: str | None = None,
+    vad=None,
+    segmentation=None,
+    config: str | None = None,
+    cmvn: str | None = None,
+    output_dir: str | Path,
+    engine: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    shard_size: int = 16,
+    baseline: str | None = None,
+    thresholds: dict[str, float] | None = None,
+    matrix: bool = False,
+    matrix_utterances: int = 8,
+    worst: int = 5,
+    localize_worst: bool = True,
+    progress_console=None,
+    plan=None,
+) -> AuditReport:
+    """Audit ``model`` against its reference over a corpus; see the module docstring."""
+    from svsurgery.audit import aggregate, store
+    from svsurgery.audit.baseline import DEFAULT_THRESHOLDS, compare_with_baseline, load_baseline
+    from svsurgery.audit.corpus import list_corpus
+    from svsurgery.audit.engines import run_shards
+    from svsurgery.audit.prepare import prepare
+    from svsurgery.errors import BadInputError
+    from svsurgery.files import FilePlan, write_text_atomically
+
+    plan = plan or FilePlan("audit")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"-o {output_dir}: exists and is not a folder")
+    if not out.parent.absolute().is_dir():
+        raise BadInputError(f"-o {output_dir}: the folder {out.parent.absolute()} does not exist")
+    if shard_size < 1:
+        raise BadInputError("--shard-size must be >= 1")
+    if engine not in ("local", "ray"):
+        raise BadInputError(f"--engine {engine}: expected local or ray")
+    if engine == "ray":
+        from svsurgery.audit.engines import import_ray
+
+        import_ray(ray_address)
+    baseline_data = load_baseline(baseline) if baseline else None
+    spec, notes, digests = prepare(model, reference_model=reference_model, torch_spec=torch_spec, weights=weights,
+                                   golden_dir=golden_dir, vad=vad, segmentation=segmentation, config=config, cmvn=cmvn)  # fmt: skip
+    corpus = list_corpus(audio, golden_dir)
+    out.mkdir(exist_ok=True)
+    targets = {name: plan.write(out / name, f"audit {name}") for name in ("summary.json", "rows.jsonl", "rows.parquet", "report.html")}
+
+    fingerprint = spec.fingerprint(digests)
+    shards = store.shards_of(corpus.entries, shard_size, fingerprint)
+    shard_store = store.ShardStore(out / "shards")
+    results: dict[int, list[dict]] = {}
+    todo = []
+    for shard in shards:
+        rows = shard_store.load(shard)
+        if rows is None:
+            todo.append(shard)
+        else:
+            results[shard.index] = rows
+    total = len(corpus.entries)
+
+    def finished(shard, text: str, count: int) -> None:
+        shard_store.save_text(shard, text, count)
+        results[shard.index] = [json.loads(line) for line in text.splitlines()] if count else []
+        if bar is not None:
+            bar.update(task, advance=count)
+
+    bar = task = None
+    started = time.perf_counter()
+    ran = {"engine": engine, "workers": 0}
+    if todo:
+        if progress_console is not None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            bar = Progress(TextColumn("audit"), BarColumn(), MofNCompleteColumn(), TextColumn("utterances"),
+                           TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=progress_console)  # fmt: skip
+            task = bar.add_task("audit", total=total, completed=total - sum(len(s.entries) for s in todo))
+            bar.start()
+        try:
+            ran = run_shards(spec, todo, finished, engine=engine, workers=workers, ray_address=ray_address, notes=notes)
+        finally:
+            if bar is not None:
+                bar.stop()
+    elif engine == "ray":
+        from svsurgery.audit.engines import _ray
+
+        ran = _ray(spec, [], finished, workers, ray_address, notes)  # checks Ray is there, like a run would
+    engine_seconds = time.perf_counter() - started
+    rows = [row for shard in shards for row in results[shard.index]]
+    computed = sum(len(s.entries) for s in todo)
+
+    store.write_jsonl(targets["rows.jsonl"], rows)
+    plan.written(targets["rows.jsonl"])
+    try:
+        store.write_parquet(targets["rows.parquet"], rows)
+        plan.written(targets["rows.parquet"])
+    except ImportError:
+        notes.append("pyarrow is not installed: rows.parquet was not written (pip install pyarrow)")
+
+    summary = {"kind": SUMMARY_KIND, "format": 1}
+    summary["audit"] = {
+        "model": spec.model, "model_kind": spec.model_kind, "model_sha256": digests["model"],
+        "reference": spec.reference.describe(), "reference_kind": spec.reference.kind,
+        "reference_sha256": digests.get("reference"), "digests": digests,
+        "frontend": _describe_frontend(spec), "vad": _describe_vad(spec), "segmentation": dataclasses.asdict(spec.segmentation),
+        "outputs": list(spec.outputs), "setting": spec.setting.label,
+        "corpus": corpus.source, "corpus_kind": corpus.kind, "engine": ran["engine"], "workers": ran["workers"],
+        "shard_size": shard_size, "shards": len(shards), "shards_reused": len(shards) - len(todo),
+        "shards_computed": len(todo), "fingerprint": fingerprint, "rows_sha256": store.rows_digest(rows),
+    }  # fmt: skip
+    summary["versions"] = versions()
+    summary.update(aggregate.summarize(rows))
+    summary["timing"].update({
+        "engine_s": engine_seconds, "utterances_computed": computed,
+        "utterances_per_s": computed / engine_seconds if computed and engine_seconds > 0 else None,
+    })  # fmt: skip
+
+    worst_rows = aggregate.worst_rows(rows, worst)
+    entries = {e.index: e for e in corpus.entries}
+    if worst_rows:
+        from svsurgery.audit.harvest import harvest
+
+        summary["worst"] = harvest(spec, worst_rows, entries, out / "worst", plan)
+        if localize_worst and aggregate.diverges(worst_rows[0]):
+            summary["diff"] = _localize(spec, worst_rows[0], entries[worst_rows[0]["index"]], out, plan)
+        elif localize_worst:
+            notes.append("no utterance diverges beyond tolerance (tokens, segments, cosine >= 0.99999): no diff of the worst")
+    else:
+        summary["worst"] = []
+    if matrix:
+        summary["runtime_matrix"] = _matrix(spec, rows, entries, matrix_utterances, notes)
+    if baseline_data is not None:
+        summary["baseline"] = compare_with_baseline(summary, baseline_data, thresholds or DEFAULT_THRESHOLDS)
+        summary["baseline"]["path"] = str(baseline)
+    summary["notes"] = notes
+
+    write_text_atomically(targets["summary.json"], dumps(summary, indent=2))
+    plan.written(targets["summary.json"])
+    from svsurgery.audit.html import render_html
+
+    write_text_atomically(targets["report.html"], render_html(json.loads(dumps(summary)), rows))
+    plan.written(targets["report.html"])
+    return AuditReport(summary, str(out))
+
+
+def _describe_frontend(spec) -> str:
+    if spec.frontend is None:
+        return "none (golden outputs)"
+    config = spec.frontend
+    return "; ".join(f"{k}: {v}" for k, v in config.sources.items())
+
+
+def _describe_vad(spec) -> str | None:
+    if spec.vad is None:
+        return None
+    from svsurgery.vad.detect import mode
+
+    values = {k: v for k, v in dataclasses.asdict(spec.vad).items()}
+    return f"{mode(spec.vad)} {json.loads(dumps(values))}"
+
+
+def _localize(spec, row: dict, entry, out: Path, plan) -> dict:
+    from svsurgery.audit.corpus import read_audio
+    from svsurgery.audit.harvest import worst_span
+    from svsurgery.audit.localize import localize
+    from svsurgery.audit.reference import ReferencePipeline
+    from svsurgery.files import write_text_atomically
+
+    if entry.golden or spec.reference.kind == "golden":
+        return {"utterance": entry.id, "culprit": None, "notes": ["no value-by-value diff against stored golden outputs"]}
+    waveform = read_audio(entry, spec.sample_rate)
+    pipeline = ReferencePipeline(spec)
+    reference = pipeline.run(waveform)
+    found = localize(spec, entry.id, waveform, worst_span(row), reference, pipeline)
+    target = plan.write(out / "worst" / "diff.json", "diff of the worst utterance")
+    full = {"utterance": entry.id, "span": found.span, "culprit": found.culprit, "notes": found.notes,
+            "encoder": found.encoder.to_dict() if found.encoder is not None else None}  # fmt: skip
+    write_text_atomically(target, dumps(full, indent=1))
+    plan.written(target)
+    data = found.to_dict()
+    data["path"] = str(target)
+    return data
+
+
+def _matrix(spec, rows: list[dict], entries: dict, count: int, notes: list[str]) -> dict | None:
+    from svsurgery.audit.corpus import read_audio
+    from svsurgery.audit.matrix import runtime_matrix
+
+    chosen = [entries[r["index"]] for r in rows if r["status"] == "ok" and not entries[r["index"]].golden][:count]
+    if not chosen:
+        notes.append("runtime matrix: no audio utterance to run it on")
+        return None
+    waveforms = [read_audio(e, spec.sample_rate) for e in chosen]
+    return runtime_matrix(spec, chosen, waveforms)
