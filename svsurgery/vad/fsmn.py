@@ -2,13 +2,22 @@
 
 - the features are the project's fbank with the folder's own frontend_conf, LFR and am.mvn;
 - the folder's ``model.onnx`` (FunASR's export: ``speech`` [1, T, D] plus zeroed
-  ``in_cache*`` inputs -> ``logits`` [1, T, classes]) is grafted in and scores every frame;
-- FunASR's per-frame decision (``exp(log(1 - p_sil)) >= exp(log(p_sil) * speech_2_noise_ratio)
-  + speech_noise_thres``, with the decibel and SNR gates and the running noise level) and
-  its E2EVadModel (a 200 ms window with 150 ms hysteresis, start back-off by the window and
-  ``lookback_time_start_point``, end after ``max_end_silence_time`` with
-  ``lookahead_time_end_point``, the ``max_single_segment_time`` cut, and the buffer
-  bookkeeping that decides where a segment may start) run as one ONNX Loop over frames;
+  ``in_cache*`` inputs -> ``logits`` [1, T, classes]) scores every frame: read layer by layer
+  when it is FunASR's FSMN export and run channels-first (no transposes around the memory
+  blocks), else grafted in as it is;
+- FunASR's per-frame decision (GetFrameState: ``exp(log(1 - p_sil)) >= exp(log(p_sil) *
+  speech_2_noise_ratio) + speech_noise_thres``, with the decibel and SNR gates and the running
+  noise level) for all frames at once; the SNR gate's running noise level (a recurrence) and
+  the frames' decibels are computed, in an If, only when some frame's SNR can fall below
+  ``snr_thres``;
+- its WindowDetector (a 200 ms window with 150 ms hysteresis) as vectors: the window sums of
+  all frames and, from each frame on, where the window next turns to speech or to silence;
+- its E2EVadModel (start back-off by the window and ``lookback_time_start_point``, end after
+  ``max_end_silence_time`` with ``lookahead_time_end_point``, the ``max_single_segment_time``
+  cut, single/multiple utterance, and the buffer bookkeeping that decides where a segment may
+  start) as one ONNX Loop whose iterations are the frames where something happens (a window
+  turn, a pause reaching the end silence, a segment's maximum, the last frame, a chunk start),
+  not every frame: about 1.6 iterations per audio-second on speech instead of 100;
 - the dynamic end-silence schedule of FunASR 1.4.16's ``generate()`` steps at the frames
   where its 60 s chunks begin (FunASR's online front end emits 5996 frames for the first
   chunk and 6000 for each next one; computed here from the settings).
