@@ -1,7 +1,7 @@
 """Kaldi fbank as ONNX ops: every linear step folded into a few matrices, time on the last axis.
 
 Only ops every execution provider has (Slice/Concat/Reshape/Transpose/Split/MatMul,
-elementwise, Loop; no STFT/DFT: onnxruntime's CPU DFT costs ~12 us per 512-point frame, five
+elementwise, Loop; no STFT/DFT: onnxruntime's CPU DFT costs ~12 us per 512-point frame, four
 times this whole graph). Frames are never materialised as [T, 400] rows that separate ops
 then centre, pre-emphasise and window; each row of the waveform is cut into segments of
 ``window_shift`` samples, and frame t is segments t .. t+Q-1 (Q = ceil(L / S); 3 for 25/10 ms):
