@@ -294,12 +294,17 @@ def _fsmn_layers(model: ir.Model) -> list[_Layer] | None:
     last axis. None for any other graph: it is then grafted as it is."""
     inputs = list(model.graph.inputs)
     features = [v for v in inputs if v.shape is not None and len(v.shape) == 3]
-    if len(features) != 1 or not model.graph.outputs:
+    if len(features) != 1 or features[0].dtype != ir.DataType.FLOAT or not model.graph.outputs:
         return None
     caches = {v for v in inputs if v is not features[0]}
+    cache_outputs = {id(v) for v in model.graph.outputs[1:]}
 
-    def only_user(value: ir.Value, skip=("Slice",)) -> ir.Node | None:
-        users = [use.node for use in value.uses() if use.node.op_type not in skip]  # Slice: the out_cache
+    def only_user(value: ir.Value, cache_slice: bool = False) -> ir.Node | None:
+        """The one node reading ``value``; with ``cache_slice``, besides a Slice writing an
+        out_cache output (the memory block's history, which the fsmn mode does not keep)."""
+        users = [use.node for use in value.uses()]
+        if cache_slice:
+            users = [n for n in users if not (n.op_type == "Slice" and id(n.outputs[0]) in cache_outputs)]
         return users[0] if len(users) == 1 else None
 
     layers, value = [], features[0]
@@ -309,7 +314,7 @@ def _fsmn_layers(model: ir.Model) -> list[_Layer] | None:
             return None
         kind = node.op_type
         if kind == "MatMul" and node.inputs[0] is value and (weight := _constant(node.inputs[1])) is not None:
-            if weight.ndim != 2:
+            if weight.ndim != 2 or weight.dtype != np.float32:
                 return None
             value, bias = node.outputs[0], None
             after = only_user(value)
@@ -357,15 +362,11 @@ def _memory_block(unsqueeze: ir.Node, caches: set, only_user) -> tuple[np.ndarra
     cache = concat.inputs[0]
     while cache.producer() is not None and cache.producer().op_type == "Cast":
         cache = cache.producer().inputs[0]
-    conv = only_user(concat.outputs[0])
+    conv = only_user(concat.outputs[0], cache_slice=True)
     if cache not in caches or concat.inputs[1] is not moved or conv is None or conv.op_type != "Conv":
         return None
-    weight = _constant(conv.inputs[1])
-    channels = None if weight is None else weight.shape[0]
-    if (weight is None or weight.ndim != 4 or weight.shape[1] != 1 or weight.shape[3] != 1 or len(conv.inputs) > 2
-            or _attribute(conv, "group") != channels or any(_attribute(conv, "pads", (0,)) )
-            or any(v != 1 for v in _attribute(conv, "strides", (1,))) or any(v != 1 for v in _attribute(conv, "dilations", (1,)))
-            or cache.shape is None or list(cache.shape)[1:] != [channels, weight.shape[2] - 1, 1]):  # fmt: skip
+    taps = _depthwise_taps(conv, cache)
+    if taps is None:
         return None
     if only_user(conv.outputs[0]) is not add or set(map(id, add.inputs)) != {id(moved), id(conv.outputs[0])}:
         return None
@@ -378,7 +379,25 @@ def _memory_block(unsqueeze: ir.Node, caches: set, only_user) -> tuple[np.ndarra
     axes = _constant(squeeze.inputs[1]) if len(squeeze.inputs) > 1 else _attribute(squeeze, "axes")
     if axes is None or list(np.atleast_1d(axes)) != [1]:
         return None
-    return weight[:, 0, :, 0], squeeze.outputs[0]
+    return taps, squeeze.outputs[0]
+
+
+def _depthwise_taps(conv: ir.Node, cache: ir.Value) -> np.ndarray | None:
+    """[C, L] of a depthwise Conv over the frame axis of [1, C, L - 1 + T, 1] (a float32
+    [C, 1, L, 1] kernel, no bias, padding, stride or dilation) whose cache holds L - 1 frames."""
+    weight = _constant(conv.inputs[1])
+    if weight is None or weight.dtype != np.float32 or weight.ndim != 4 or len(conv.inputs) > 2:
+        return None
+    channels, per_group, taps, width = weight.shape
+    plain = not any(_attribute(conv, "pads", (0,))) and all(
+        v == 1 for v in (*_attribute(conv, "strides", (1,)), *_attribute(conv, "dilations", (1,)))
+    )
+    cache_frames = None if cache.shape is None else list(cache.shape)
+    if not plain or per_group != 1 or width != 1 or _attribute(conv, "group") != channels:
+        return None
+    if cache_frames != [1, channels, taps - 1, 1]:
+        return None
+    return weight[:, 0, :, 0]
 
 
 def _fsmn_channels_first(g: GraphOps, features: ir.Value, layers: list[_Layer]) -> ir.Value:
