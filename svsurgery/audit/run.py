@@ -191,7 +191,11 @@ def audit(
             results[shard.index] = rows
     total = len(corpus.entries)
 
+    first: dict[str, float] = {}
+
     def finished(shard, text: str, count: int) -> None:
+        if not first:  # when the engine was up and running: its start-up ends with the first shard back
+            first.update(seconds=time.perf_counter() - started, utterances=count)
         shard_store.save_text(shard, text, count)
         results[shard.index] = [json.loads(line) for line in text.splitlines()] if count else []
         if bar is not None:
@@ -249,9 +253,13 @@ def audit(
     }  # fmt: skip
     summary["versions"] = versions()
     summary.update(aggregate.summarize(rows))
+    steady = engine_seconds - first.get("seconds", engine_seconds)
     summary["timing"].update({
         "engine_s": engine_seconds, "utterances_computed": computed,
         "utterances_per_s": computed / engine_seconds if computed and engine_seconds > 0 else None,
+        # after the first shard came back (start-up of processes / actors excluded)
+        "first_shard_s": first.get("seconds"),
+        "steady_utterances_per_s": (computed - first["utterances"]) / steady if first and steady > 0 else None,
     })  # fmt: skip
 
     worst_rows = aggregate.worst_rows(rows, worst)
