@@ -7,12 +7,13 @@ instance (3199 frames after wav2vec2's first convolution on one second of audio)
 passes 65504 once the deviations' mean square passes 65504 / N (about 20 for N = 3199):
 the variance becomes inf, and every output of that channel collapses to its bias, with no
 NaN and no inf left to notice. PyTorch exports GroupNorm as InstanceNormalization between
-Reshapes (wav2vec2's ``feat_extract_norm="group"``); GroupNormalization before opset 21
-has no ``stash_type`` either (opset 21 added it, float32 by default). For models computed
-in float16 this family marks each such node to compute in float32: the conversion casts
-its input up and its output down once, so its statistics are float32 whatever the
-runtime's kernel does. Float32 models and GroupNormalization with a float32 ``stash_type``
-are left as they are. Verified whole, then node by node if the whole pass is rolled back.
+Reshapes (wav2vec2's ``feat_extract_norm="group"``); GroupNormalization (opset 21: the
+opset-18 definition is deprecated and refused by onnx.checker) computes them in its
+``stash_type``, float32 unless it says otherwise. For models computed in float16 this family
+marks each InstanceNormalization to compute in float32: the conversion casts its input up
+and its output down once, so its statistics are float32 whatever the runtime's kernel does;
+a GroupNormalization whose ``stash_type`` is not float32 gets ``stash_type`` float32. Float32 models are left as
+they are. Verified whole, then node by node if the whole pass is rolled back.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from svsurgery.family import Applied, ApplyOptions, RuleFamily
-from svsurgery.opset import ai_onnx_opset
 from svsurgery.precision import keep_in_float32, kept_in_float32
 from svsurgery.rules._matches import all_graphs, site_of
 
@@ -29,21 +29,18 @@ __all__ = ["FAMILY", "float16_statistics"]
 _NORMALIZATIONS = frozenset({"InstanceNormalization", "GroupNormalization"})
 
 
-def float16_statistics(node: ir.Node, opset: int) -> bool:
+def float16_statistics(node: ir.Node) -> bool:
     """Does ``node`` compute its statistics in its input's type (no float32 ``stash_type``)?"""
     if node.op_type not in _NORMALIZATIONS or node.domain not in ("", "ai.onnx") or kept_in_float32(node):
         return False
     if node.op_type == "InstanceNormalization":
         return True
-    stash = node.attributes.get("stash_type")
-    if stash is None:
-        return opset < 21  # GroupNormalization-18 has none; from 21 it defaults to float32
-    return stash.value != int(ir.DataType.FLOAT)
+    stash = node.attributes.get("stash_type")  # GroupNormalization-21: float32 unless it says otherwise
+    return stash is not None and stash.value != int(ir.DataType.FLOAT)
 
 
 def _nodes(model: ir.Model) -> list[ir.Node]:
-    opset = ai_onnx_opset(model) or 0
-    return [node for graph in all_graphs(model) for node in graph if float16_statistics(node, opset)]
+    return [node for graph in all_graphs(model) for node in graph if float16_statistics(node)]
 
 
 def _sites(model: ir.Model) -> list[str]:
@@ -55,11 +52,18 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
         return Applied(0, notes=["the model computes in float32: normalisation statistics already do (see svsurgery fp16)"])
     nodes = [n for n in _nodes(model) if options.site is None or site_of(n) == options.site]
     for node in nodes:
-        keep_in_float32(node, f"{FAMILY.id}: {node.op_type} statistics in float32")
+        if node.op_type == "GroupNormalization":  # its statistics are what stash_type says: float32
+            node.attributes["stash_type"] = ir.AttrInt64("stash_type", int(ir.DataType.FLOAT))
+        else:
+            keep_in_float32(node, f"{FAMILY.id}: {node.op_type} statistics in float32")
     if not nodes:
         return Applied(0)
-    kinds = sorted({n.op_type for n in nodes})
-    return Applied(len(nodes), notes=[f"{len(nodes)} {'/'.join(kinds)} nodes compute in float32 (statistics and all)"])
+    notes = []
+    for kind, what in (("InstanceNormalization", "compute in float32 (statistics and all)"), ("GroupNormalization", "compute their statistics in float32 (stash_type)")):
+        count = sum(n.op_type == kind for n in nodes)
+        if count:
+            notes.append(f"{count} {kind} nodes {what}")
+    return Applied(len(nodes), notes=notes)
 
 
 FAMILY = RuleFamily(
@@ -69,7 +73,10 @@ FAMILY = RuleFamily(
         "in float16 their variance sums squared deviations over every frame of an instance and overflows "
         "(wav2vec2's GroupNorm over ~1600-3200 frames): channels collapse to their bias, silently"
     ),
-    safe_when="float16 models; each node cast to float32 and back once; kept when parity improves or headroom rises",
+    safe_when=(
+        "float16 models; InstanceNormalization cast to float32 and back once, GroupNormalization's stash_type set to "
+        "float32; kept when parity improves or headroom rises"
+    ),
     references=(
         "ONNX InstanceNormalization: https://onnx.ai/onnx/operators/onnx__InstanceNormalization.html",
         "ONNX GroupNormalization-21 (stash_type added): https://onnx.ai/onnx/operators/onnx__GroupNormalization.html",

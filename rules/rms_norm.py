@@ -131,6 +131,20 @@ def _scope(node: ir.Node) -> str:
     return scope if scope.startswith("/") else "/" + scope
 
 
+def explicit_defaults(model: ir.Model) -> None:
+    """Write out the default ``keepdims=1`` / ``noop_with_empty_axes=0`` of ReduceMean nodes that
+    average a square (exact: the defaults are what they compute), so the shipped pattern, which
+    names them, matches exporters that leave them implicit."""
+    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        for node in graph:
+            source = node.inputs[0].producer() if node.op_type == "ReduceMean" and node.inputs and node.inputs[0] is not None else None
+            if source is None or source.op_type not in ("Pow", "Mul"):
+                continue
+            for name, default in (("keepdims", 1), ("noop_with_empty_axes", 0)):
+                if name not in node.attributes:
+                    node.attributes[name] = ir.AttrInt64(name, default)
+
+
 def _sites(model: ir.Model) -> list[str]:
     return [site_of(root) for root, _ in find_matches(model, CORES)]
 
@@ -142,6 +156,7 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     fused = 0
     known_constants(model)
     if (ai_onnx_opset(model) or 0) >= _RMS_NORMALIZATION_OPSET:
+        explicit_defaults(model)
         fused = apply_rewrite_rules(model, [restricted(rule, options.site) for rule in FUSIONS])
     notes = [f"{fused} RMSNorm chains fused into RMSNormalization (statistics in float32)"] if fused else []
     marked = 0

@@ -84,8 +84,13 @@ class Snapshot:
 
         self.proto = proto if proto is not None else to_proto(model)
         self.meta = dict(model.meta)
+        # where external data left in its files is found (a proto does not say: its locations are relative)
+        external = [v.const_value for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+        self.base_dir = external[0].base_dir if external and proto is None else None
 
     def restore(self) -> ir.Model:
         restored = ir.serde.deserialize_model(self.proto)
         restored.meta.update(self.meta)
+        if self.base_dir:
+            ir.external_data.set_base_dir(restored.graph, self.base_dir)
         return restored

@@ -238,3 +238,14 @@ def test_float16_input_models_are_verified_in_true_float16(tmp_path):
     assert fixed.graph.inputs[0].dtype == ir.DataType.FLOAT16
     svsurgery.validate(fixed)
     assert PROFILES[report.tolerance["name"]].name == "fp16"
+
+
+def test_fp16_of_a_model_with_external_data_survives_rollbacks(dynamo_path):
+    """The dynamo export keeps its weights in a .data file beside it; a rolled-back float16 pass
+    restores the model from a proto whose external-data locations are relative to that folder."""
+    model = svsurgery.load(dynamo_path)
+    assert any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    fixed, report = svsurgery.fix(model, precision=ir.DataType.FLOAT16, keep_io_types=True)
+    assert any(s.status == "rolled back" for s in report.steps)
+    assert report.passed, report.final.failures()
+    svsurgery.validate(fixed)
