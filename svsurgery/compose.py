@@ -196,7 +196,7 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
             value.shape = ir.Shape([1, *list(value.shape)[1:]])
     g = GraphOps(graph, graph.opset_imports.get("", 13))  # appends its nodes at the end of the graph
     op = g.op
-    existing = {id(n) for n in graph}
+    existing, initializers_before = {id(n) for n in graph}, set(graph.initializers)
     count = g.dim(segments, 0)  # K
     rows = op.Max(count, g.i64(1))
     missing = op.Sub(rows, count)  # 1 when K = 0: one empty row
@@ -253,14 +253,35 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
                       body=loop_body, _outputs=len(padded) + len(outputs))  # fmt: skip
     if len(padded) + len(outputs) == 1:
         results = [results]
-    for index, (output, stacked) in enumerate(zip(outputs, results[len(padded) :])):
+    finals = []
+    for output, stacked in zip(outputs, results[len(padded) :]):
         final = op.Gather(stacked, back, axis=0)
         final.dtype, final.shape = output.dtype, output.shape
         graph.outputs[graph.outputs.index(output)] = final
         final.name, output.name = output.name, f"svs/frontend/rows/{output.name}"
-    for node in graph:
-        if id(node) not in existing:
-            node.name = f"svs/frontend/rows/{node.name or node.op_type}"
+        finals.append(final)
+    # what this adds is named svs/frontend/rows/... (body: .../body/...): recognisable in a
+    # viewer, and apart from each other (both builders number their values from 0)
+    keep = {id(v) for v in (*finals, *_binding_values(loop_body, binding))}
+    encoder_ids = {id(n) for n in encoder_nodes}
+    for prefix, nodes in (("svs/frontend/rows/", [n for n in graph if id(n) not in existing]),
+                          ("svs/frontend/rows/body/", [n for n in loop_body if id(n) not in encoder_ids])):  # fmt: skip
+        for node in nodes:
+            node.name = prefix + (node.name or node.op_type)
+            for value in node.outputs:
+                if id(value) not in keep and value.name and not value.name.startswith(prefix):
+                    value.name = prefix + value.name
+    for value in (*loop_body.inputs, *loop_body.outputs):
+        if id(value) not in keep and not value.name.startswith("svs/"):
+            value.name = "svs/frontend/rows/body/" + value.name
+    for name in [n for n in graph.initializers if n not in initializers_before]:
+        ir.convenience.rename_values(graph.initializers[name], "svs/frontend/rows/" + name)
+
+
+def _binding_values(body: ir.Graph, binding: EncoderInputs) -> list[ir.Value]:
+    """The values in ``body`` that carry the encoder's input names (a row's features and length)."""
+    names = {binding.features.name, binding.lengths.name if binding.lengths is not None else None}
+    return [v for n in body for v in n.outputs if v.name in names]
 
 
 def _rename_clashes(encoder: ir.Model, frontend: ir.Model, keep: tuple[str | None, ...]) -> None:
