@@ -96,6 +96,12 @@ class FixReport(Report):
     def passed(self) -> bool:
         return self.final.passed and self.headroom_failure is None
 
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        for key in ("headroom_before", "headroom_after"):  # the value, where, the tightest few: not every site
+            data[key] = getattr(self, key).to_dict() if getattr(self, key) is not None else None
+        return data
+
     @property
     def headroom_failure(self) -> str | None:
         """Why the result's headroom is not enough (None when it is, or when none is required)."""
@@ -150,8 +156,13 @@ class FixReport(Report):
             required = "" if self.min_headroom is None else f" (required: {self.min_headroom:g}x)"
             console.print(f"  headroom after: {escape(self.headroom_after.describe())}{escape(required)}")
         final = self.final.summary()
-        failures = self.final.failures() + ([self.headroom_failure] if self.headroom_failure else [])
-        verdict = "[green]within tolerance[/green]" if self.passed else "[red]beyond tolerance: " + escape("; ".join(failures)) + "[/red]"
+        if self.passed:
+            verdict = "[green]within tolerance[/green]"
+        elif self.final.passed:
+            verdict = "[red]within tolerance, but " + escape(str(self.headroom_failure)) + "[/red]"
+        else:
+            failures = self.final.failures() + ([self.headroom_failure] if self.headroom_failure else [])
+            verdict = "[red]beyond tolerance: " + escape("; ".join(failures)) + "[/red]"
         argmax = "-" if final["min_argmax"] is None else f"{final['min_argmax']:.2%}"
         console.print(
             f"final parity: max abs {final['max_abs']:.3e}, max rel {final['max_rel']:.3e}, "

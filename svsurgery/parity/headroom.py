@@ -240,12 +240,31 @@ def _finite_max(array: np.ndarray, below: float = math.inf) -> tuple[float, bool
     """(largest finite magnitude under ``below``, whether every entry is finite)."""
     if array.size == 0:
         return 0.0, True
-    magnitudes = np.abs(array)
-    top = float(magnitudes.max())
-    if top < below:
+    if array.dtype == np.float16:
+        return _finite_max_float16(array, below)
+    top = max(float(array.max()), -float(array.min()))  # no temporary: two passes over the value
+    if top < below:  # False for NaN too
         return top, True
+    magnitudes = np.abs(array)
     kept = magnitudes < below
     return (float(magnitudes[kept].max()) if kept.any() else 0.0), bool(np.isfinite(top))
+
+
+_FLOAT16_INF_BITS = 0x7C00  # |x| bits at and above this: inf or NaN
+
+
+def _finite_max_float16(array: np.ndarray, below: float) -> tuple[float, bool]:
+    """:func:`_finite_max` on the bits: with the sign cleared, float16 magnitudes order as
+    integers (inf and NaN above every finite value), which numpy compares ten times faster
+    than it compares float16."""
+    bits = np.ascontiguousarray(array).view(np.uint16) & np.uint16(0x7FFF)
+    top = int(bits.max())
+    limit = _FLOAT16_INF_BITS if math.isinf(below) else min(_FLOAT16_INF_BITS, int(np.float16(below).view(np.uint16)))
+    if top < limit:
+        return float(np.uint16(top).view(np.float16)), True
+    kept = bits[bits < limit]
+    largest = float(np.uint16(kept.max()).view(np.float16)) if kept.size else 0.0
+    return largest, top < _FLOAT16_INF_BITS
 
 
 def _is_float16(value: ir.Value) -> bool:
