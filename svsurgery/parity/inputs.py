@@ -514,10 +514,9 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
                 _decide(value, 2, _WHISPER_FRAMES, dims, sizes)
         elif role.kind == "waveform":
             dim = shape[-1]
-            if not isinstance(dim, int):
-                if not (dim.value and dim.value in dims):
-                    _decide(value, len(shape) - 1, int(round(steps["waveform"] * rate.rate)), dims, sizes)
-                    guessed.add("waveform")
+            if not isinstance(dim, int) and not (dim.value and dim.value in dims):
+                _decide(value, len(shape) - 1, round(steps["waveform"] * rate.rate), dims, sizes)
+                guessed.add("waveform")
 
     shapes = {
         v.name: _concrete_shape(v, dims, sizes, _batch_axes(v, roles[v.name]), batch, steps["sequence"], guessed) for v in graph_inputs
@@ -561,7 +560,7 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
             feeds[value.name], how[value.name] = _fill(value, shape, role, rng)
         if keyed and role.kind in ("ids", "floats", "integers"):
             feeds[value.name] = _pad_rows(feeds[value.name], keyed)
-            how[value.name] += f"; 0 after each row's valid length {list(keyed.values())[0]} (the padding a mask or length input marks)"
+            how[value.name] += f"; 0 after each row's valid length {next(iter(keyed.values()))} (the padding a mask or length input marks)"
     ordered = ParityInputs({v.name: feeds[v.name] for v in graph_inputs}, {v.name: how[v.name] for v in graph_inputs})
     return ordered, guessed
 
