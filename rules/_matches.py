@@ -35,7 +35,11 @@ def known_constants(model: ir.Model) -> None:
     in the graph changes."""
     for graph in all_graphs(model):
         for node in graph:
-            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or node.outputs[0].const_value is not None:
+            if (
+                node.op_type != "Constant"
+                or node.domain not in ("", "ai.onnx")
+                or node.outputs[0].const_value is not None
+            ):
                 continue
             attribute = node.attributes.get("value")
             if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
@@ -57,7 +61,9 @@ def restricted(instance: pattern.RewriteRuleClassBase, site: str | None) -> patt
     )  # fmt: skip
 
 
-def matchers(instances: Sequence[pattern.PatternBase], *, checked: bool = True, commute: bool = True) -> list[pattern.Pattern]:
+def matchers(
+    instances: Sequence[pattern.PatternBase], *, checked: bool = True, commute: bool = True
+) -> list[pattern.Pattern]:
     """The instances' patterns as matchers for :func:`find_matches`: with their checks (or
     without: ``checked=False``), in every operand order of commutative ops (``commute``)."""
     rules = []

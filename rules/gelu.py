@@ -69,7 +69,12 @@ class _ErfGeluForm(_ToGelu, pattern.RewriteRuleClassBase):
         return self._form(op, x)
 
 
-FUSIONS = [ErfGeluToGelu(), TanhGeluToGelu(), _ErfGeluForm(erfgelu.erf_gelu_pattern_1), _ErfGeluForm(erfgelu.erf_gelu_pattern_2)]
+FUSIONS = [
+    ErfGeluToGelu(),
+    TanhGeluToGelu(),
+    _ErfGeluForm(erfgelu.erf_gelu_pattern_1),
+    _ErfGeluForm(erfgelu.erf_gelu_pattern_2),
+]
 CHAINS = matchers(FUSIONS, checked=False)  # the same patterns without the opset check: where the chains are
 
 

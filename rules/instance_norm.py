@@ -49,7 +49,9 @@ def _sites(model: ir.Model) -> list[str]:
 
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     if not options.low_precision:
-        return Applied(0, notes=["the model computes in float32: normalisation statistics already do (see svsurgery fp16)"])
+        return Applied(
+            0, notes=["the model computes in float32: normalisation statistics already do (see svsurgery fp16)"]
+        )
     nodes = [n for n in _nodes(model) if options.site is None or site_of(n) == options.site]
     for node in nodes:
         if node.op_type == "GroupNormalization":  # its statistics are what stash_type says: float32
@@ -59,7 +61,10 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     if not nodes:
         return Applied(0)
     notes = []
-    for kind, what in (("InstanceNormalization", "compute in float32 (statistics and all)"), ("GroupNormalization", "compute their statistics in float32 (stash_type)")):
+    for kind, what in (
+        ("InstanceNormalization", "compute in float32 (statistics and all)"),
+        ("GroupNormalization", "compute their statistics in float32 (stash_type)"),
+    ):
         count = sum(n.op_type == kind for n in nodes)
         if count:
             notes.append(f"{count} {kind} nodes {what}")

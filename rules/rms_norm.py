@@ -76,7 +76,9 @@ class DecomposedRmsNorm(pattern.PatternBase):
 
     def pattern(self, op, x, exponent, epsilon):
         squared = pattern.OrValue([op.Pow(x, exponent), op.Mul(x, x)])
-        mean_square = op.ReduceMean(squared, _allow_other_attributes=True, _allow_other_inputs=True, _outputs=["mean_square"])
+        mean_square = op.ReduceMean(
+            squared, _allow_other_attributes=True, _allow_other_inputs=True, _outputs=["mean_square"]
+        )
         rms = op.Sqrt(op.Add(mean_square, epsilon))
         if self._normalize == "div":
             return op.Div(x, rms)
@@ -99,7 +101,11 @@ class DecomposedRmsNorm(pattern.PatternBase):
         return result
 
 
-FUSIONS = [cls(f"{cls.__name__}[{order}]", mul_order=order == "scale-last") for cls in (RmsNormalizationFusion, RmsNormDivFusion) for order in ("scale-last", "scale-first")]
+FUSIONS = [
+    cls(f"{cls.__name__}[{order}]", mul_order=order == "scale-last")
+    for cls in (RmsNormalizationFusion, RmsNormDivFusion)
+    for order in ("scale-last", "scale-first")
+]
 CORES = matchers([DecomposedRmsNorm(form) for form in _FORMS])
 
 
@@ -137,7 +143,11 @@ def explicit_defaults(model: ir.Model) -> None:
     names them, matches exporters that leave them implicit."""
     for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
         for node in graph:
-            source = node.inputs[0].producer() if node.op_type == "ReduceMean" and node.inputs and node.inputs[0] is not None else None
+            source = (
+                node.inputs[0].producer()
+                if node.op_type == "ReduceMean" and node.inputs and node.inputs[0] is not None
+                else None
+            )
             if source is None or source.op_type not in ("Pow", "Mul"):
                 continue
             for name, default in (("keepdims", 1), ("noop_with_empty_axes", 0)):
@@ -152,7 +162,9 @@ def _sites(model: ir.Model) -> list[str]:
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     from svsurgery import patch
 
-    patch.infer_types(model, only_if_missing=[n.inputs[0] for n in model.graph if n.op_type == "ReduceMean" and n.inputs])
+    patch.infer_types(
+        model, only_if_missing=[n.inputs[0] for n in model.graph if n.op_type == "ReduceMean" and n.inputs]
+    )
     fused = 0
     known_constants(model)
     if (ai_onnx_opset(model) or 0) >= _RMS_NORMALIZATION_OPSET:
@@ -166,9 +178,13 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
                 keep_in_float32(node, f"{FAMILY.id}: RMSNorm statistics in float32")
             marked += 1
         if marked:
-            notes.append(f"{marked} RMSNorm cores compute in float32 (opset {ai_onnx_opset(model)} has no RMSNormalization, or no scale followed)")
+            notes.append(
+                f"{marked} RMSNorm cores compute in float32 (opset {ai_onnx_opset(model)} has no RMSNormalization, or no scale followed)"
+            )
     elif not fused:
-        notes.append(f"opset {ai_onnx_opset(model)} < {_RMS_NORMALIZATION_OPSET}: no RMSNormalization; the model computes in float32")
+        notes.append(
+            f"opset {ai_onnx_opset(model)} < {_RMS_NORMALIZATION_OPSET}: no RMSNormalization; the model computes in float32"
+        )
     return Applied(fused + marked, notes=notes)
 
 

@@ -39,7 +39,7 @@ from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.golden import versions
 from svsurgery.io import SOURCE_PATH_KEY
 from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
-from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, Headroom
+from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, Headroom, format_headroom
 from svsurgery.parity.judge import Margin, judge_headroom, judge_improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference
@@ -136,7 +136,7 @@ class FixReport(Report):
                 f"{after['min_cosine']:.7f}" if after else "-", argmax,
             ]  # fmt: skip
             if headroom:
-                row.append(_times(step.headroom_after) if after and step.headroom_after is not None else "-")
+                row.append(format_headroom(step.headroom_after) if after and step.headroom_after is not None else "-")
             table.add_row(*row)
         console.print(table)
         for step in self.steps:
@@ -427,10 +427,6 @@ def _step(family: RuleFamily, site: str | None, state: _State, judge: _Judge, sn
     if for_headroom:
         return kept(candidate, parity, headroom, f"{for_headroom}; by parity alone it would be rolled back ({worse})")
     return rolled_back(f"parity got worse: {worse}")
-
-
-def _times(value: float) -> str:
-    return "inf" if value == float("inf") else f"{value:.3g}x"
 
 
 def _describe_exception(error: BaseException) -> str:

@@ -50,7 +50,9 @@ def _probe():
         helper.make_node("Pow", ["x", "two"], ["square"], name="/square"),
         helper.make_node("ReduceSumSquare", ["x", "axes"], ["sum_of_squares"], keepdims=1, name="/sum_of_squares"),
         helper.make_node("Exp", ["x"], ["exp"], name="/exp"),
-        helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["normalized"], epsilon=1e-5, name="/instance_norm"),
+        helper.make_node(
+            "InstanceNormalization", ["x", "scale", "bias"], ["normalized"], epsilon=1e-5, name="/instance_norm"
+        ),
     ]
     initializers = [
         numpy_helper.from_array(rng.standard_normal((400, 8)).astype(np.float32), "w"),
@@ -93,7 +95,9 @@ def test_headroom_predicts_the_input_scale_where_each_kind_of_value_overflows():
         assert site.headroom == pytest.approx(headroom, rel=5e-3), (name, site)
         assert site.degree == {"linear": 1, "exp": 1}.get(name, 2), site  # Exp: its argument's degree
         below = Float16Evaluator(converted).run({"x": feeds["x"] * site.headroom * (1 - PREDICTION_MARGIN)})[name]
-        above = Float16Evaluator(converted).run({"x": feeds["x"] * site.headroom * (1 + PREDICTION_MARGIN + 0.05)})[name]
+        above = Float16Evaluator(converted).run({"x": feeds["x"] * site.headroom * (1 + PREDICTION_MARGIN + 0.05)})[
+            name
+        ]
         assert not _overflowed(name, below) and _overflowed(name, above), (name, site)
     headroom = evaluator.headroom
     assert headroom.headroom == min(s.headroom for s in sites.values())
@@ -108,7 +112,10 @@ def test_an_overflow_is_measured_before_the_op_and_its_consequences_are_not_blam
         helper.make_node("ReduceMean", ["square", "axes"], ["variance"], keepdims=1, name="/norm/ReduceMean"),
         helper.make_node("Sqrt", ["variance"], ["y"], name="/norm/Sqrt"),
     ]
-    initializers = [numpy_helper.from_array(np.array(2.0, np.float32), "two"), numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    initializers = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+    ]
     model = _model(nodes, [_io("x", [1, 16])], [_io("y", [1, 1])], initializers)
     x = np.linspace(-600, 600, 16, dtype=np.float32)[None]
     headroom = measure_model(model, {"x": x})
@@ -128,7 +135,10 @@ def test_masks_and_mask_fills_are_not_activations():
         helper.make_node("Add", ["scaled", "bias"], ["masked"]),
         helper.make_node("Softmax", ["masked"], ["y"], axis=-1),
     ]
-    initializers = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("scale", 0.5), ("one", 1.0), ("fill", -65504.0))]
+    initializers = [
+        numpy_helper.from_array(np.array(v, np.float32), n)
+        for n, v in (("scale", 0.5), ("one", 1.0), ("fill", -65504.0))
+    ]
     model = _model(nodes, [_io("scores", [2, 6]), _io("mask", [2, 6])], [_io("y", [2, 6])], initializers)
     mask = np.ones((2, 6), np.float32)
     mask[:, 4:] = 0
@@ -146,7 +156,9 @@ def test_masks_and_mask_fills_are_not_activations():
 
 
 def _headroom(value: float) -> Headroom:
-    site = Site("/encoder/encoders0.0/norm1/Pow_output_0", "/encoder/encoders0.0/norm1/Pow", "Pow", "value", 1.0, 2.0, value)
+    site = Site(
+        "/encoder/encoders0.0/norm1/Pow_output_0", "/encoder/encoders0.0/norm1/Pow", "Pow", "value", 1.0, 2.0, value
+    )
     return Headroom(value, site, [site], 100, [value])
 
 
@@ -167,15 +179,24 @@ def test_a_precision_rule_that_raises_headroom_is_kept_though_max_rel_crosses_th
     assert parity_before.passed and not parity_after.passed
     assert parity_after.outputs[0].cosine > parity_before.outputs[0].cosine
     assert regression(parity_before, parity_after).startswith("left tolerance")  # parity alone rolls it back
-    kept, lowered = judge_headroom(parity_before, parity_after, _headroom(0.71), _headroom(146.0), profile, DEFAULT_MIN_HEADROOM)
+    kept, lowered = judge_headroom(
+        parity_before, parity_after, _headroom(0.71), _headroom(146.0), profile, DEFAULT_MIN_HEADROOM
+    )
     assert lowered is None and kept.startswith("raises headroom 0.71x -> 146x") and "max rel 0.0548 not weighed" in kept
     # unmoved headroom: parity decides; a lowered one below the requirement: rolled back whatever parity says
-    assert judge_headroom(parity_before, parity_after, _headroom(146.0), _headroom(150.0), profile, DEFAULT_MIN_HEADROOM) == (None, None)
-    kept, lowered = judge_headroom(parity_before, parity_before, _headroom(146.0), _headroom(3.0), profile, DEFAULT_MIN_HEADROOM)
+    assert judge_headroom(
+        parity_before, parity_after, _headroom(146.0), _headroom(150.0), profile, DEFAULT_MIN_HEADROOM
+    ) == (None, None)
+    kept, lowered = judge_headroom(
+        parity_before, parity_before, _headroom(146.0), _headroom(3.0), profile, DEFAULT_MIN_HEADROOM
+    )
     assert kept is None and "lowers headroom where it was 146x to 3x, below the 8x required" in lowered
     # a rise does not excuse a cosine that leaves the profile
     broken = compare_outputs({"ctc_logits": -after}, {"ctc_logits": reference}, profile)
-    assert judge_headroom(parity_before, broken, _headroom(0.71), _headroom(146.0), profile, DEFAULT_MIN_HEADROOM) == (None, None)
+    assert judge_headroom(parity_before, broken, _headroom(0.71), _headroom(146.0), profile, DEFAULT_MIN_HEADROOM) == (
+        None,
+        None,
+    )
 
 
 # ----------------------------------------------------------------------------- fp16 --min-headroom
@@ -184,7 +205,10 @@ def test_a_precision_rule_that_raises_headroom_is_kept_though_max_rel_crosses_th
 def _loud_model(path):
     """x [2, 16] @ W: outputs up to ~2e4 on the inputs below (headroom ~3x): no rule can help."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["loud"], name="/loud/MatMul"), helper.make_node("Relu", ["loud"], ["y"], name="/relu")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["loud"], name="/loud/MatMul"),
+        helper.make_node("Relu", ["loud"], ["y"], name="/relu"),
+    ]
     weights = numpy_helper.from_array((rng.standard_normal((16, 16)) * 500).astype(np.float32), "w")
     graph = helper.make_graph(nodes, "loud", [_io("x", [2, 16])], [_io("y", [2, 16])], initializer=[weights])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
@@ -220,7 +244,9 @@ def _reference_encoder(tmp_path):
     from svsurgery.testing.encoder import EncoderConfig, build_encoder
     from svsurgery.testing.export import export_legacy
 
-    return export_legacy(build_encoder(EncoderConfig.tiny(output_size=512, linear_units=1024)), tmp_path / "encoder.onnx")
+    return export_legacy(
+        build_encoder(EncoderConfig.tiny(output_size=512, linear_units=1024)), tmp_path / "encoder.onnx"
+    )
 
 
 def _funasr_sensevoice(tmp_path):
@@ -230,7 +256,9 @@ def _funasr_sensevoice(tmp_path):
     return funasr_sensevoice.export_funasr(funasr_sensevoice.build_funasr_sensevoice(config), tmp_path / "model.onnx")
 
 
-@pytest.mark.parametrize("export", [_reference_encoder, _funasr_sensevoice], ids=["reference-encoder", "funasr-sensevoice-small"])
+@pytest.mark.parametrize(
+    "export", [_reference_encoder, _funasr_sensevoice], ids=["reference-encoder", "funasr-sensevoice-small"]
+)
 def test_sensevoice_fp16_keeps_layer_norm_and_holds_at_inputs_x4(tmp_path, capsys, export):
     """Issue 14's acceptance: `svsurgery fp16` on a FunASR-style SenseVoice export (opset 14,
     decomposed LayerNorm behind a no-op Cast, 512 wide: its first LayerNorm's squares reach
@@ -313,21 +341,79 @@ def _cases():
         ("Erf", "Erf", [("a", a / np.float16(10))], {}, [], torch.erf, 1),
         # float32 accumulation, one rounding (MatMul/Gemm/Conv, reductions, Softmax, normalisations)
         ("MatMul", "MatMul", [("a", m1), ("b", m2)], {}, [], torch.matmul, 1),
-        ("Gemm", "Gemm", [("a", m1[0]), ("b", m2)], {"alpha": 0.5}, [("c", _half(rng, (40,)))],
-         lambda a, b, c: (0.5 * (a.float() @ b.float()) + c.float()).half(), 1),  # torch's half addmm rounds twice
-        ("Conv", "Conv", [("x", x3), ("w", w3)], {"pads": [2, 2]}, [], lambda x, w: torch.nn.functional.conv1d(x, w, padding=2), 1),
-        ("ReduceMean", "ReduceMean", [("a", rows)], {"keepdims": 1}, [("axes", np.array([-1], np.int64))], lambda a: a.mean(-1, keepdim=True), 1),
-        ("ReduceSum", "ReduceSum", [("a", rows)], {"keepdims": 1}, [("axes", np.array([-1], np.int64))], lambda a: a.sum(-1, keepdim=True), 1),
-        ("ReduceSumSquare", "ReduceSumSquare", [("a", rows)], {"keepdims": 1}, [("axes", np.array([-1], np.int64))],
-         lambda a: (a.float() ** 2).sum(-1, keepdim=True).half(), 1),
+        (
+            "Gemm",
+            "Gemm",
+            [("a", m1[0]), ("b", m2)],
+            {"alpha": 0.5},
+            [("c", _half(rng, (40,)))],
+            lambda a, b, c: (0.5 * (a.float() @ b.float()) + c.float()).half(),
+            1,
+        ),  # torch's half addmm rounds twice
+        (
+            "Conv",
+            "Conv",
+            [("x", x3), ("w", w3)],
+            {"pads": [2, 2]},
+            [],
+            lambda x, w: torch.nn.functional.conv1d(x, w, padding=2),
+            1,
+        ),
+        (
+            "ReduceMean",
+            "ReduceMean",
+            [("a", rows)],
+            {"keepdims": 1},
+            [("axes", np.array([-1], np.int64))],
+            lambda a: a.mean(-1, keepdim=True),
+            1,
+        ),
+        (
+            "ReduceSum",
+            "ReduceSum",
+            [("a", rows)],
+            {"keepdims": 1},
+            [("axes", np.array([-1], np.int64))],
+            lambda a: a.sum(-1, keepdim=True),
+            1,
+        ),
+        (
+            "ReduceSumSquare",
+            "ReduceSumSquare",
+            [("a", rows)],
+            {"keepdims": 1},
+            [("axes", np.array([-1], np.int64))],
+            lambda a: (a.float() ** 2).sum(-1, keepdim=True).half(),
+            1,
+        ),
         ("Softmax", "Softmax", [("a", rows)], {"axis": -1}, [], lambda a: torch.softmax(a, -1), 1),
-        ("LayerNormalization", "LayerNormalization", [("a", rows * np.float16(20))], {"epsilon": 1e-5}, [("s", scale), ("b", bias)],
-         lambda a, s, b: torch.nn.functional.layer_norm(a, (300,), s, b, 1e-5), 2),
-        ("RMSNormalization", "RMSNormalization", [("a", rows * np.float16(20))], {"epsilon": 1e-5}, [("s", scale)],
-         lambda a, s: torch.nn.functional.rms_norm(a, (300,), s, 1e-5), 2),
-        ("BatchNormalization", "BatchNormalization", [("x", channels)], {"epsilon": 1e-5},
-         [("s", c_scale), ("b", c_bias), ("mean", mean), ("var", var)],
-         lambda x, s, b, mean, var: torch.nn.functional.batch_norm(x, mean, var, s, b, False, 0.0, 1e-5), 1),
+        (
+            "LayerNormalization",
+            "LayerNormalization",
+            [("a", rows * np.float16(20))],
+            {"epsilon": 1e-5},
+            [("s", scale), ("b", bias)],
+            lambda a, s, b: torch.nn.functional.layer_norm(a, (300,), s, b, 1e-5),
+            2,
+        ),
+        (
+            "RMSNormalization",
+            "RMSNormalization",
+            [("a", rows * np.float16(20))],
+            {"epsilon": 1e-5},
+            [("s", scale)],
+            lambda a, s: torch.nn.functional.rms_norm(a, (300,), s, 1e-5),
+            2,
+        ),
+        (
+            "BatchNormalization",
+            "BatchNormalization",
+            [("x", channels)],
+            {"epsilon": 1e-5},
+            [("s", c_scale), ("b", c_bias), ("mean", mean), ("var", var)],
+            lambda x, s, b, mean, var: torch.nn.functional.batch_norm(x, mean, var, s, b, False, 0.0, 1e-5),
+            1,
+        ),
         ("Relu", "Relu", [("a", a)], {}, [], torch.relu, 0),
     ]
 
@@ -368,11 +454,15 @@ def test_instance_normalization_keeps_its_stock_float16_statistics():
         mean = t.float().mean(-1, keepdim=True).half()  # numpy's float16 mean accumulates in float32
         deviation = t - mean
         variance = (deviation * deviation).sum(-1, keepdim=True) / np.float16(400)  # half: inf beyond 65504
-        expected = (_t(scale)[:, None] * deviation / torch.sqrt(variance + np.float16(1e-5)) + _t(bias)[:, None]).numpy()
+        expected = (
+            _t(scale)[:, None] * deviation / torch.sqrt(variance + np.float16(1e-5)) + _t(bias)[:, None]
+        ).numpy()
         assert bool(np.isinf(variance.numpy()).any()) == collapses
         if collapses:  # both collapse to the bias, where float32 statistics would not
             assert np.array_equal(actual, expected) and np.all(actual == bias[None, :, None])
-            gpu_style = torch.nn.functional.instance_norm(t.float(), weight=_t(scale).float(), bias=_t(bias).float()).numpy()
+            gpu_style = torch.nn.functional.instance_norm(
+                t.float(), weight=_t(scale).float(), bias=_t(bias).float()
+            ).numpy()
             assert np.abs(gpu_style).max() > 2
         else:  # one float16 step at the output's scale (+ bias cancels near zero: steps per element would be tiny there)
             step = float(np.spacing(np.float16(np.abs(expected).max())))

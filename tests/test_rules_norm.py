@@ -66,9 +66,19 @@ def _normalization(kind: str, opset: int, channels: int = 4, frames: int = 3200)
         node = helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-5, name="/norm")
     else:
         attributes = {"stash_type": 1 if kind.endswith("stash-float32") else 10}
-        node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-5, num_groups=channels, name="/norm", **attributes)
+        node = helper.make_node(
+            "GroupNormalization",
+            ["x", "scale", "bias"],
+            ["y"],
+            epsilon=1e-5,
+            num_groups=channels,
+            name="/norm",
+            **attributes,
+        )
     shape = [1, channels, frames]
-    return _model([node], [_io("x", shape)], [_io("y", shape)], [_constant("scale", scale), _constant("bias", bias)], opset)
+    return _model(
+        [node], [_io("x", shape)], [_io("y", shape)], [_constant("scale", scale), _constant("bias", bias)], opset
+    )
 
 
 def _frames(spread: float, channels: int = 4, frames: int = 3200) -> dict:
@@ -112,7 +122,9 @@ def test_instance_norm_rule_is_kept_for_headroom_on_inputs_that_do_not_overflow(
 
 
 def test_group_normalization_with_float32_statistics_is_left_alone():
-    fixed, report = _fp16(_normalization("GroupNormalization-stash-float32", 21), _frames(spread=5.0), ["instance-norm"])
+    fixed, report = _fp16(
+        _normalization("GroupNormalization-stash-float32", 21), _frames(spread=5.0), ["instance-norm"]
+    )
     assert _statuses(report) == {"instance-norm": "no match"} and report.passed
 
 
@@ -191,13 +203,28 @@ def test_wav2vec2_holds_at_inputs_x10_in_true_float16(wav2vec2, tmp_path, dynamo
         expected = wav2vec2(torch.from_numpy(x10)).numpy()
     model = svsurgery.load(path)
     assert any(n.op_type == "InstanceNormalization" for n in model.graph)
-    fixed, report = svsurgery.fix(model, inputs={"input_values": x1}, precision=ir.DataType.FLOAT16, keep_io_types=True, min_headroom=WAV2VEC2_SCALE)
+    fixed, report = svsurgery.fix(
+        model,
+        inputs={"input_values": x1},
+        precision=ir.DataType.FLOAT16,
+        keep_io_types=True,
+        min_headroom=WAV2VEC2_SCALE,
+    )
     assert report.passed and _statuses(report)["instance-norm"] == "accepted", report.final.failures()
     assert report.headroom_before.headroom < WAV2VEC2_SCALE <= report.headroom_after.headroom
-    assert next(s for s in report.steps if s.family == "gelu").matches == 6  # the chains are found (kept where they help)
+    assert (
+        next(s for s in report.steps if s.family == "gelu").matches == 6
+    )  # the chains are found (kept where they help)
     naive, _ = convert_to_float16(svsurgery.load(path), keep_io_types=True)
-    assert compare("last_hidden_state", Float16Evaluator(naive).run({"input_values": x10})["last_hidden_state"], expected).cosine < 0.99
-    parity = compare("last_hidden_state", Float16Evaluator(fixed).run({"input_values": x10})["last_hidden_state"], expected)
+    assert (
+        compare(
+            "last_hidden_state", Float16Evaluator(naive).run({"input_values": x10})["last_hidden_state"], expected
+        ).cosine
+        < 0.99
+    )
+    parity = compare(
+        "last_hidden_state", Float16Evaluator(fixed).run({"input_values": x10})["last_hidden_state"], expected
+    )
     assert parity.nan_count == parity.inf_count == 0 and parity.cosine >= MIN_COSINE, parity
 
 
@@ -225,7 +252,13 @@ def _rms(opset: int, normalize: str = "reciprocal") -> ir.Model:
     rng = np.random.default_rng(0)
     initializers = [_constant("two", 2.0), _constant("eps", 1e-6), _constant("w", 1 + 0.1 * rng.standard_normal(64)),
                     numpy_helper.from_array(np.array([-1], np.int64), "axes")]  # fmt: skip
-    return _model(nodes, [_io("x", ["batch", 64])], [_io("y", ["batch", 64])], initializers if opset >= 18 else initializers[:3], opset)
+    return _model(
+        nodes,
+        [_io("x", ["batch", 64])],
+        [_io("y", ["batch", 64])],
+        initializers if opset >= 18 else initializers[:3],
+        opset,
+    )
 
 
 def _rows(spread: float) -> dict:
@@ -277,7 +310,9 @@ def test_rms_norm_from_torch_dynamo_export_computes_in_float32():
     feeds = {model.graph.inputs[0].name: x.numpy()}
     output = model.graph.outputs[0].name
     assert compare("y", Float16Evaluator(naive).run(feeds)[output], expected).cosine < 0.9  # rows collapsed to 0
-    assert compare("y", Float16Evaluator(convert_to_float16(fixed)[0]).run(feeds)[output], expected).cosine >= MIN_COSINE
+    assert (
+        compare("y", Float16Evaluator(convert_to_float16(fixed)[0]).run(feeds)[output], expected).cosine >= MIN_COSINE
+    )
 
 
 # ----------------------------------------------------------------------------- gelu
@@ -345,8 +380,13 @@ def test_tanh_gelu_overflow_is_caught_by_headroom():
 def test_a_family_rolled_back_as_a_whole_keeps_the_sites_that_pass_alone():
     """Applied whole (one verification) first; rolled back, each site is tried alone: here one
     site is harmless (reads an equal constant) and the other breaks parity (a weight x 1.1)."""
-    nodes = [helper.make_node("Mul", ["x", "one"], ["h"], name="good"), helper.make_node("Mul", ["h", "w"], ["y"], name="bad")]
-    constants = [_constant(name, value) for name, value in (("one", 1.0), ("one_too", 1.0), ("w", 2.0), ("w_wrong", 2.2))]
+    nodes = [
+        helper.make_node("Mul", ["x", "one"], ["h"], name="good"),
+        helper.make_node("Mul", ["h", "w"], ["y"], name="bad"),
+    ]
+    constants = [
+        _constant(name, value) for name, value in (("one", 1.0), ("one_too", 1.0), ("w", 2.0), ("w_wrong", 2.2))
+    ]
     model = _model(nodes, [_io("x", [2, 8])], [_io("y", [2, 8])], constants, 17)
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)}
     replacement = {"good": "one_too", "bad": "w_wrong"}
@@ -357,8 +397,20 @@ def test_a_family_rolled_back_as_a_whole_keeps_the_sites_that_pass_alone():
             node.replace_input_with(1, model.graph.initializers[replacement[node.name]])
         return Applied(len(sites))
 
-    family = RuleFamily("sites", "one harmless site, one harmful", "", "", apply, sites=lambda model: ["good", "bad"], sites_on_rollback=True)
+    family = RuleFamily(
+        "sites",
+        "one harmless site, one harmful",
+        "",
+        "",
+        apply,
+        sites=lambda model: ["good", "bad"],
+        sites_on_rollback=True,
+    )
     fixed, report = svsurgery.fix(model, [family], inputs=feeds)
-    assert [(s.site, s.status) for s in report.steps] == [(None, "rolled back"), ("good", "accepted"), ("bad", "rolled back")]
+    assert [(s.site, s.status) for s in report.steps] == [
+        (None, "rolled back"),
+        ("good", "accepted"),
+        ("bad", "rolled back"),
+    ]
     assert "tried one by one" in " ".join(report.steps[0].notes)
     assert report.passed and {n.name: n.inputs[1].name for n in fixed.graph} == {"good": "one_too", "bad": "w"}

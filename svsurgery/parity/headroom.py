@@ -42,7 +42,7 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
-    "DEFAULT_MIN_HEADROOM", "FLOAT16_MAX", "PROFILE_CAP", "Headroom", "Site", "compare", "headroom_of", "measure",
+    "DEFAULT_MIN_HEADROOM", "FLOAT16_MAX", "PROFILE_CAP", "Headroom", "Site", "compare", "format_headroom", "headroom_of", "measure",
     "measure_model", "measure_sites", "scale_degrees",
 ]  # fmt: skip
 
@@ -86,7 +86,7 @@ class Site:
             size = f"its argument reaches {self.magnitude:.3g} (Exp overflows beyond {EXP_LIMIT:.2f})"
         else:
             size = f"{self.what} up to {self.magnitude:.3g}"
-        return f"{_times(self.headroom)} at {self.value} ({where}: {size}, {growth})"
+        return f"{format_headroom(self.headroom)} at {self.value} ({where}: {size}, {growth})"
 
 
 @dataclasses.dataclass
@@ -105,7 +105,9 @@ class Headroom:
         ordered = sorted(sites, key=lambda s: s.headroom)
         lowest = [s for s in ordered[:_KEPT_LOWEST] if math.isfinite(s.headroom)]
         profile = [s.headroom for s in ordered if s.headroom < PROFILE_CAP]
-        return cls(ordered[0].headroom if ordered else math.inf, lowest[0] if lowest else None, lowest, len(ordered), profile)
+        return cls(
+            ordered[0].headroom if ordered else math.inf, lowest[0] if lowest else None, lowest, len(ordered), profile
+        )
 
     @property
     def overflows(self) -> bool:
@@ -114,7 +116,7 @@ class Headroom:
 
     def describe(self) -> str:
         if self.site is None:
-            return f"headroom {_times(self.headroom)} ({self.measured} float16 values measured, none grows with the inputs)"
+            return f"headroom {format_headroom(self.headroom)} ({self.measured} float16 values measured, none grows with the inputs)"
         return f"headroom {self.site.describe()}"
 
     def to_dict(self) -> dict:
@@ -146,7 +148,8 @@ def compare(before: Headroom, after: Headroom, margin: float) -> tuple[int, floa
     return 0, before.headroom, after.headroom
 
 
-def _times(headroom: float) -> str:
+def format_headroom(headroom: float) -> str:
+    """``146x``, ``0.713x``, or ``inf``."""
     return "inf" if math.isinf(headroom) else f"{headroom:.3g}x"
 
 
@@ -200,7 +203,12 @@ def _node_degree(node: ir.Node, degrees: Mapping[str, float]) -> float:
         return 2 * floats[0]
     if op == "Where":
         return max(floats[1:], default=0.0)
-    if op == "Cast" and inputs[0] is not None and inputs[0].dtype is not None and not inputs[0].dtype.is_floating_point():
+    if (
+        op == "Cast"
+        and inputs[0] is not None
+        and inputs[0].dtype is not None
+        and not inputs[0].dtype.is_floating_point()
+    ):
         return 0.0  # positions, lengths, ids made float
     return max(floats, default=0.0)
 
@@ -362,17 +370,40 @@ class _Measurement:
                 continue
             self.sites.append(Site(output.name, name, node.op_type, what, top, degree, headroom_of(top, degree)))
         first = node.inputs[0] if node.inputs else None
-        if node.op_type in _STATISTICS_IN_INPUT_TYPE and first is not None and _is_float16(first) and _statistics_in_input_type(node):
+        if (
+            node.op_type in _STATISTICS_IN_INPUT_TYPE
+            and first is not None
+            and _is_float16(first)
+            and _statistics_in_input_type(node)
+        ):
             if first.name in self.values:
                 total = _sum_of_squared_deviations(node, np.asarray(self.values[first.name], dtype=np.float64))
                 degree = 2 * self.degrees.get(first.name, 0.0)
-                self.sites.append(Site(node.outputs[0].name, name, node.op_type, "sum of squared deviations", total, degree, headroom_of(total, degree)))
+                self.sites.append(
+                    Site(
+                        node.outputs[0].name,
+                        name,
+                        node.op_type,
+                        "sum of squared deviations",
+                        total,
+                        degree,
+                        headroom_of(total, degree),
+                    )
+                )
 
     def _exp_site(self, node: ir.Node, output: ir.Value) -> Site:
         argument = np.asarray(self.values[node.inputs[0].name], dtype=np.float64)
         largest = float(np.max(np.where(np.isfinite(argument), argument, -np.inf))) if argument.size else -math.inf
         degree = self.degrees.get(node.inputs[0].name, 0.0)
-        return Site(output.name, node.name or "", node.op_type, "argument of Exp", largest, degree, _exp_headroom(largest, degree))
+        return Site(
+            output.name,
+            node.name or "",
+            node.op_type,
+            "argument of Exp",
+            largest,
+            degree,
+            _exp_headroom(largest, degree),
+        )
 
 
 def _statistics_in_input_type(node: ir.Node) -> bool:
@@ -425,14 +456,20 @@ def _run_in_float32(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> 
         if array.dtype == np.float16:
             array = array.astype(np.float32)
         feeds[f"in{index}"] = array
-        infos.append(onnx.helper.make_tensor_value_info(f"in{index}", onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+        infos.append(
+            onnx.helper.make_tensor_value_info(
+                f"in{index}", onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape
+            )
+        )
     proto = onnx.NodeProto()
     proto.CopyFrom(ir.serde.serialize_node(node))
     del proto.input[:]
     proto.input.extend(f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs))
     del proto.output[:]
     proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
-    graph = onnx.helper.make_graph([proto], "alone", infos, [onnx.ValueInfoProto(name=f"out{i}") for i in range(len(node.outputs))])
+    graph = onnx.helper.make_graph(
+        [proto], "alone", infos, [onnx.ValueInfoProto(name=f"out{i}") for i in range(len(node.outputs))]
+    )
     model = onnx.helper.make_model(graph, opset_imports=list(opsets or [onnx.helper.make_opsetid("", 17)]))
     with np.errstate(all="ignore"):
         return ReferenceEvaluator(model).run(None, feeds)

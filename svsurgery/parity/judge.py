@@ -172,19 +172,19 @@ def judge_headroom(
     more than the margin to below ``required`` (1000x to 500x costs nothing that matters).
     Neither: headroom did not move, or rose while parity left the tolerance; parity decides.
     """
-    from svsurgery.parity.headroom import PROFILE_CAP, compare
+    from svsurgery.parity.headroom import PROFILE_CAP, compare, format_headroom
 
     direction, old, new = compare(headroom_before, headroom_after, HEADROOM_MARGIN)
     if direction > 0:
         if within_by_cosine_and_argmax(before, after, tolerance) is not None:
             return None, None  # the rise does not excuse leaving the tolerance
         if old == headroom_before.headroom:
-            moved = f"raises headroom {_times(old)} -> {_times(headroom_after.headroom)}"
+            moved = f"raises headroom {format_headroom(old)} -> {format_headroom(headroom_after.headroom)}"
             if headroom_before.site is not None:
                 moved += f" (was {headroom_before.site.describe()})"
         else:
-            to = f"to {_times(new)}" if new < PROFILE_CAP else f"to beyond {PROFILE_CAP:g}x (or into float32)"
-            moved = f"raises headroom where it was {_times(old)} {to} (the model's minimum: {_times(headroom_after.headroom)})"
+            to = f"to {format_headroom(new)}" if new < PROFILE_CAP else f"to beyond {PROFILE_CAP:g}x (or into float32)"
+            moved = f"raises headroom where it was {format_headroom(old)} {to} (the model's minimum: {format_headroom(headroom_after.headroom)})"
         summary = after.summary()
         argmax = "" if summary["min_argmax"] is None else f", argmax {summary['min_argmax']:.4%}"
         return (
@@ -193,9 +193,5 @@ def judge_headroom(
         ), None
     if direction < 0 and new < required:
         where = f"; now {headroom_after.site.describe()}" if headroom_after.site else ""
-        return None, f"lowers headroom where it was {_times(old)} to {_times(new)}, below the {required:g}x required{where}"
+        return None, f"lowers headroom where it was {format_headroom(old)} to {format_headroom(new)}, below the {required:g}x required{where}"
     return None, None
-
-
-def _times(value: float) -> str:
-    return "inf" if value == float("inf") else f"{value:.3g}x"
