@@ -165,7 +165,7 @@ def render_html(summary: dict, rows: list[dict]) -> str:
                             [[w["rank"], w["id"], w["token_error_rate"], w["cosine_min"], w["segments_identical"], w["path"]] for w in worst],
                             left=2))  # fmt: skip
     else:
-        parts.append("<p class='note'>no utterance differs from the reference</p>")
+        parts.append("<p class='note'>none harvested (--worst 0, or no utterance differs from the reference at all)</p>")
     localization = summary.get("diff")
     if localization:
         parts.append("<h2>where the worst utterance diverges</h2>")

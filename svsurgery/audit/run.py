@@ -50,6 +50,7 @@ class AuditReport(Report):
         return self.summary
 
     def render(self, console) -> None:
+        from rich import box
         from rich.markup import escape
         from rich.table import Table
 
@@ -59,21 +60,21 @@ class AuditReport(Report):
         console.print(f"  corpus {escape(audit['corpus'])}: {totals['utterances']} utterances, {totals['bad']} bad, "
                       f"{totals['audio_s']:.1f} s of audio; {audit['shards']} shards ({audit['shards_reused']} reused), "
                       f"engine {audit['engine']} x {audit['workers']}")  # fmt: skip
-        table = Table(title="by bucket")
-        for column in ("group", "bucket", "utts", "ident. segments", "tokens differ", "TER corpus", "TER max", "cosine worst", "max abs"):
-            table.add_column(column, justify="left" if column in ("group", "bucket") else "right")
-        table.add_row("all", "", *_cells(totals))
-        for group, label in (("duration", "duration"), ("snr", "SNR"), ("language", "language")):
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="per group (segs =: share with identical segments; tokens ≠: share whose tokens differ; TER: token error rate)")
+        table.add_column("group", no_wrap=True)
+        for column in ("n", "segs =", "tokens ≠", "TER", "TER max", "cos worst", "max abs"):
+            table.add_column(column, justify="right", no_wrap=True)
+        table.add_row("all", *_cells(totals))
+        for group, label in (("duration", "dur"), ("snr", "SNR"), ("language", "lang")):
             for bucket in s["buckets"][group]:
-                table.add_row(label, escape(str(bucket["bucket"])), *_cells(bucket))
-                label = ""
+                table.add_row(f"{label} {escape(str(bucket['bucket']))}", *_cells(bucket))
         console.print(table)
         timing = s["timing"]
         console.print(f"  time per audio-second: model {_fmt(timing['model_ms_per_audio_s'])} ms, reference "
                       f"{_fmt(timing['reference_ms_per_audio_s'])} ms; {_fmt(timing.get('utterances_per_s'))} utterances/s")  # fmt: skip
         for worst in s.get("worst", []):
             console.print(f"  worst {worst['rank']}: {escape(worst['id'])} TER {_fmt(worst['token_error_rate'])}, cosine "
-                          f"{_fmt(worst['cosine_min'])}, segments identical {worst['segments_identical']} -> {escape(worst['path'])}")  # fmt: skip
+                          f"{_cosine(worst['cosine_min'])}, segments identical {worst['segments_identical']} -> {escape(worst['path'])}")  # fmt: skip
         culprit = (s.get("diff") or {}).get("culprit")
         if culprit:
             console.print(f"  [red]first divergence[/red] ({culprit['step']}): {escape(str(culprit.get('module') or culprit['value']))} "
@@ -84,14 +85,15 @@ class AuditReport(Report):
             console.print(f"  ... and {len(s['bad_entries']) - 20} more bad entries (summary.json lists them all)")
         matrix = s.get("runtime_matrix")
         if matrix:
-            table = Table(title=f"runtime matrix vs {matrix['reference_setting']}")
-            for column in ("setting", "bit-identical", "max abs", "cosine worst", "tokens differ", "ms/audio-s"):
-                table.add_column(column, justify="left" if column == "setting" else "right")
+            table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"runtime matrix vs {matrix['reference_setting']}")
+            table.add_column("setting", overflow="fold", ratio=1)
+            for column in ("bit-equal", "max abs", "cos worst", "tokens ≠", "ms/audio-s"):
+                table.add_column(column, justify="right", no_wrap=True)
             for row in matrix["settings"]:
                 if "error" in row:
                     table.add_row(escape(row["label"]), escape(row["error"][:60]), "", "", "", "")
                 else:
-                    table.add_row(escape(row["label"]), str(row["bit_identical"]), _fmt(row["max_abs"]), _fmt(row["cosine_min"]),
+                    table.add_row(escape(row["label"]), str(row["bit_identical"]), _fmt(row["max_abs"]), _cosine(row["cosine_min"]),
                                   str(row["tokens_differ"]), _fmt(row["ms_per_audio_s"]))  # fmt: skip
             console.print(table)
         baseline = s.get("baseline")
@@ -116,9 +118,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _cosine(value) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
 def _cells(group: dict) -> list[str]:
-    return [str(group["utterances"]), _fmt(group["segments_identical_share"]), _fmt(group["tokens_differ_share"]),
-            _fmt(group["token_error_rate_corpus"]), _fmt(group["token_error_rate_max"]), _fmt(group["cosine_min"]),
+    return [str(group["ok"]), _fmt(group["segments_identical_share"]), _fmt(group["tokens_differ_share"]),
+            _fmt(group["token_error_rate_corpus"]), _fmt(group["token_error_rate_max"]), _cosine(group["cosine_min"]),
             _fmt(group["max_abs_max"])]  # fmt: skip
 
 
@@ -163,6 +169,8 @@ def audit(
         raise BadInputError(f"-o {output_dir}: exists and is not a folder")
     if not out.parent.absolute().is_dir():
         raise BadInputError(f"-o {output_dir}: the folder {out.parent.absolute()} does not exist")
+    if golden_dir is not None and audio is not None:
+        raise BadInputError("--golden-dir brings its own inputs (each golden file's); leave out --audio")
     if shard_size < 1:
         raise BadInputError("--shard-size must be >= 1")
     if engine not in ("local", "ray"):
@@ -224,10 +232,6 @@ def audit(
         finally:
             if bar is not None:
                 bar.stop()
-    elif engine == "ray":
-        from svsurgery.audit.engines import _ray
-
-        ran = _ray(spec, [], finished, workers, ray_address, notes)  # checks Ray is there, like a run would
     engine_seconds = time.perf_counter() - started
     rows = [row for shard in shards for row in results[shard.index]]
     computed = sum(len(s.entries) for s in todo)
