@@ -261,3 +261,23 @@ def test_generated_inputs_take_the_rate_from_metadata_and_make_whisper_log_mel()
     assert made.feeds["mel_in"].shape == (2, 128, 3000) and "log-mel" in made.how["mel_in"]
     assert "a Conv reads its 128 channels over time" in made.how["mel_in"]
     np.testing.assert_allclose(made.feeds["mel_in"][0], whisper_log_mel(speech_like(4.0, seed=0), 128), atol=1e-6)
+
+
+def test_torch_reference_does_not_let_a_module_change_the_feeds():
+    """Guards: FunASR's encoder scales its input in place (xs_pad *= sqrt(d)); the reference used
+    to hand the module the feeds' own memory, so every later comparison ran on scaled inputs."""
+    torch = pytest.importorskip("torch")
+
+    class ScalesInPlace(torch.nn.Module):
+        def forward(self, x):
+            x *= 2.0
+            return x + 1.0
+
+    feeds = {"x": np.ones((2, 3), np.float32)}
+    from svsurgery.parity.references import TorchReference
+
+    reference = TorchReference(ScalesInPlace(), ["y"], ["x"])
+    first = reference.outputs(feeds)["y"]
+    second = reference.outputs(feeds)["y"]
+    assert np.array_equal(feeds["x"], np.ones((2, 3), np.float32))
+    assert np.array_equal(first, second) and float(first[0, 0]) == 3.0

@@ -95,7 +95,9 @@ class TorchReference(Reference):
         import torch
 
         names = self.input_names or list(feeds)
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in names}
+        # copies: a module may change its inputs in place (FunASR scales xs_pad *= sqrt(d)), and the
+        # same feeds serve every later comparison
+        tensors = {name: torch.from_numpy(np.array(feeds[name], copy=True)) for name in names}
         was_training = self.module.training
         self.module.eval()
         try:
