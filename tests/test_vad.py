@@ -98,6 +98,27 @@ def test_merge_and_split_graphs_match_numpy_on_random_segments(spans_session):
         np.testing.assert_array_equal(pieces, reference.split_long(found, 30000), err_msg=str(found.tolist()))
 
 
+def test_rows_are_cut_as_funasr_slices_them():
+    """Block-wise gathering against numpy slicing: signals of any length, spans past the end,
+    empty spans, none at all."""
+    from svsurgery.vad.segment import cut_rows
+
+    samples, spans = ir.val("w", ir.DataType.FLOAT, ["n"]), ir.val("s", ir.DataType.INT64, ["k", 2])
+    session = probe_session(lambda g, w, s: cut_rows(g, w, s, 16000.0), [samples, spans])
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        waveform = rng.standard_normal(int(rng.integers(0, 40000))).astype(np.float32)
+        starts = np.sort(rng.integers(0, 3000, int(rng.integers(0, 6))))
+        found = np.stack([starts, starts + rng.integers(0, 900, starts.size)], axis=1).astype(np.int64).reshape(-1, 2)
+        rows, lengths = session.run(None, {"w": waveform, "s": found})
+        expected = reference.cut_rows(waveform, found)
+        assert rows.shape == (len(expected), max([e.size for e in expected], default=0)), trial
+        assert lengths.tolist() == [e.size for e in expected], trial
+        for row, piece in zip(rows, expected):
+            np.testing.assert_array_equal(row[: piece.size], piece)
+            assert not row[piece.size :].any()
+
+
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
 def test_vad_frontend_cuts_rows_and_gives_each_its_own_features(merge):
     options, segmentation = vad.EnergyVadOptions(), vad.SegmentOptions(merge=merge)

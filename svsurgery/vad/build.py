@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
@@ -73,11 +72,11 @@ def build_vad_frontend(
     found = detect_segments(g, samples, vad)
     spans = segment_spans(g, found, segmentation)
     rows, row_lengths = cut_rows(g, samples, spans, vad.samp_freq)
-    # one empty row more, cut off after the front end: its shapes need a batch of at least one
+    # no speech: one empty row, cut off after the front end (its shapes need a batch of at least one)
     count = g.dim(spans, 0)
-    empty_row = op.Expand(g.f32(np.zeros((1, 1))), op.Concat(g.i64(1), g.dim(rows, 1), axis=0))
-    rows = op.Concat(rows, empty_row, axis=0)
-    row_lengths = op.Concat(row_lengths, g.i64(0), axis=0)
+    missing = op.Sub(op.Max(count, g.i64(1)), count)
+    rows = op.Pad(rows, op.Concat(g.i64(0, 0), missing, g.i64(0), axis=0))
+    row_lengths = op.Pad(row_lengths, op.Concat(g.i64(0), missing, axis=0))
     features, lengths = frontend_values(g, rows, row_lengths, fbank, lfr, cmvn, length_dtype)
     features = op.Slice(features, g.i64(0), count, g.i64(0))
     lengths = op.Slice(lengths, g.i64(0), count, g.i64(0))
