@@ -24,6 +24,7 @@ An already-float16 model goes through the same code: only its marked regions cha
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import onnx
@@ -92,8 +93,9 @@ def convert_to_float16(model: ir.Model, *, keep_io_types: bool = False) -> tuple
     outputs = {id(v): v.dtype for v in converted.graph.outputs}
     for graph in graphs:
         _retype(graph, float32_nodes, keep_io_types and graph is converted.graph, report)
-    for graph in graphs:
-        report.casts_added += _fix_borders(graph, float32_nodes, opsets)
+    taken: set[str] = set()  # value names are unique model-wide (subgraphs included): casts of one
+    for graph in graphs:  # outer value read in two If branches must not share a name
+        report.casts_added += _fix_borders(graph, float32_nodes, opsets, taken)
     report.casts_added += _fix_interface(converted.graph, outputs, keep_io_types)
     IdentityCastRemovalPass()(converted)  # Cast(to=FLOAT16) of what is float16 now
     CastChainCollapsePass()(converted)
@@ -197,8 +199,9 @@ def _convert_constant_node(node: ir.Node, dtype: ir.DataType, report: Float16Con
     value.const_value = None
 
 
-def _fix_borders(graph: ir.Graph, float32_nodes: set[int], opsets: dict[str, int]) -> int:
-    """A Cast wherever a node reads a float value in another type than it computes in."""
+def _fix_borders(graph: ir.Graph, float32_nodes: set[int], opsets: dict[str, int], taken: set[str]) -> int:
+    """A Cast wherever a node reads a float value in another type than it computes in; ``taken``
+    holds the cast names given so far in the model, each new one is made unique against it."""
     added = 0
     casts: dict[tuple[int, ir.DataType], ir.Value] = {}
     for node in list(graph):
@@ -218,9 +221,13 @@ def _fix_borders(graph: ir.Graph, float32_nodes: set[int], opsets: dict[str, int
                 continue
             key = (id(value), wanted)
             if key not in casts:
+                kind = wanted.name.lower()
+                suffixes = itertools.chain([""], (f"_{copy}" for copy in itertools.count(1)))
+                suffix = next(s for s in suffixes if f"svs/fp16/{value.name}/{kind}{s}" not in taken)
+                taken.add(f"svs/fp16/{value.name}/{kind}{suffix}")
                 cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", wanted)],
-                               name=f"svs/fp16/{value.name}/to_{wanted.name.lower()}")  # fmt: skip
-                cast.outputs[0].name = f"svs/fp16/{value.name}/{wanted.name.lower()}"
+                               name=f"svs/fp16/{value.name}/to_{kind}{suffix}")  # fmt: skip
+                cast.outputs[0].name = f"svs/fp16/{value.name}/{kind}{suffix}"
                 cast.outputs[0].dtype, cast.outputs[0].shape = wanted, value.shape
                 graph.insert_before(node, cast)
                 casts[key] = cast.outputs[0]

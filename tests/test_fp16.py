@@ -249,3 +249,31 @@ def test_fp16_of_a_model_with_external_data_survives_rollbacks(dynamo_path):
     assert any(s.status == "rolled back" for s in report.steps)
     assert report.passed, report.final.failures()
     svsurgery.validate(fixed)
+
+
+def test_outer_value_read_in_both_if_branches_keeps_unique_cast_names():
+    """Guards: with --keep-io-types, a float32 graph input read inside both branches of an If got
+    a float16 Cast in each branch under the same name, which breaks SSA: silero's
+    silero_vad.onnx (its `state` read in both branches) failed the gate before any rule."""
+    from onnx import TensorProto, helper
+
+    from svsurgery.precision import convert_to_float16
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        constant = helper.make_node("Constant", [], [f"{name}_c"], value=helper.make_tensor(f"{name}_t", TensorProto.FLOAT, [], [2.0]))
+        return helper.make_graph(
+            [constant, helper.make_node(op, ["x", f"{name}_c"], [f"{name}_y"])], name, [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [2])],
+        )  # fmt: skip
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Mul"), else_branch=branch("else", "Add"))],
+        "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    converted, _ = convert_to_float16(model, keep_io_types=True)
+    svsurgery.validate(converted)
+    names = [v.name for g in (converted.graph, *converted.graph.subgraphs()) for n in g for v in n.outputs]
+    assert len(names) == len(set(names))
