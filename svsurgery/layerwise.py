@@ -798,6 +798,15 @@ def _capture(module, model: ir.Model, inputs, torch) -> dict[str, list[list[np.n
 # ----------------------------------------------------------------------------- onnx vs onnx
 
 
+def _feeds_for(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``inputs`` in the types ``model`` declares (float32 inputs for a float16 model and back)."""
+    declared = {v.name: v.dtype for v in model.graph.inputs if v.dtype is not None}
+    return {
+        name: np.asarray(array).astype(declared[name].numpy(), copy=False) if name in declared else array
+        for name, array in inputs.items()
+    }
+
+
 def diff_models(
     model: ir.Model,
     reference: ir.Model,
@@ -840,7 +849,7 @@ def diff_models(
         and reference.graph.initializers[name].const_value is not None
     }  # fmt: skip
     actual, model_evaluation = _values_of(model, inputs, names)
-    expected, reference_evaluation = _values_of(reference, inputs, names)
+    expected, reference_evaluation = _values_of(reference, _feeds_for(reference, inputs), names)
     replay = _Replay(model, order, [item.value for item in items], inputs, borrowed)
     rows = _compare_all(model, items, actual, expected, replay, tolerance, intended, chunk, progress)
     from svsurgery.io import SOURCE_PATH_KEY

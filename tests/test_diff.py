@@ -345,3 +345,24 @@ def test_state_dict_mismatch_lists_every_missing_and_unexpected_key(tmp_path):
     assert "\n" not in message and "29 missing" in message and "30 unexpected" in message
     assert "0.bias" in message and "other.0.weight" in message and ", and 9 more" in message and ", and 10 more" in message
     assert "1 shape mismatch: 0.weight [5, 4] (module [4, 4])" in message
+
+
+def test_a_float16_model_is_compared_with_its_float32_original_from_the_same_inputs():
+    """Guards: inputs generated for MODEL were fed unchanged to REFERENCE, so `diff half.onnx
+    original.onnx` failed with onnxruntime's "Unexpected input data type"; each side now gets
+    the inputs in the types it declares."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from svsurgery.precision import convert_to_float16
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [weight],
+    )  # fmt: skip
+    original = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    half, _ = convert_to_float16(original, keep_io_types=False)
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float16)}
+    report = diff_models(half, original, feeds)
+    assert report.passed and report.compared >= 2, report.notes
