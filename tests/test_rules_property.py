@@ -77,12 +77,13 @@ def test_accepted_rewrites_stay_within_tolerance_of_the_float64_original(spec, c
         event(f"{step.family}: {step.status}")
     if not spec.fusable:
         assert not fused and layer_norm_step.matches == 0
-    elif spec.dtype == "float64" and layer_norm_step.status == "rolled back":
-        # the one fusion the engine may refuse: onnxruntime's double LayerNormalization computes the
-        # variance as E[x^2] - E[x]^2, a few ulps from the two-pass double statement; the refusal must
-        # be that, measured again here on the fused model
+    elif spec.dtype != "float16" and layer_norm_step.status == "rolled back":
+        # the one fusion the engine may refuse: onnxruntime's float32/double LayerNormalization computes
+        # the variance as E[x^2] - E[x]^2, which cancels when |mean| >> std (offset 50 over 4 channels),
+        # while the decomposed graph, run as written, takes the two-pass route; the refusal must be
+        # that, measured again here on the fused model
         assert layer_norm_step.reason.startswith("parity got worse: y: max abs error"), layer_norm_step.reason
-        _assert_fused_double_layer_norm_is_worse(proto, feeds, exact["y"])
+        _assert_fused_layer_norm_is_worse(proto, feeds, exact["y"])
     else:  # a fusable LayerNorm must be fused: a family that rolled every fusion back would fail here
         assert layer_norm_step.status == "accepted", (spec, layer_norm_step.reason)
         assert fixed.opset_imports.get("", 0) >= 17 and len(fused) == 1
@@ -90,7 +91,7 @@ def test_accepted_rewrites_stay_within_tolerance_of_the_float64_original(spec, c
     svsurgery.validate(fixed)
 
 
-def _assert_fused_double_layer_norm_is_worse(proto: onnx.ModelProto, feeds: dict, exact: np.ndarray) -> None:
+def _assert_fused_layer_norm_is_worse(proto: onnx.ModelProto, feeds: dict, exact: np.ndarray) -> None:
     """The layer-norm family applied alone, without the engine: its error against the float64
     statement is beyond the engine's margin (4 rounding steps at the output's scale) of the original's."""
     from svsurgery.family import ApplyOptions
