@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from svsurgery.frontend._ops import GraphOps, subgraph_value
+from svsurgery.vad.loop_state import LoopState
 from svsurgery.vad.options import SegmentOptions
 
 __all__ = ["cut_rows", "flags_to_segments", "merge_spans", "segment_spans", "split_long"]
@@ -56,40 +57,27 @@ def merge_spans(g: GraphOps, segments: ir.Value, max_length_ms: float) -> ir.Val
     longest = g.const(np.array(int(max_length_ms), np.int64))
     trips = op.Max(op.Sub(op.Squeeze(g.dim(steps, 0), g.i64(0)), g.scalar_i64(1)), g.scalar_i64(0))
 
-    def body(bop, index, condition, begin):
+    state = LoopState(g)
+    state.carry("begin", 0)  # where the span being packed starts (ms)
+    state.scan("emitted", ir.DataType.BOOL)  # this boundary closed a span ...
+    state.scan("span", _INT64, None)  # ... [begin, boundary]
+
+    def step(bop, index, now):
         time = bop.Gather(steps, index, axis=0)
         following = bop.Gather(steps, bop.Add(index, g.scalar_i64(1)), axis=0)
-        cut = bop.GreaterOrEqual(bop.Sub(following, begin), longest)  # the next boundary would overflow the span
-        emit = bop.And(cut, bop.Greater(bop.Sub(time, begin), g.scalar_i64(0)))
-        span = bop.Concat(bop.Unsqueeze(begin, g.i64(0)), bop.Unsqueeze(time, g.i64(0)), axis=0)
-        return bop.Identity(condition), bop.Where(cut, time, begin), bop.Identity(emit), span
-
-    loop_body = builder.subgraph(
-        body,
-        inputs=[
-            subgraph_value("index", _INT64),
-            subgraph_value("condition", ir.DataType.BOOL),
-            subgraph_value("begin", _INT64),
-        ],
-        outputs=[
-            subgraph_value("condition_out", ir.DataType.BOOL),
-            subgraph_value("begin_out", _INT64),
-            subgraph_value("emitted", ir.DataType.BOOL),
-            subgraph_value("span", _INT64, None),
-        ],
-        name="merge_vad_step",
-    )
+        cut = bop.GreaterOrEqual(bop.Sub(following, now.begin), longest)  # the next boundary would overflow the span
+        emit = bop.And(cut, bop.Greater(bop.Sub(time, now.begin), g.scalar_i64(0)))
+        span = bop.Concat(bop.Unsqueeze(now.begin, g.i64(0)), bop.Unsqueeze(time, g.i64(0)), axis=0)
+        return {"begin": bop.Where(cut, time, now.begin), "emitted": emit, "span": span}
 
     def merged(bop):
-        last_begin, emitted, spans = bop.Loop(
-            trips, g.const(np.array(True)), g.scalar_i64(0), body=loop_body, _outputs=3
-        )
-        kept = bop.Compress(bop.Reshape(spans, g.i64(-1, 2)), bop.Reshape(emitted, g.i64(-1)), axis=0)
+        final, scanned = state.loop(trips, step, name="merge_vad_step", op=bop)
+        kept = bop.Compress(bop.Reshape(scanned.span, g.i64(-1, 2)), bop.Reshape(scanned.emitted, g.i64(-1)), axis=0)
         last = bop.Gather(steps, g.scalar_i64(-1), axis=0)
-        final = bop.Unsqueeze(
-            bop.Concat(bop.Unsqueeze(last_begin, g.i64(0)), bop.Unsqueeze(last, g.i64(0)), axis=0), g.i64(0)
+        closing = bop.Unsqueeze(
+            bop.Concat(bop.Unsqueeze(final.begin, g.i64(0)), bop.Unsqueeze(last, g.i64(0)), axis=0), g.i64(0)
         )
-        return bop.Concat(kept, final, axis=0)
+        return bop.Concat(kept, closing, axis=0)
 
     short = op.LessOrEqual(op.Squeeze(count, g.i64(0)), g.scalar_i64(1))
     then_branch = builder.subgraph(

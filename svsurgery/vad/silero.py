@@ -28,7 +28,8 @@ import numpy as np
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
-from svsurgery.frontend._ops import GraphOps, subgraph_value
+from svsurgery.frontend._ops import GraphOps
+from svsurgery.vad.loop_state import LoopState
 from svsurgery.vad.options import SileroVadOptions
 
 __all__ = [
@@ -147,7 +148,7 @@ def speech_timestamps(
         if not loop_free(options):
             raise ValueError("these silero options need the Loop over frames (a finite max_speech_duration_s or neg_threshold > threshold)")
         return _timestamps_without_cuts(g, probabilities, count, options)
-    op, builder = g.op, g.builder
+    op = g.op
     limits = _limits(options)
     use_longest = options.use_max_poss_sil_at_max_speech
     probabilities = op.Cast(probabilities, to=_DOUBLE)
@@ -156,10 +157,28 @@ def speech_timestamps(
     zero, frame = g.scalar_i64(0), g.scalar_i64(FRAME)
     false = g.const(np.array(False))
 
-    def step(bop, index, condition, triggered, start, temp_end, prev_end, next_start, best_end, best_dur, has_possible):
+    state = LoopState(g)  # get_speech_timestamps_from_probs's variables, named as silero names them
+    state.carry("triggered", False)
+    state.carry("start", 0)  # current_speech["start"]
+    state.carry("temp_end", 0)
+    state.carry("prev_end", 0)
+    state.carry("next_start", 0)
+    state.carry("best_end", 0)  # possible_ends' longest silence: where it began ...
+    state.carry("best_dur", 0)  # ... and how long it was
+    state.carry("has_possible", False)  # possible_ends is not empty
+    state.scan("cut", _BOOL)  # this frame closed a speech at the maximum length ...
+    state.scan("cut_start", _INT64)
+    state.scan("cut_end", _INT64)
+    state.scan("ended", _BOOL)  # ... and/or one ended by silence
+    state.scan("end_start", _INT64)
+    state.scan("end_end", _INT64)
+
+    def step(bop, index, now):
         def where(flag, a, b):
             return bop.Where(flag, a, b)
 
+        triggered, start, temp_end, prev_end = now.triggered, now.start, now.temp_end, now.prev_end
+        next_start, best_end, best_dur, has_possible = now.next_start, now.best_end, now.best_dur, now.has_possible
         probability = bop.Gather(probabilities, index, axis=0)
         current = bop.Mul(index, frame)
         speech = bop.GreaterOrEqual(probability, threshold)
@@ -214,31 +233,16 @@ def speech_timestamps(
         prev_end, next_start, temp_end = (where(ends, zero, v) for v in (prev_end, next_start, temp_end))
         has_possible = bop.And(has_possible, bop.Not(ends))
         best_end, best_dur = where(ends, zero, best_end), where(ends, zero, best_dur)
-        carried = (triggered, start, temp_end, prev_end, next_start, best_end, best_dur, has_possible)
-        return (bop.Identity(condition), *carried, over, first_start, first_end, second, second_start, second_end)
+        return {"triggered": triggered, "start": start, "temp_end": temp_end, "prev_end": prev_end,
+                "next_start": next_start, "best_end": best_end, "best_dur": best_dur, "has_possible": has_possible,
+                "cut": over, "cut_start": first_start, "cut_end": first_end,
+                "ended": second, "end_start": second_start, "end_end": second_end}  # fmt: skip
 
-    names = ("triggered", "start", "temp_end", "prev_end", "next_start", "best_end", "best_dur", "has_possible")
-    types = (_BOOL, _INT64, _INT64, _INT64, _INT64, _INT64, _INT64, _BOOL)
-    emitted = (
-        ("cut", _BOOL),
-        ("cut_start", _INT64),
-        ("cut_end", _INT64),
-        ("ended", _BOOL),
-        ("end_start", _INT64),
-        ("end_end", _INT64),
-    )
-    body = builder.subgraph(
-        step,
-        inputs=[subgraph_value("index", _INT64), subgraph_value("condition", _BOOL), *(subgraph_value(n, t) for n, t in zip(names, types))],
-        outputs=[subgraph_value("condition_out", _BOOL), *(subgraph_value(f"{n}_out", t) for n, t in zip(names, types)),
-                 *(subgraph_value(n, t) for n, t in emitted)],
-        name="get_speech_timestamps_step",
-    )  # fmt: skip
     trips = op.Squeeze(g.dim(probabilities, 0), g.i64(0))
-    initial = (false, zero, zero, zero, zero, zero, zero, false)
-    triggered, start, *_, cut, cut_start, cut_end, ended, end_start, end_end = op.Loop(
-        trips, g.const(np.array(True)), *initial, body=body, _outputs=len(names) + len(emitted)
-    )
+    final, scanned = state.loop(trips, step, name="get_speech_timestamps_step")
+    triggered, start = final.triggered, final.start
+    cut, cut_start, cut_end = scanned.cut, scanned.cut_start, scanned.cut_end
+    ended, end_start, end_end = scanned.ended, scanned.end_start, scanned.end_end
     # per frame, the speech cut at the maximum comes before the one ended by silence
     flags = op.Reshape(op.Concat(op.Unsqueeze(cut, g.i64(1)), op.Unsqueeze(ended, g.i64(1)), axis=1), g.i64(-1))
     starts = op.Reshape(
