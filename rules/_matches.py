@@ -9,24 +9,19 @@ what they matched (float32 regions).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-__all__ = ["all_graphs", "find_matches", "known_constants", "matchers", "restricted", "site_of"]
+from svsurgery.patch import all_graphs
+
+__all__ = ["find_matches", "known_constants", "matchers", "restricted", "site_of"]
 
 
 def site_of(node: ir.Node) -> str:
     """The name a site goes by: its root node's name, or (unnamed) the op and its output."""
     return node.name or f"{node.op_type} -> {node.outputs[0].name}"
-
-
-def all_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
-    """The main graph, every If/Loop/Scan body and every model-local function."""
-    yield model.graph
-    yield from model.graph.subgraphs()
-    yield from model.functions.values()
 
 
 def known_constants(model: ir.Model) -> None:

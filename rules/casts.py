@@ -43,12 +43,6 @@ def _cast_target(node: ir.Node) -> ir.DataType | None:
     return ir.DataType(attribute.value)
 
 
-def _typed_graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
-    """Every graph whose values can carry types: the main graph, its If/Loop/Scan bodies and the
-    model's functions (typed from their call sites by ``patch.infer_types``)."""
-    return [model.graph, *model.graph.subgraphs(), *model.functions.values()]
-
-
 def removable_cast(node: ir.Node) -> bool:
     """A Cast can disappear unless its output is a graph output its input cannot take over."""
     output, source = node.outputs[0], node.inputs[0]
@@ -66,7 +60,7 @@ class IdentityCastRemovalPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.removed = []
-        for graph in _typed_graphs(model):
+        for graph in patch.all_graphs(model):
             for node in list(graph):
                 target = _cast_target(node)
                 if target is None or node.inputs[0] is None or node.inputs[0].dtype != target or not removable_cast(node):
@@ -89,7 +83,7 @@ class CastChainCollapsePass(ir.passes.InPlacePass):
         changed = True
         while changed:  # chains of three and more collapse one link per sweep
             changed = False
-            for graph in _typed_graphs(model):
+            for graph in patch.all_graphs(model):
                 for node in list(graph):
                     if node.graph is None:
                         continue  # removed earlier in this sweep
@@ -137,7 +131,7 @@ class LossyRoundTrip:
 
 def lossy_round_trips(model: ir.Model) -> Iterator[tuple[ir.Node, ir.Node, LossyRoundTrip]]:
     """Every ``Cast(Cast(x, B), A)`` with x of type A and A -> B lossy."""
-    for graph in _typed_graphs(model):
+    for graph in patch.all_graphs(model):
         for second in graph:
             back = _cast_target(second)
             if back is None or second.inputs[0] is None:
@@ -151,9 +145,10 @@ def lossy_round_trips(model: ir.Model) -> Iterator[tuple[ir.Node, ir.Node, Lossy
 
 
 def cast_inputs(model: ir.Model) -> list[ir.Value | None]:
-    """The inputs of every Cast in the graphs shape inference can type (their types decide
-    everything); function bodies are typed along with them when their call sites allow."""
-    return [node.inputs[0] for graph in (model.graph, *model.graph.subgraphs()) for node in graph if _cast_target(node) is not None]
+    """The inputs of every Cast in the model (their types decide everything), function bodies
+    included: one untyped there makes ``patch.infer_types`` run, which types a function from its
+    call sites."""
+    return [node.inputs[0] for graph in patch.all_graphs(model) for node in graph if _cast_target(node) is not None]
 
 
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:

@@ -302,7 +302,7 @@ def constants_last(model: ir.Model) -> int:
     ``Mul(scale, x)`` and ``Add(eps, variance)`` in the order the patterns are written in.
     """
     swapped = 0
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in patch.all_graphs(model):
         for node in graph:
             if node.op_type not in ("Add", "Mul") or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
                 continue
@@ -322,7 +322,7 @@ def _is_constant(value: ir.Value) -> bool:
 def _candidates(model: ir.Model) -> list[ir.Value]:
     """Inputs of ReduceMean -> Sub -> (Pow | Mul) chains: where a decomposed LayerNorm may be."""
     found = []
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in patch.all_graphs(model):
         for node in graph:
             if node.op_type != "ReduceMean" or not node.inputs or node.inputs[0] is None:
                 continue
@@ -335,7 +335,7 @@ def _candidates(model: ir.Model) -> list[ir.Value]:
 def _rewrite(model: ir.Model, rules: list[pattern.RewriteRule]) -> int:
     """Apply ``rules`` with the model's node names known, so the names added are unique."""
     global _TAKEN
-    _TAKEN = {n.name for g in (model.graph, *model.graph.subgraphs(), *model.functions.values()) for n in g if n.name}
+    _TAKEN = {n.name for g in patch.all_graphs(model) for n in g if n.name}
     try:
         return apply_rewrite_rules(model, rules)
     finally:
@@ -346,7 +346,7 @@ def _fuse(model: ir.Model) -> int:
     """Apply the fusion rules; returns how many LayerNormalization nodes they made."""
     _rewrite(model, FUSION_RULES)
     fused = 0
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in patch.all_graphs(model):
         ours = [n for n in graph if (n.name or "").startswith(_PREFIX)]
         fused += sum(1 for n in ours if n.op_type == "LayerNormalization")
         for node in ours:

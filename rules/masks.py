@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from svsurgery.family import Applied, ApplyOptions, RuleFamily
+from svsurgery.patch import all_graphs
 
 __all__ = ["FAMILY", "mask_constants"]
 
@@ -57,7 +58,7 @@ def mask_constants(model: ir.Model, precision: ir.DataType) -> list[tuple[ir.Val
     """(value, its fill) for every constant fill below ``precision``'s finite range that masks scores."""
     lowest = float(np.finfo(precision.numpy()).min)
     found = []
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in all_graphs(model):
         candidates = [n.outputs[0] for n in graph if n.op_type == "Constant"]
         if isinstance(graph, ir.Graph):
             candidates += list(graph.initializers.values())

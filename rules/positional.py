@@ -5,15 +5,17 @@ timescales and take Sin/Cos of the product. In float16 the product is rounded be
 Sin/Cos sees it: position 1000 has a float16 spacing of 0.5, so the encoding is off by
 up to 0.24 at T = 1000 (0.05 at T = 200). For models that compute in float16, this family
 finds every Sin/Cos whose input derives only from shapes and constants (never from a float
-graph input: that would be an activation, not an encoding), and marks that whole chain,
-Range to Sin/Cos and the Concat/reshapes after them, to compute in float32, so the
-encoding is rounded to float16 once, where it meets the activations.
+input of its graph, body or function: that would be an activation, not an encoding), and
+marks that whole chain, Range to Sin/Cos and the Concat/reshapes after them, to compute in
+float32, so the encoding is rounded to float16 once, where it meets the activations. Every
+graph of the model is searched: If/Loop/Scan bodies and model-local functions alike.
 """
 
 from __future__ import annotations
 
 import onnx_ir as ir
 
+from svsurgery import patch
 from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.precision import keep_in_float32
 
@@ -69,21 +71,19 @@ def _only_encodings(node: ir.Node, chain: dict[int, ir.Node]) -> bool:
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     if not options.low_precision:
         return Applied(0, notes=["the model computes in float32: positional encodings already do (see svsurgery fp16)"])
-    from svsurgery import patch
-
-    patch.infer_types(model, only_if_missing=[n.inputs[0] for n in model.graph if n.op_type in ("Sin", "Cos")])
+    trigs = [n for graph in patch.all_graphs(model) for n in graph if n.op_type in ("Sin", "Cos")]
+    patch.infer_types(model, only_if_missing=[n.inputs[0] for n in trigs])
     chains, marked = 0, set()
-    for graph in (model.graph, *model.graph.subgraphs()):
-        for trig in [n for n in graph if n.op_type in ("Sin", "Cos")]:
-            if id(trig) in marked:
-                continue
-            chain = encoding_chain(trig)
-            if chain is None:
-                continue
-            chains += 1
-            for node in chain:
-                keep_in_float32(node, f"{FAMILY.id}: positional encoding computed once in float32")
-                marked.add(id(node))
+    for trig in trigs:
+        if id(trig) in marked:
+            continue
+        chain = encoding_chain(trig)
+        if chain is None:
+            continue
+        chains += 1
+        for node in chain:
+            keep_in_float32(node, f"{FAMILY.id}: positional encoding computed once in float32")
+            marked.add(id(node))
     notes = [f"{chains} Sin/Cos chains ({len(marked)} nodes) compute in float32"] if chains else []
     return Applied(chains, notes=notes)
 

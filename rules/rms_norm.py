@@ -26,6 +26,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 
+from svsurgery import patch
 from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 from svsurgery.opset import ai_onnx_opset
 from svsurgery.precision import keep_in_float32
@@ -141,7 +142,7 @@ def explicit_defaults(model: ir.Model) -> None:
     """Write out the default ``keepdims=1`` / ``noop_with_empty_axes=0`` of ReduceMean nodes that
     average a square (exact: the defaults are what they compute), so the shipped pattern, which
     names them, matches exporters that leave them implicit."""
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in patch.all_graphs(model):
         for node in graph:
             source = (
                 node.inputs[0].producer()
@@ -160,10 +161,9 @@ def _sites(model: ir.Model) -> list[str]:
 
 
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
-    from svsurgery import patch
-
     patch.infer_types(
-        model, only_if_missing=[n.inputs[0] for n in model.graph if n.op_type == "ReduceMean" and n.inputs]
+        model,
+        only_if_missing=[n.inputs[0] for g in patch.all_graphs(model) for n in g if n.op_type == "ReduceMean" and n.inputs],
     )
     fused = 0
     known_constants(model)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from svsurgery import patch
 from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.precision import keep_in_float32
 
@@ -98,12 +99,10 @@ def _make_safe(graph: ir.Graph | ir.Function, softmax: ir.Node) -> list[ir.Node]
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     if not options.low_precision:
         return Applied(0, notes=["the model computes in float32: Softmax already does (see svsurgery fp16)"])
-    from svsurgery import patch
-
-    softmaxes = [n for g in (model.graph, *model.graph.subgraphs()) for n in g if n.op_type == "Softmax"]
+    softmaxes = [n for g in patch.all_graphs(model) for n in g if n.op_type == "Softmax"]
     patch.infer_types(model, only_if_missing=[v for n in softmaxes for v in (*n.inputs, *n.outputs)])
     count, marked = 0, 0
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in patch.all_graphs(model):
         for softmax in [n for n in graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]:
             if softmax.metadata_props.get("svsurgery.rule") == FAMILY.id:
                 continue  # made safe already

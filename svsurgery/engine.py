@@ -33,17 +33,17 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from svsurgery import patch
+from svsurgery import patch, rules
 from svsurgery.errors import BadInputError, CheckFailedError, SvsError
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
+from svsurgery.family import Applied, ApplyOptions, RuleFamily, as_family
 from svsurgery.golden import versions
-from svsurgery.io import SOURCE_PATH_KEY
+from svsurgery.io import SOURCE_PATH_KEY, load
 from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
 from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, Headroom, format_headroom
 from svsurgery.parity.judge import Margin, judge_headroom, judge_improvement, regression
 from svsurgery.parity.metrics import ParityResult, Tolerance, tolerance as tolerance_profile
-from svsurgery.parity.references import Float64Reference, Reference
-from svsurgery.precision import convert_to_float16
+from svsurgery.parity.references import Float64Reference, Reference, TorchReference
+from svsurgery.precision import convert_to_float16, model_precision
 from svsurgery.verifier import Float16Verifier, Snapshot, Verifier
 from svsurgery.report import Report, dumps
 
@@ -175,18 +175,6 @@ class FixReport(Report):
 _LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 
-def model_precision(model: ir.Model) -> ir.DataType:
-    """FLOAT16 for models whose float weights are mostly float16, FLOAT otherwise."""
-    sizes: dict[ir.DataType, int] = {}
-    for value in model.graph.initializers.values():
-        if value.dtype is not None and value.dtype.is_floating_point():
-            sizes[value.dtype] = sizes.get(value.dtype, 0) + (value.const_value.size if value.const_value is not None else 0)
-    interface = [v.dtype for v in (*model.graph.inputs, *model.graph.outputs) if v.dtype is not None and v.dtype.is_floating_point()]
-    if sizes:
-        return max(sizes, key=sizes.get) if max(sizes, key=sizes.get) in _LOW_PRECISION else ir.DataType.FLOAT
-    return ir.DataType.FLOAT16 if any(t in _LOW_PRECISION for t in interface) else ir.DataType.FLOAT
-
-
 def default_tolerance(model: ir.Model, precision: ir.DataType | None = None) -> Tolerance:
     """``fp16`` for models that compute (or will compute) in float16, ``fp32`` otherwise."""
     precision = precision or model_precision(model)
@@ -228,9 +216,6 @@ def fix(
     (``report.headroom_before`` / ``headroom_after``); ``min_headroom`` makes a result whose
     headroom is below it fail (``report.passed`` false, the value named).
     """
-    from svsurgery.io import load
-    from svsurgery.parity.references import TorchReference
-
     if isinstance(model, (str, os.PathLike)):
         model = load(model)
     families = _families(families)
@@ -329,9 +314,6 @@ def fix(
 
 
 def _families(families) -> list[RuleFamily]:
-    from svsurgery import rules
-    from svsurgery.family import as_family
-
     if families is None or isinstance(families, str):
         return rules.select(families)
     if all(isinstance(item, str) for item in families):

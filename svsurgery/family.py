@@ -22,6 +22,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from svsurgery.errors import BadInputError
+from svsurgery.patch import all_graphs
 from svsurgery.user_code import import_user_module
 
 __all__ = [
@@ -123,8 +124,8 @@ def apply_rewrite_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *
             if value.uses() or value.is_graph_output() or value.is_graph_input():
                 continue
             producer = value.producer()
-            if producer is not None and producer.graph is graph:
-                graph.remove(producer, safe=True)
+            if producer is not None and producer.graph is not None:  # a function's nodes live in its .graph
+                producer.graph.remove(producer, safe=True)
             elif isinstance(graph, ir.Graph) and graph.initializers.get(value.name) is value:
                 graph.initializers.pop(value.name)
     return count
@@ -133,7 +134,7 @@ def apply_rewrite_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *
 def _live_constants(model: ir.Model) -> list[tuple[ir.Graph | ir.Function, ir.Value]]:
     """(graph, value) of every read Constant-node output and initializer."""
     live = []
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in all_graphs(model):
         if isinstance(graph, ir.Graph):
             live.extend((graph, v) for v in graph.initializers.values() if v.uses())
         live.extend((graph, n.outputs[0]) for n in graph if n.op_type == "Constant" and n.outputs and n.outputs[0].uses())
@@ -197,7 +198,7 @@ def graph_fingerprint(model: ir.Model) -> tuple:
     """A cheap structural summary (nodes, names, wiring, attributes, initializer identities,
     opsets, metadata) that changes whenever a patch edits the model."""
     items = []
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in all_graphs(model):
         for node in graph:
             attributes = tuple(
                 (name, repr(attr.value) if attr.type != ir.AttributeType.TENSOR else id(attr.value))

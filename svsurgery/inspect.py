@@ -10,6 +10,7 @@ from typing import Union
 import onnx_ir as ir
 
 from svsurgery.io import SOURCE_PATH_KEY, all_tensors, external_tensors
+from svsurgery.patch import all_graphs
 from svsurgery.report import Report
 
 __all__ = ["ModelSummary", "TensorSignature", "summarize"]
@@ -94,14 +95,13 @@ class ModelSummary(Report):
 
 
 def summarize(model: ir.Model) -> ModelSummary:
-    graphs = list(model.graphs())
+    """The summary of ``model``; nodes are counted in every graph: bodies, functions and the bodies in those."""
+    graphs = all_graphs(model)
+    bodies = [graph for graph in graphs if isinstance(graph, ir.Graph)]  # the main graph and every If/Loop/Scan body
     op_types = collections.Counter()
     for graph in graphs:
         for node in graph:
             op_types[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
-    for function in model.functions.values():
-        for node in function:
-            op_types[node.op_type] += 1
     tensors = list(all_tensors(model))
     data_files = sorted({str(t.location) for t in external_tensors(model)})
     return ModelSummary(
@@ -114,9 +114,9 @@ def summarize(model: ir.Model) -> ModelSummary:
         outputs=[TensorSignature.of(v) for v in model.graph.outputs],
         node_count=sum(op_types.values()),
         op_types=dict(op_types.most_common()),
-        subgraph_count=len(graphs) - 1,
+        subgraph_count=len(bodies) - 1,
         function_count=len(model.functions),
-        initializer_count=sum(len(g.initializers) for g in graphs),
+        initializer_count=sum(len(g.initializers) for g in bodies),
         parameter_count=sum(t.size for t in tensors),
         parameter_bytes=sum(t.nbytes for t in tensors),
         external_data_files=data_files,

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from svsurgery.errors import BadInputError, CheckFailedError
 from svsurgery.files import commit_guard, remove_stale_staging, staging_name
+from svsurgery.patch import all_graphs
 
 __all__ = [
     "EXTERNAL_DATA_KEY",
@@ -132,13 +133,12 @@ def _check_structure(proto: onnx.ModelProto, label: str) -> None:
 
 def all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
     """Every initializer and tensor attribute in the model, subgraphs and functions included."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
-    for graph in graphs:
-        if isinstance(graph, ir.Graph):
+    for graph in all_graphs(model):
+        if isinstance(graph, ir.Graph):  # functions hold no initializers
             for value in graph.initializers.values():
                 if value.const_value is not None:
                     yield value.const_value
-        for node in ir.traversal.RecursiveGraphIterator(graph):
+        for node in graph:
             for attr in node.attributes.values():
                 if attr.is_ref():
                     continue
@@ -146,8 +146,6 @@ def all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                     yield attr.value
                 elif attr.type == ir.AttributeType.TENSORS:
                     yield from attr.value
-                elif attr.type == ir.AttributeType.GRAPH:
-                    yield from (v.const_value for v in attr.value.initializers.values() if v.const_value is not None)
                 elif attr.type == ir.AttributeType.GRAPHS:
                     for subgraph in attr.value:
                         yield from (

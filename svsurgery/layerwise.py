@@ -49,9 +49,14 @@ import onnx
 import onnx_ir as ir
 
 from svsurgery import patch
-from svsurgery.errors import BadInputError
+from svsurgery.errors import BadInputError, require
+from svsurgery.io import SOURCE_PATH_KEY
+from svsurgery.parity.float16 import SEMANTICS, Float16Evaluator
 from svsurgery.parity.metrics import PROFILES, OutputParity, Tolerance, compare
+from svsurgery.parity.references import flatten_outputs
+from svsurgery.precision import model_precision
 from svsurgery.report import Report
+from svsurgery.runtime import inference_session
 
 __all__ = [
     "INHERITS", "INTENDED", "INTRODUCES", "OK", "DiffReport", "Divergence", "diff", "diff_models", "intended_changes",
@@ -171,8 +176,6 @@ class DiffReport(Report):
 
     def plot(self, path) -> None:
         """Error against depth (needs matplotlib: pip install 'svsurgery[plot]')."""
-        from svsurgery.errors import require
-
         require("matplotlib", "diff --plot")
         import matplotlib
 
@@ -290,8 +293,6 @@ class _Intermediates:
     """Fetch a model's intermediate values in chunks from one onnxruntime session."""
 
     def __init__(self, model: ir.Model, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
-        from svsurgery.runtime import inference_session
-
         exposed = patch.clone(model)
         patch.expose(exposed, list(names))
         self.session = inference_session(exposed, optimize=False)  # the graph as written, unfused
@@ -305,8 +306,6 @@ class _Float16Values:
     """Intermediate values from a true-float16 evaluation (computed once, fetched by name)."""
 
     def __init__(self, model: ir.Model, inputs: Mapping[str, np.ndarray]) -> None:
-        from svsurgery.parity.float16 import Float16Evaluator
-
         self._evaluator = Float16Evaluator(model)
         self._inputs = dict(inputs)
         self._cache: dict[str, np.ndarray] | None = None
@@ -332,16 +331,12 @@ _ORT = "onnxruntime CPU, graph optimizations off"
 
 
 def _is_low_precision(model: ir.Model) -> bool:
-    from svsurgery.engine import model_precision
-
     return model_precision(model) in _LOW_PRECISION
 
 
 def _values_of(model: ir.Model, inputs: Mapping[str, np.ndarray], names: Sequence[str]):
     """(a source of the model's intermediate values, how it evaluates): true float16 for a float16 model."""
     if _is_low_precision(model):
-        from svsurgery.parity.float16 import SEMANTICS
-
         return _Float16Values(model, inputs), SEMANTICS
     return _Intermediates(model, inputs, names), _ORT
 
@@ -464,8 +459,6 @@ class _Replay:
         proto, feeds = self._build(names, reference)
         with np.errstate(all="ignore"):
             if self._low:
-                from svsurgery.parity.float16 import Float16Evaluator
-
                 outputs = Float16Evaluator(ir.serde.deserialize_model(proto)).run(feeds)
             else:
                 import onnxruntime as ort
@@ -619,8 +612,6 @@ def _report(
     model: ir.Model, reference: str, evaluation: str, tolerance: Tolerance, rows: list[Divergence],
     intended: Mapping[str, str], replay: _Replay,
 ) -> DiffReport:  # fmt: skip
-    from svsurgery.io import SOURCE_PATH_KEY
-
     rows.sort(key=lambda r: r.position)
     # what an intended change sets off downstream: values beyond tolerance whose unit reads an intended
     # value, or a value that is itself beyond tolerance through one (a Softmax that absorbs it ends it)
@@ -675,8 +666,6 @@ def diff(
     A float16 model is evaluated, and replayed, in true float16 (tolerance
     ``fp16-intermediate`` then, ``fp32-intermediate`` otherwise).
     """
-    from svsurgery.errors import require
-
     torch = require("torch", "diff against a torch module")
     tolerance = tolerance or PROFILES["fp16-intermediate" if _is_low_precision(model) else "fp32-intermediate"]
     captured = _capture(module, model, inputs, torch)
@@ -759,8 +748,6 @@ def _capture(module, model: ir.Model, inputs, torch) -> dict[str, list[list[np.n
     runs on copies of the feeds, so in-place ops on its inputs (``xs_pad *= scale``) cannot
     change what the ONNX model is fed.
     """
-    from svsurgery.parity.references import flatten_outputs
-
     captured: dict[str, list[list[np.ndarray]]] = {}
     handles = []
 
@@ -852,8 +839,6 @@ def diff_models(
     expected, reference_evaluation = _values_of(reference, _feeds_for(reference, inputs), names)
     replay = _Replay(model, order, [item.value for item in items], inputs, borrowed)
     rows = _compare_all(model, items, actual, expected, replay, tolerance, intended, chunk, progress)
-    from svsurgery.io import SOURCE_PATH_KEY
-
     label = str(reference.meta.get(SOURCE_PATH_KEY, "the reference model"))
     evaluation = f"model: {model_evaluation}; reference: {reference_evaluation}"
     return _report(model, label, evaluation, tolerance, rows, intended, replay)

@@ -612,7 +612,7 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
     import onnx
 
     calls = [
-        node for graph in (model.graph, *model.graph.subgraphs()) for node in graph
+        node for graph in all_graphs(model) for node in graph
         if (node.domain, node.op_type, node.overload) == function.identifier()
     ]  # fmt: skip
     if not calls:
@@ -645,8 +645,9 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
         inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph, opset_imports=opsets), data_prop=True)
     except Exception:  # noqa: BLE001 - attribute references and the like: leave the body untyped
         return
-    known = {info.name: info for info in (*inferred.graph.value_info, *inferred.graph.output)}
-    for value in (*function.inputs, *(v for node in function for v in node.outputs)):
+    known = {info.name: info for info in _value_infos(inferred.graph)}
+    body = ir.traversal.RecursiveGraphIterator(function)  # the function's If/Loop/Scan bodies too
+    for value in (*function.inputs, *(v for node in body for v in node.outputs)):
         info = known.get(value.name)
         if value.type is None and info is not None and info.type.tensor_type.elem_type:
             value.dtype = ir.DataType(info.type.tensor_type.elem_type)
@@ -659,6 +660,15 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
             value.type = copy.deepcopy(t)
         if value.shape is None and shape is not None:
             value.shape = ir.Shape(d if isinstance(d, int) else (d.value if d is not None else None) for d in shape)
+
+
+def _value_infos(graph) -> Iterator:
+    """The value infos of an inferred GraphProto and of the If/Loop/Scan bodies in it."""
+    yield from (*graph.value_info, *graph.output)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
+                yield from _value_infos(body)
 
 
 def expose(model: ir.Model, values: Sequence[ValueLike]) -> list[ir.Value]:
@@ -724,7 +734,7 @@ def clone(model: ir.Model) -> ir.Model:
     try:
         copied = model.clone()
     except (ValueError, RuntimeError):
-        for graph in (model.graph, *model.graph.subgraphs()):
+        for graph in all_graphs(model):
             graph.sort()
         copied = model.clone()
     copied.meta.update(model.meta)

@@ -32,15 +32,28 @@ import onnx_ir as ir
 
 from svsurgery import patch
 
-__all__ = ["FLOAT32_MARK", "Float16Conversion", "convert_to_float16", "keep_in_float32", "kept_in_float32"]
+__all__ = ["FLOAT32_MARK", "Float16Conversion", "convert_to_float16", "keep_in_float32", "kept_in_float32", "model_precision"]
 
 FLOAT32_MARK = "svsurgery.precision"  # node metadata: why this node computes in float32
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
+_LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 _F16_MAX = float(np.finfo(np.float16).max)
 _TYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomUniform": "dtype",
                     "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Bernoulli": "dtype"}  # fmt: skip
 _CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _SMALL_CONSTANT = 16  # elements: scalars and short vectors (epsilons, scales), whose flush to 0 is reported
+
+
+def model_precision(model: ir.Model) -> ir.DataType:
+    """FLOAT16 for models whose float weights are mostly float16, FLOAT otherwise."""
+    sizes: dict[ir.DataType, int] = {}
+    for value in model.graph.initializers.values():
+        if value.dtype is not None and value.dtype.is_floating_point():
+            sizes[value.dtype] = sizes.get(value.dtype, 0) + (value.const_value.size if value.const_value is not None else 0)
+    interface = [v.dtype for v in (*model.graph.inputs, *model.graph.outputs) if v.dtype is not None and v.dtype.is_floating_point()]
+    if sizes:
+        return max(sizes, key=sizes.get) if max(sizes, key=sizes.get) in _LOW_PRECISION else ir.DataType.FLOAT
+    return ir.DataType.FLOAT16 if any(t in _LOW_PRECISION for t in interface) else ir.DataType.FLOAT
 
 
 def keep_in_float32(node: ir.Node, reason: str) -> None:
@@ -78,6 +91,7 @@ def convert_to_float16(model: ir.Model, *, keep_io_types: bool = False) -> tuple
     """A float16 copy of ``model`` (not changed itself), marked regions in float32."""
     from onnx_ir.passes.common import InlinePass
 
+    # here, not at the top: svsurgery.rules imports this module
     from svsurgery.rules.casts import CastChainCollapsePass, IdentityCastRemovalPass
 
     converted = patch.clone(model)
@@ -87,7 +101,7 @@ def convert_to_float16(model: ir.Model, *, keep_io_types: bool = False) -> tuple
         report.notes.append("model-local functions were inlined")
     patch.infer_types(converted)
     opsets = converted.opset_imports
-    graphs = [converted.graph, *converted.graph.subgraphs()]
+    graphs = list(converted.graphs())  # the main graph and its bodies: every function called was inlined above
     float32_nodes = {id(n) for g in graphs for n in g if _computes_in_float32(n, opsets)}
     report.float32_nodes = len(float32_nodes)
     outputs = {id(v): v.dtype for v in converted.graph.outputs}

@@ -20,18 +20,15 @@ each value computed in float16 is from float16's range, on the inputs given.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops import load_op
 
+from svsurgery import patch
 from svsurgery.io import to_proto
-
-if TYPE_CHECKING:
-    from svsurgery.parity.headroom import Headroom
+from svsurgery.parity.headroom import Headroom, measure
 
 __all__ = ["SEMANTICS", "Float16Evaluator"]
 
@@ -93,8 +90,6 @@ class Float16Evaluator:
     semantics = SEMANTICS
 
     def __init__(self, model: ir.Model, *, measure_headroom: bool = True) -> None:
-        from svsurgery import patch
-
         self._inputs = {v.name: v.dtype for v in model.graph.inputs}
         self._model = patch.clone(model)  # onnx.reference runs nodes in order, which the clone guarantees
         self._proto = to_proto(self._model, inline_external_data=True)
@@ -121,7 +116,5 @@ class Float16Evaluator:
         with np.errstate(all="ignore"):  # overflow to inf and NaN are what is being looked for
             values = dict(self._evaluator.run(None, typed, intermediate=True))
         if self.measure_headroom:
-            from svsurgery.parity.headroom import measure
-
             self.headroom = measure(self._model, values, opsets=self._proto.opset_import)
         return values

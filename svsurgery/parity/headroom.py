@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from svsurgery.precision import convert_to_float16, model_precision
+
 __all__ = [
     "DEFAULT_MIN_HEADROOM", "FLOAT16_MAX", "PROFILE_CAP", "Headroom", "Site", "compare", "format_headroom", "headroom_of", "measure",
     "measure_model", "measure_sites", "scale_degrees",
@@ -481,12 +483,9 @@ def _run_in_float32(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> 
 def measure_model(model: ir.Model, feeds: Mapping[str, np.ndarray], *, convert: bool | None = None) -> Headroom:
     """The headroom of ``model`` on ``feeds``: converted to float16 first (the precision rules'
     marks honoured) unless it already computes in float16 (``convert`` forces either way)."""
-    from svsurgery.parity.float16 import Float16Evaluator
-    from svsurgery.precision import convert_to_float16
+    from svsurgery.parity.float16 import Float16Evaluator  # it imports this module
 
     if convert is None:
-        from svsurgery.engine import model_precision
-
         convert = model_precision(model) != _FLOAT16
     if convert:
         model, _ = convert_to_float16(model, keep_io_types=True)
