@@ -73,10 +73,12 @@ def setup(work: Path, size: str, utterances: int) -> tuple[Path, Path, Path]:
         (original.parent / "config.yaml").write_text(FUNASR_CONFIG, encoding="utf-8")
         write_am_mvn(original.parent / "am.mvn", *cmvn_statistics())
         from svsurgery.fuse import fuse_preprocessing
+        from svsurgery.io import save
         from svsurgery.vad import SileroVadOptions
 
-        _, report = fuse_preprocessing(original, fused, vad=SileroVadOptions())
+        fused_model, report = fuse_preprocessing(original, vad=SileroVadOptions())
         assert report.passed
+        save(fused_model, fused)
     corpus = work / f"corpus-{utterances}"
     manifest = corpus / "manifest.jsonl"
     if not manifest.is_file():

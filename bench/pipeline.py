@@ -131,20 +131,21 @@ class PythonPipeline:
 
 def fused_model(encoder_path: Path, mode: str, fsmn_folder: Path, out: Path) -> Path:
     from svsurgery.fuse import fuse_preprocessing
+    from svsurgery.io import save
 
     vad = vad_options(mode, fsmn_folder)  # always fused anew: the graph measured is the tree's
-    _, report = fuse_preprocessing(encoder_path, out, vad=vad, segmentation=SEGMENTATION if vad else None, overwrite_input=False)
+    fused, report = fuse_preprocessing(encoder_path, vad=vad, segmentation=SEGMENTATION if vad else None)
     if not report.passed:
         raise SystemExit(f"fusing {encoder_path} with {mode} failed its verification")
+    save(fused, out)
     return out
 
 
 def vad_frontend_model(mode: str, fsmn_folder: Path, frontend):
     from svsurgery.vad import build_vad_frontend
-    from svsurgery.vad.detect import required_opset
 
     vad = vad_options(mode, fsmn_folder)
-    return build_vad_frontend(vad, SEGMENTATION, frontend.fbank, frontend.lfr, frontend.cmvn, opset=max(17, required_opset(vad)))
+    return build_vad_frontend(vad, SEGMENTATION, frontend.fbank, frontend.lfr, frontend.cmvn, opset=max(17, vad.required_opset()))
 
 
 def _summed(recordings, functions: dict, repeats: int) -> dict:

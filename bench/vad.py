@@ -52,7 +52,7 @@ from _timing import best_of_interleaved  # bench/ is on sys.path when run as a s
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
 from svsurgery.vad import reference as vad_reference
-from svsurgery.vad.detect import vad_model
+from svsurgery.vad.mode import vad_model
 from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
 
 SILERO_BAR, ENERGY_BAR, FSMN_TIME_BAR = 0.94, 0.98, 0.3
@@ -144,7 +144,7 @@ def pipeline_timing(recordings, size: str, repeats: int) -> dict:
     from svsurgery.frontend import reference as frontend_reference
     from svsurgery.frontend.config import discover
     from svsurgery.fuse import fuse_preprocessing
-    from svsurgery.io import load
+    from svsurgery.io import load, save
     from svsurgery.testing.encoder import EncoderConfig
     from svsurgery.testing.export import write_model_folders
 
@@ -154,8 +154,9 @@ def pipeline_timing(recordings, size: str, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="svsurgery-bench-vad-") as scratch:
         encoder_path = write_model_folders(Path(scratch), config)["funasr"]
         fused_path = Path(scratch) / "fused.onnx"
-        _, report = fuse_preprocessing(encoder_path, fused_path, vad=SileroVadOptions(), segmentation=segmentation)
+        fused_model, report = fuse_preprocessing(encoder_path, vad=SileroVadOptions(), segmentation=segmentation)
         assert report.passed, "fusion failed verification"
+        save(fused_model, fused_path)
         frontend = discover(load(encoder_path), encoder_path)
         encoder = inference_session(encoder_path, intra_op_threads=1)
         fused = inference_session(fused_path, intra_op_threads=1)

@@ -61,17 +61,9 @@ def register(verbs) -> None:
 
 
 def _vad(args: argparse.Namespace):
-    from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SileroVadOptions
+    from svsurgery.vad.mode import parse
 
-    if args.vad is None:
-        return None
-    if args.vad == "energy":
-        return EnergyVadOptions()
-    if args.vad == "silero":
-        return SileroVadOptions()
-    if args.vad.startswith("fsmn:") and len(args.vad) > 5:
-        return FsmnVadOptions(folder=args.vad[5:])
-    raise BadInputError(f"--vad {args.vad}: expected silero, fsmn:DIR or energy")
+    return None if args.vad is None else parse(args.vad)  # the mode's defaults
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         svsurgery.save(fixed, fixed_path)
         fused_path = encoder.with_name("model.fused.onnx")
         with error_console().status("fusing the front end into the fixed encoder and verifying ..."):
-            _, report = fuse_preprocessing(fixed_path, fused_path)
+            fused, report = fuse_preprocessing(fixed_path)
+            if report.passed:
+                svsurgery.save(fused, fused_path)
+                report.output, report.written = str(fused_path), True
         console().print()
         report.render(console())
         if not report.passed:

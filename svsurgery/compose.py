@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
@@ -186,7 +185,8 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
     segment the encoder still runs once on an empty row (encoders rarely accept a batch of
     0: SenseVoice gives its query frames) and the outputs are cut back to K = 0 rows.
     """
-    from svsurgery.frontend._ops import GraphOps, subgraph_value
+    from svsurgery.frontend._ops import GraphOps
+    from svsurgery.vad.loop_state import LoopState
 
     for output in outputs:
         if output.shape is None:
@@ -209,9 +209,13 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
     back = op.Slice(back, g.i64(0), count, g.i64(0))  # the K real rows, in segment order
     one, zero = g.i64(1), g.i64(0)
     padded = [o for o in outputs if len(o.shape) >= 2]  # rank 1 ([B]): a scalar per row, nothing to pad
-    targets = {id(o): g.i64(*([0] * (len(o.shape) - 1))) for o in padded}
+    state = LoopState(g)
+    for i, o in enumerate(padded):  # the largest shape of each output so far (without the batch axis)
+        state.carry(f"size_{i}", g.i64(*([0] * (len(o.shape) - 1))), shape=(len(o.shape) - 1,))
+    for o in outputs:
+        state.scan(f"row_{o.name}", o.dtype, tuple(o.shape)[1:])
 
-    def body(bop, index, condition, *sizes):
+    def step(bop, index, now):
         graph_body = bop.builder.graph
         row = bop.Unsqueeze(bop.Gather(order, index, axis=0), zero)  # [1]
         length = bop.Gather(wide_lengths, row, axis=0)
@@ -226,36 +230,24 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
         row_features.dtype, row_features.shape = binding.features.dtype, ir.Shape([1, "frames", *list(binding.features.shape)[2:]])
         if binding.lengths is not None:
             row_length.name = binding.lengths.name
-        grown, stacked = [], []
-        sizes = iter(sizes)
+        result = {}
         for output in outputs:
             squeezed = bop.Squeeze(output, zero)
             if len(output.shape) >= 2:
+                size = f"size_{padded.index(output)}"
                 own = bop.Shape(squeezed)
-                target = bop.Max(next(sizes), own)
+                target = bop.Max(getattr(now, size), own)
                 pads = bop.Concat(g.i64(*([0] * (len(output.shape) - 1))), bop.Sub(target, own), axis=0)
                 squeezed = bop.Pad(squeezed, pads)
-                grown.append(target)
-            stacked.append(squeezed)
-        return (bop.Identity(condition), *grown, *stacked)
+                result[size] = target
+            result[f"row_{output.name}"] = squeezed
+        return result
 
-    int64 = ir.DataType.INT64
-    loop_body = g.builder.subgraph(
-        body,
-        inputs=[subgraph_value("index", int64), subgraph_value("condition", ir.DataType.BOOL),
-                *(subgraph_value(f"size_{i}", int64, [len(o.shape) - 1]) for i, o in enumerate(padded))],
-        outputs=[subgraph_value("condition_out", ir.DataType.BOOL),
-                 *(subgraph_value(f"size_{i}_out", int64, [len(o.shape) - 1]) for i, o in enumerate(padded)),
-                 *(subgraph_value(f"row_{o.name}", o.dtype, list(o.shape)[1:]) for o in outputs)],
-        name="encoder_per_row",
-    )  # fmt: skip
-    results = op.Loop(op.Squeeze(rows, zero), g.const(np.array(True)), *(targets[id(o)] for o in padded),
-                      body=loop_body, _outputs=len(padded) + len(outputs))  # fmt: skip
-    if len(padded) + len(outputs) == 1:
-        results = [results]
+    _, stacked = state.loop(op.Squeeze(rows, zero), step, name="encoder_per_row")
+    loop_body = getattr(stacked, f"row_{outputs[0].name}").producer().attributes["body"].value
     finals = []
-    for output, stacked in zip(outputs, results[len(padded) :]):
-        final = op.Gather(stacked, back, axis=0)
+    for output in outputs:
+        final = op.Gather(getattr(stacked, f"row_{output.name}"), back, axis=0)
         final.dtype, final.shape = output.dtype, output.shape
         graph.outputs[graph.outputs.index(output)] = final
         final.name, output.name = output.name, f"svs/frontend/rows/{output.name}"

@@ -1,12 +1,14 @@
-"""fuse-preproc: one model from raw waveform to encoder outputs, verified before it is written.
+"""fuse-preproc: one model from raw waveform to encoder outputs, verified.
 
-load the encoder -> find its feature/length inputs -> discover the front-end settings it
-was shipped with -> build the front end at the encoder's opset -> verify on a built-in
-waveform against (a) the same front-end graph run separately then the encoder (the
-fusion itself must be exact) and (b) the reference pipeline, kaldi-native-fbank (or the
-float64 statement when knf is absent) + FunASR's LFR and CMVN in numpy + onnxruntime on
-the original encoder -> record options, sources, versions and parity in metadata_props ->
-save atomically. Beyond tolerance nothing is written.
+the encoder (a model, or a path loaded) -> find its feature/length inputs -> discover the
+front-end settings it was shipped with -> build the front end at the encoder's opset ->
+verify on a built-in waveform against (a) the same front-end graph run separately then the
+encoder (the fusion itself must be exact) and (b) the reference pipeline, kaldi-native-fbank
+(or the float64 statement when knf is absent) + FunASR's LFR and CMVN in numpy +
+onnxruntime on the original encoder -> record options, sources, versions and parity in
+metadata_props (strict JSON) -> return the fused model and the report. Nothing is written
+here: the caller saves the model when the report passed (the command line through its file
+plan, as ``fix`` does).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,13 +30,13 @@ from svsurgery.frontend._ops import MIN_OPSET
 from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
 from svsurgery.frontend.config import FrontendConfig, discover
 from svsurgery.frontend.options import LfrOptions
-from svsurgery.io import load, save
+from svsurgery.io import SOURCE_PATH_KEY, load
 from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
 from svsurgery.parity.waveforms import speech_like
-from svsurgery.report import Report
+from svsurgery.report import Report, dumps
 from svsurgery.runtime import inference_session
-from svsurgery.vad.detect import VadOptions, required_opset
+from svsurgery.vad.mode import VadMode
 from svsurgery.vad.options import SegmentOptions
 
 __all__ = ["FuseReport", "fuse_preprocessing", "verification_waveforms"]
@@ -52,8 +53,8 @@ def verification_waveforms() -> list[np.ndarray]:
 @dataclasses.dataclass
 class FuseReport(Report):
     encoder: str
-    output: str | None
-    written: bool
+    output: str | None  # where the caller wrote the fused model (None: not written)
+    written: bool  # set by the caller that saved it (fuse_preprocessing writes nothing)
     inputs_found: str
     sources: dict[str, str]
     notices: list[str]
@@ -130,8 +131,7 @@ def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
 
 
 def fuse_preprocessing(
-    encoder_path: str | os.PathLike,
-    output: str | os.PathLike | None = None,
+    encoder: ir.Model | str | os.PathLike,
     *,
     config: str | os.PathLike | None = None,
     cmvn: str | os.PathLike | None = None,
@@ -141,11 +141,14 @@ def fuse_preprocessing(
     feature_input: str | None = None,
     length_input: str | None = None,
     keep_features: bool = False,
-    overwrite_input: bool = False,
-    vad: VadOptions | None = None,
+    vad: VadMode | None = None,
     segmentation: SegmentOptions | None = None,
 ) -> tuple[ir.Model, FuseReport]:
-    """Fuse the front end into the encoder at ``encoder_path``; write ``output`` if parity holds.
+    """The front end fused into ``encoder`` (a model, left as it is, or the path of one), and
+    the report of its verification. Nothing is written: save the model when ``report.passed``
+    (and set ``report.output``/``report.written`` to say so). Settings are discovered beside
+    the model's file (config.yaml, am.mvn; a model not loaded from a file has only its
+    metadata and the flags).
 
     With ``vad``, the fused model takes one recording, finds its speech, cuts it into spans
     (``segmentation``: FunASR's merge_vad by default) and runs the encoder on each span at its
@@ -154,8 +157,15 @@ def fuse_preprocessing(
     ``waveform_nonfinite``, ``waveform_clipped``, ``waveform_lengths_used`` (int64 [B]; see
     :func:`svsurgery.frontend.build.sanitize_waveform`).
     """
-    encoder_path = Path(encoder_path)
-    model = load(encoder_path)
+    if isinstance(encoder, ir.Model):
+        from svsurgery.patch import clone
+
+        original, model = encoder, clone(encoder)  # the references run the caller's model; the copy is fused
+        encoder_path = model.meta.get(SOURCE_PATH_KEY)
+        label = str(encoder_path or "the encoder (in memory)")
+    else:
+        original, model = encoder, load(encoder)  # onnxruntime reads the file itself (external data followed)
+        encoder_path = label = str(encoder)
     found = discover(model, encoder_path, config=config, cmvn=cmvn, lfr=lfr, preset=preset, use_cmvn=use_cmvn)
     binding = find_encoder_inputs(model, feature_input, length_input)
     produced = found.fbank.feature_dim * found.lfr.m
@@ -170,24 +180,24 @@ def fuse_preprocessing(
     if not isinstance(dim, int):
         notices.append(f"feature dimension of '{binding.features.name}' is not fixed in the model; the front end makes {produced}")
     opset = ai_onnx_opset(model)
-    needed = MIN_OPSET if vad is None else required_opset(vad)
+    needed = MIN_OPSET if vad is None else vad.validate().required_opset()
     if opset is None or opset < needed:
-        model = convert_opset(model, needed, label=str(encoder_path))
+        model = convert_opset(model, needed, label=label)
         binding = find_encoder_inputs(model, feature_input, length_input)
         notices.append(f"encoder converted from ai.onnx opset {opset} to {needed} (the front end needs {needed})")
         opset = needed
     frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
     if vad is not None:
         return _fuse_with_vad(
-            model, encoder_path, output, frontend_model, found, binding, notices, vad, segmentation or SegmentOptions(),
-            opset=opset, keep_features=keep_features, overwrite_input=overwrite_input,
+            model, original, label, frontend_model, found, binding, notices, vad, segmentation or SegmentOptions(),
+            opset=opset, keep_features=keep_features,
         )  # fmt: skip
 
     rows = verification_waveforms()
     waveform_batch = _pad([r[:, None] for r in rows])[:, :, 0]
     waveform_lengths = np.array([r.size for r in rows], np.int64)
     others = _feeds_for_other_inputs(model, binding, len(rows))
-    encoder_session = inference_session(encoder_path)
+    encoder_session = inference_session(original)
 
     def run_encoder(features: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
         feeds = {binding.features.name: features.astype(binding.features.dtype.numpy()), **others}
@@ -212,8 +222,8 @@ def fuse_preprocessing(
     passed = all(p.passed for p in vs_two_step + vs_reference)
     options = frontend_metadata(found.fbank, found.lfr, found.cmvn)
     report = FuseReport(
-        encoder=str(encoder_path),
-        output=str(output) if output else None,
+        encoder=label,
+        output=None,
         written=False,
         inputs_found=binding.how,
         sources=found.sources,
@@ -225,12 +235,13 @@ def fuse_preprocessing(
         fused_vs_reference=vs_reference,
         passed=passed,
     )
-    return _record_and_save(fused, report, output, overwrite_input)
+    return _record(fused, report)
 
 
-def _record_and_save(fused: ir.Model, report: FuseReport, output, overwrite_input: bool, **extra) -> tuple[ir.Model, FuseReport]:
-    """Provenance and parity into metadata_props; the model written only when parity held."""
-    fused.metadata_props["svsurgery.fuse"] = json.dumps(
+def _record(fused: ir.Model, report: FuseReport, **extra) -> tuple[ir.Model, FuseReport]:
+    """Provenance and parity into metadata_props, as strict JSON (a non-finite number is written
+    "inf"/"nan", as the engine writes its records)."""
+    fused.metadata_props["svsurgery.fuse"] = dumps(
         {
             "svsurgery": __version__,
             "onnx": onnx.__version__,
@@ -241,12 +252,8 @@ def _record_and_save(fused: ir.Model, report: FuseReport, output, overwrite_inpu
                 "fused_vs_two_step": [dataclasses.asdict(p) for p in report.fused_vs_two_step],
                 "fused_vs_reference": [dataclasses.asdict(p) for p in report.fused_vs_reference],
             },
-        },
-        sort_keys=True,
+        }
     )
-    if report.passed and output is not None:
-        save(fused, output, overwrite_input=overwrite_input)
-        report.written = True
     return fused, report
 
 
@@ -255,21 +262,21 @@ def vad_verification_waveform() -> np.ndarray:
     return speech_like(20.0, seed=3)
 
 
-def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, notices, vad, segmentation, *,
-                   opset, keep_features, overwrite_input) -> tuple[ir.Model, FuseReport]:  # fmt: skip
+def _fuse_with_vad(model, original, label, frontend_model, found, binding, notices, vad, segmentation, *,
+                   opset, keep_features) -> tuple[ir.Model, FuseReport]:  # fmt: skip
     """The VAD fusion, verified against the same pipeline run step by step: the VAD and the
     segmentation in numpy, then each span through the front end and the encoder alone (as
     FunASR decodes each span alone), and against kaldi-native-fbank features per span."""
     from svsurgery.vad import build_vad_frontend
     from svsurgery.vad import reference as vad_reference
-    from svsurgery.vad.detect import reference_segments
 
     waveform = vad_verification_waveform()
-    found_segments, vad_reference_name = reference_segments(waveform, vad)
+    vad_reference_run = vad.reference()
+    found_segments, vad_reference_name = vad_reference_run.segments(waveform), vad_reference_run.description
     spans = vad_reference.segment(found_segments, segmentation)
     pieces = vad_reference.cut_rows(waveform, spans, vad.samp_freq)
     others = _feeds_for_other_inputs(model, binding, 1)
-    encoder_session = inference_session(encoder_path)
+    encoder_session = inference_session(original)
     frontend_session = inference_session(frontend_model)
 
     def encoder_alone(features: np.ndarray) -> dict[str, np.ndarray]:
@@ -298,13 +305,13 @@ def _fuse_with_vad(model, encoder_path, output, frontend_model, found, binding, 
     options = {**frontend_metadata(found.fbank, found.lfr, found.cmvn), "vad": json.loads(vad_model.metadata_props["svsurgery.frontend"])["vad"],
                "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
     report = FuseReport(
-        encoder=str(encoder_path), output=str(output) if output else None, written=False, inputs_found=binding.how,
+        encoder=label, output=None, written=False, inputs_found=binding.how,
         sources=found.sources, notices=[*notices, f"VAD segments checked against {vad_reference_name}"], frontend=options,
         reference_frontend=reference_name,
         waveform=f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms",
         fused_vs_two_step=vs_two_step, fused_vs_reference=vs_reference, passed=passed,
     )  # fmt: skip
-    return _record_and_save(fused, report, output, overwrite_input, vad=options["vad"], segmentation=options["segmentation"])
+    return _record(fused, report, vad=options["vad"], segmentation=options["segmentation"])
 
 
 def _per_span_parity(fused: dict, alone: list[dict], spans: np.ndarray, tolerance) -> list[OutputParity]:

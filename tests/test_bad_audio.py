@@ -62,7 +62,7 @@ def sessions(encoder_folder, tmp_path_factory):
 
                     folder = write_fsmn_vad_folder(tmp_path_factory.mktemp("fsmn_vad"))
                 options = vad.FsmnVadOptions(str(folder))
-            model, report = fuse_preprocessing(encoder_folder, None, vad=options)
+            model, report = fuse_preprocessing(encoder_folder, vad=options)
             assert report.passed
             built[mode] = inference_session(model, intra_op_threads=1)
         return built[mode]

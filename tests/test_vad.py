@@ -190,13 +190,12 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
     import svsurgery
     from svsurgery.frontend.config import discover
     from svsurgery.fuse import fuse_preprocessing
-    from svsurgery.vad.detect import reference_segments
 
     segmentation = vad.SegmentOptions(merge=merge, max_segment_s=5.0)
-    out = tmp_path / "fused.onnx"
-    _, report = fuse_preprocessing(funasr_folder, out, vad=options, segmentation=segmentation)
-    assert report.passed and report.written
-    fused = inference_session(out)
+    model, report = fuse_preprocessing(funasr_folder, vad=options, segmentation=segmentation)
+    assert report.passed and not report.written  # nothing written: the caller saves
+    assert not list(tmp_path.iterdir())
+    fused = inference_session(model)
     assert [i.name for i in fused.get_inputs()] == ["waveform", "waveform_lengths", "language", "textnorm"]
     found = discover(svsurgery.load(funasr_folder), funasr_folder)
     frontend_alone = inference_session(frontend.build(found.fbank, found.lfr, found.cmvn, opset=16))
@@ -204,7 +203,7 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
     waveform = read_wav(RECORDINGS[1]) if RECORDINGS else _synthetic_speech()
     ids = {"language": np.array([4], np.int32), "textnorm": np.array([15], np.int32)}
     logits, lengths, spans = fused.run(["ctc_logits", "encoder_out_lens", "segments"], {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
-    expected = reference.segment(reference_segments(waveform, options)[0], segmentation)
+    expected = reference.segment(options.reference().segments(waveform), segmentation)
     np.testing.assert_array_equal(spans, expected)
     assert len(spans) >= 3 and (merge or (spans[:, 1] - spans[:, 0]).max() <= 5000)
     for row, piece in enumerate(reference.cut_rows(waveform, spans)):

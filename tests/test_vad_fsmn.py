@@ -16,8 +16,7 @@ from vad_support import probe_session
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
 from svsurgery.testing.fsmn import official_fsmn_vad_folder
-from svsurgery.vad.fsmn import decide_segments, frame_decibels, fsmn_segments, load_fsmn_vad
-from svsurgery.vad.options import FsmnVadOptions
+from svsurgery.vad.fsmn import FsmnVadOptions, decide_segments, frame_decibels, fsmn_segments, load_fsmn_vad
 
 pytest.importorskip("torch", reason="the random-weight FSMN is built with torch")
 funasr_reference = pytest.importorskip("svsurgery.vad.funasr_reference")
@@ -28,6 +27,11 @@ except Exception as error:  # noqa: BLE001
         f"funasr-onnx's E2EVadModel is the reference (pip install --no-deps funasr-onnx): {error}",
         allow_module_level=True,
     )
+
+
+def _scores_and_segments(found):
+    """A mode's named graph values as a probe model's outputs: (silence probability, segments)."""
+    return found.scores, found.segments
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +126,7 @@ def fsmn_sessions(folder):
     for dynamic in (True, False):
         vad = load_fsmn_vad(FsmnVadOptions(str(folder), dynamic_silence=dynamic))
         waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
-        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: fsmn_segments(g, w, vad), [waveform]))
+        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [waveform]))
     return sessions
 
 
@@ -248,7 +252,7 @@ def official_sessions():
     for dynamic in (True, False):
         vad = load_fsmn_vad(FsmnVadOptions(str(OFFICIAL), dynamic_silence=dynamic))
         waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
-        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: fsmn_segments(g, w, vad), [waveform]))
+        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [waveform]))
     return sessions
 
 
@@ -327,6 +331,6 @@ def test_other_networks_are_grafted_as_they_are(folder, tmp_path):
     scores = []
     for path in (folder, changed):
         vad = load_fsmn_vad(FsmnVadOptions(str(path)))
-        session = probe_session(lambda g, w, vad=vad: fsmn_segments(g, w, vad), [ir.val("w", ir.DataType.FLOAT, ["n"])])
+        session = probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [ir.val("w", ir.DataType.FLOAT, ["n"])])
         scores.append(session.run(None, {"w": waveform})[0])
     assert np.max(np.abs(scores[0] - scores[1])) <= 5e-5

@@ -16,7 +16,6 @@ end's settings and the reference VAD.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import onnx_ir as ir
@@ -46,7 +45,8 @@ def model_kind(model: ir.Model) -> str:
 
 def vad_from_metadata(model: ir.Model):
     """(VAD options, segmentation) a fused model records in ``svsurgery.frontend``; (None, None) without."""
-    from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
+    from svsurgery.vad.mode import from_metadata
+    from svsurgery.vad.options import SegmentOptions
 
     text = model.metadata_props.get("svsurgery.frontend")
     if not text:
@@ -55,24 +55,9 @@ def vad_from_metadata(model: ir.Model):
         recorded = json.loads(text)
     except json.JSONDecodeError:
         return None, None
-    vad, segmentation = recorded.get("vad"), recorded.get("segmentation")
-    options = None
-    if isinstance(vad, dict):
-        fields = {k: (math.inf if v == "inf" else v) for k, v in vad.items() if k != "mode"}
-        if vad.get("mode") == "energy":
-            options = EnergyVadOptions(**fields)
-        elif vad.get("mode") == "silero":
-            options = SileroVadOptions(**fields)
-        elif vad.get("mode") == "fsmn":
-            machine = fields.get("state_machine") or {}
-            options = FsmnVadOptions(
-                folder=fields["folder"], dynamic_silence=bool(fields.get("dynamic_silence", True)),
-                max_end_silence_time=fields.get("max_end_silence_time"),
-                max_single_segment_time=machine.get("max_single_segment_time"),
-                chunk_size_ms=fields.get("chunk_size_ms", 60000.0),
-            )  # fmt: skip
+    segmentation = recorded.get("segmentation")
     segments = SegmentOptions(**segmentation) if isinstance(segmentation, dict) else None
-    return options, segments
+    return from_metadata(recorded.get("vad")), segments
 
 
 def prepare(

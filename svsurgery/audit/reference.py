@@ -1,8 +1,10 @@
 """The reference side: the pipeline a user runs in Python, step by step.
 
-- the VAD in Python: silero-vad's own sequence runner and ``get_speech_timestamps_from_probs``
-  (silero mode), funasr-onnx's front end + the fsmn network + FunASR's ``E2EVadModel`` driven as
-  FunASR 1.4.16's ``generate()`` drives it (fsmn mode), or the numpy statement of the energy VAD;
+- the VAD in Python, as the mode's own end-to-end reference gives it: silero-vad's sequence
+  runner and ``get_speech_timestamps_from_probs`` (silero mode; ``OnnxWrapper`` and
+  ``get_speech_timestamps`` for a streaming model), funasr-onnx's front end + the fsmn network +
+  FunASR's ``E2EVadModel`` driven as FunASR 1.4.16's ``generate()`` drives it (fsmn mode), or
+  the numpy statement of the energy VAD;
 - FunASR's segmentation (``merge_vad``, or each segment cut to a maximum) and its slicing of
   the waveform;
 - per span, kaldi-native-fbank + LFR + CMVN in numpy (the float64 statement of Kaldi's fbank when
@@ -44,59 +46,19 @@ def whole_span(samples: int, rate: int) -> np.ndarray:
 
 
 class PythonVad:
-    """The spec's VAD mode as a user runs it in Python (see the module docstring)."""
+    """The spec's VAD mode as a user runs it in Python: the mode's own end-to-end reference
+    (:meth:`svsurgery.vad.mode.VadMode.reference` with ``pipeline=True``; see the module docstring)."""
 
     def __init__(self, options) -> None:
-        from svsurgery.vad.detect import mode
-
         self.options = options
-        self.mode = mode(options)
-        if self.mode == "silero":
-            from silero_vad.sequence_vad import SileroVADSequence
-
-            from svsurgery.vad.silero import silero_model_path
-
-            self.runner = SileroVADSequence(str(silero_model_path(options)))
-            self.description = "silero-vad's Python (sequence runner + get_speech_timestamps_from_probs)"
-        elif self.mode == "fsmn":
-            from svsurgery.vad.fsmn import load_fsmn_vad
-            from svsurgery.vad.funasr_reference import FunasrOnnxFsmnVad
-
-            self.fsmn = load_fsmn_vad(options)
-            self.pipeline = FunasrOnnxFsmnVad(options.folder)
-            self.description = "funasr-onnx's WavFrontend + the fsmn network + E2EVadModel (FunASR 1.4.16's generate())"
-        else:
-            self.description = "the energy VAD's numpy statement (svsurgery.vad.reference)"
+        self.mode = options.name
+        reference = options.reference(pipeline=True)
+        self.description = reference.description
+        self._segments = reference.segments
 
     def segments(self, waveform: np.ndarray) -> np.ndarray:
         """[K, 2] int64 ms of the speech in ``waveform``."""
-        if self.mode == "silero":
-            from svsurgery.vad.silero import silero_python_timestamps
-
-            probabilities = self.runner.audio_forward(np.ascontiguousarray(waveform, np.float32))
-            samples = silero_python_timestamps(probabilities, waveform.size, self.options)
-            per_ms = int(self.options.samp_freq // 1000)
-            if not len(samples):
-                return samples.reshape(0, 2)
-            return np.stack([samples[:, 0] // per_ms, -(-samples[:, 1] // per_ms)], axis=1).astype(np.int64)
-        if self.mode == "fsmn":
-            return self._fsmn_segments(waveform)
-        from svsurgery.vad import reference
-
-        return reference.segments(reference.energy_vad(waveform, self.options), self.options.frame_ms)
-
-    def _fsmn_segments(self, waveform: np.ndarray) -> np.ndarray:
-        from svsurgery.vad.funasr_reference import funasr_segments
-
-        pipeline = self.pipeline
-        fbank, _ = pipeline.frontend.fbank(waveform)
-        features, count = pipeline.frontend.lfr_cmvn(fbank)
-        if int(count) == 0:
-            return np.zeros((0, 2), np.int64)
-        caches = [np.zeros(pipeline.cache_shape, np.float32) for _ in range(pipeline.cache_count)]
-        names = [i.name for i in pipeline.session.get_inputs()]
-        scores = pipeline.session.run(None, dict(zip(names, [features[None].astype(np.float32), *caches])))[0]
-        return funasr_segments(scores, waveform, self.fsmn)
+        return self._segments(waveform)
 
 
 class ReferencePipeline:

@@ -304,10 +304,8 @@ def _describe_frontend(spec) -> str:
 def _describe_vad(spec) -> str | None:
     if spec.vad is None:
         return None
-    from svsurgery.vad.detect import mode
-
     values = {k: v for k, v in dataclasses.asdict(spec.vad).items()}
-    return f"{mode(spec.vad)} {json.loads(dumps(values))}"
+    return f"{spec.vad.name} {json.loads(dumps(values))}"
 
 
 def _localize(spec, row: dict, entry, out: Path, plan) -> dict:

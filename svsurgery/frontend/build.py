@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import onnx
@@ -196,7 +195,9 @@ def finish_frontend_model(
     lengths.shape = ir.Shape(["batch"])
     graph.outputs.extend([features, lengths, *extra_outputs])
     model = ir.Model(graph, ir_version=min_ir_version(opset), producer_name="svsurgery", producer_version=__version__)
-    model.metadata_props["svsurgery.frontend"] = json.dumps(metadata, sort_keys=True)
+    from svsurgery.report import dumps
+
+    model.metadata_props["svsurgery.frontend"] = dumps(metadata)  # strict JSON, as every record the project writes
     from onnx_ir.passes.common import NameFixPass
 
     NameFixPass()(model)  # subgraph builders number their values from 0: make every name unique

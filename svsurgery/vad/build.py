@@ -34,8 +34,7 @@ from svsurgery.frontend.build import (
 )
 from svsurgery.frontend.cmvn import Cmvn
 from svsurgery.frontend.options import FbankOptions, LfrOptions
-from svsurgery.vad.detect import VadOptions, detect_segments, mode, required_opset
-from svsurgery.vad.detect import metadata as vad_metadata
+from svsurgery.vad.mode import VadMode
 from svsurgery.vad.options import SegmentOptions
 from svsurgery.vad.segment import cut_rows, segment_spans
 
@@ -45,7 +44,7 @@ SEGMENTS = "segments"
 
 
 def build_vad_frontend(
-    vad: VadOptions,
+    vad: VadMode,
     segmentation: SegmentOptions | None = None,
     fbank: FbankOptions | None = None,
     lfr: LfrOptions | None = None,
@@ -58,8 +57,8 @@ def build_vad_frontend(
     segmentation = (segmentation or SegmentOptions()).validate()
     fbank, dim = checked_options(fbank, lfr, cmvn, opset, length_dtype)
     vad = vad.validate()
-    if opset < required_opset(vad):
-        raise BadInputError(f"the {mode(vad)} VAD needs ai.onnx opset {required_opset(vad)} or newer, not {opset}")
+    if opset < vad.required_opset():
+        raise BadInputError(f"the {vad.name} VAD needs ai.onnx opset {vad.required_opset()} or newer, not {opset}")
     if vad.samp_freq != fbank.frame_opts.samp_freq:
         raise BadInputError(f"the VAD runs at {vad.samp_freq} Hz but the fbank at {fbank.frame_opts.samp_freq} Hz")
     waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, [1, "samples"])
@@ -69,7 +68,7 @@ def build_vad_frontend(
     op = g.op
     clean, length, report = sanitize_waveform(g, waveform, waveform_lengths, clip_limit(fbank))
     samples = op.Slice(op.Squeeze(clean, g.i64(0)), g.i64(0), length, g.i64(0))  # [N] of the one recording
-    found = detect_segments(g, samples, vad)
+    found = vad.graph(g, samples).segments
     spans = segment_spans(g, found, segmentation)
     rows, row_lengths = cut_rows(g, samples, spans, vad.samp_freq)
     # no speech: one empty row, cut off after the front end (its shapes need a batch of at least one)
@@ -82,6 +81,6 @@ def build_vad_frontend(
     lengths = op.Slice(lengths, g.i64(0), count, g.i64(0))
     spans = op.Identity(spans)
     spans.name, spans.dtype, spans.shape = SEGMENTS, ir.DataType.INT64, ir.Shape(["batch", 2])
-    metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": vad_metadata(vad),
+    metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": vad.metadata(),
                 "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
     return finish_frontend_model(graph, opset, features, lengths, dim, metadata, extra_outputs=[spans, *report])

@@ -1,4 +1,5 @@
-"""The energy VAD as ONNX ops: frame energy, adaptive threshold, gap closing, island removal.
+"""The energy VAD mode (``--vad energy``): its options, and its decisions as ONNX ops (frame
+energy, adaptive threshold, gap closing, island removal).
 
 Loop-free: percentiles come from TopK, and the run lengths that decide gap closing and
 island removal from a cumulative count of speech (or silence) frames and the positions
@@ -9,13 +10,70 @@ for frame.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import numpy as np
 import onnx_ir as ir
 
+from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import GraphOps
-from svsurgery.vad.options import EnergyVadOptions
+from svsurgery.vad.mode import VadGraph, VadMode, VadReference
 
-__all__ = ["energy_flags"]
+__all__ = ["EnergyVadOptions", "energy_flags"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyVadOptions(VadMode):
+    """A weight-free energy VAD: good on clean recordings, weak in noise (see README).
+
+    Frame i covers samples [i * hop, i * hop + hop) (10 ms frames, as the vad-dev labels);
+    a frame is speech when its energy is above both the recording's ``speech_percentile``
+    energy + ``relative_threshold_db`` and its ``floor_percentile`` energy (the noise
+    floor) + ``noise_margin_db``; then silences shorter than ``close_gaps_ms`` between
+    speech are speech (hangover) and speech shorter than ``drop_islands_ms`` is dropped.
+    """
+
+    name: ClassVar[str] = "energy"
+    cli_help: ClassVar[str] = "'energy' (weight-free, for clean recordings only)"
+
+    frame_ms: float = 10.0  # ms, frame length and hop
+    relative_threshold_db: float = -55.0  # dB relative to the speech_percentile energy
+    noise_margin_db: float = 6.0  # dB above the floor_percentile energy
+    speech_percentile: float = 95.0  # %, nearest rank
+    floor_percentile: float = 10.0  # %, nearest rank
+    close_gaps_ms: float = 200.0  # ms; silences shorter than this between speech become speech
+    drop_islands_ms: float = 30.0  # ms; speech runs shorter than this are dropped
+    samp_freq: float = 16000.0  # Hz
+
+    @property
+    def hop(self) -> int:
+        return int(round(self.samp_freq * self.frame_ms / 1000))
+
+    def frames(self, milliseconds: float) -> int:
+        return int(round(milliseconds / self.frame_ms))
+
+    def validate(self) -> EnergyVadOptions:
+        if self.hop < 1 or not 0 < self.speech_percentile <= 100 or not 0 < self.floor_percentile <= 100:
+            raise BadInputError(f"energy VAD options {self}: frame_ms must give >= 1 sample, percentiles in (0, 100]")
+        if self.close_gaps_ms < 0 or self.drop_islands_ms < 0:
+            raise BadInputError("energy VAD: close_gaps_ms and drop_islands_ms must be >= 0")
+        return self
+
+    def graph(self, g: GraphOps, samples: ir.Value) -> VadGraph:
+        from svsurgery.vad.segment import flags_to_segments
+
+        return VadGraph(flags_to_segments(g, energy_flags(g, samples, self.validate()), self.frame_ms))
+
+    def reference(self, *, pipeline: bool = False) -> VadReference:
+        """The numpy statement (:mod:`svsurgery.vad.reference`), for verification and audits alike."""
+        from svsurgery.vad import reference
+
+        def segments(waveform: np.ndarray) -> np.ndarray:
+            return reference.segments(reference.energy_vad(waveform, self), self.frame_ms)
+
+        description = "the energy VAD's numpy statement (svsurgery.vad.reference)" if pipeline else "svsurgery's numpy energy VAD"
+        return VadReference(description, segments)
 
 _FAR = 2**40  # a position no frame has: neighbour of the first/last run
 

@@ -1,4 +1,5 @@
-"""FunASR's fsmn-vad inside the graph: its front end, its network, its E2EVadModel state machine.
+"""The fsmn mode (``--vad fsmn:DIR``): FunASR's fsmn-vad inside the graph, its front end, its
+network, its E2EVadModel state machine.
 
 - the features are the project's fbank with the folder's own frontend_conf, LFR and am.mvn;
 - the folder's ``model.onnx`` (FunASR's export: ``speech`` [1, T, D] plus zeroed
@@ -34,6 +35,7 @@ import functools
 import itertools
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -42,11 +44,12 @@ from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import GraphOps, subgraph_value
 from svsurgery.frontend.config import FrontendConfig
 from svsurgery.vad.loop_state import GOING, LoopState
-from svsurgery.vad.options import FsmnVadOptions
+from svsurgery.vad.mode import VadGraph, VadMode, VadReference, graph_alone
 
 __all__ = [
     "DYNAMIC_SILENCE_SCHEDULE",
     "FsmnVad",
+    "FsmnVadOptions",
     "StateMachineOptions",
     "chunk_starts",
     "decide_segments",
@@ -68,6 +71,125 @@ DYNAMIC_SILENCE_SCHEDULE = (
 )
 DYNAMIC_SPEECH_NOISE_THRES = 0.5  # what the schedule sets with every step
 _INT64, _BOOL, _DOUBLE = ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.DOUBLE
+
+
+@dataclasses.dataclass(frozen=True)
+class FsmnVadOptions(VadMode):
+    """FunASR's fsmn-vad from the user's model folder (model.onnx, am.mvn, config.yaml).
+
+    The state machine's parameters come from config.yaml ``model_conf`` (FunASR's
+    VADXOptions names). By default the end-silence follows FunASR 1.4.16's ``generate()``:
+    its dynamic schedule (2000 ms end silence and speech_noise_thres 0.5 for the first 60 s
+    chunk, shorter after long speech); ``dynamic_silence=False`` gives the static config
+    behaviour (``max_end_silence_time`` from config.yaml, or the one given here, which is
+    also what FunASR does when the caller passes it). :meth:`validate` reads the folder.
+    """
+
+    name: ClassVar[str] = "fsmn"
+    argument: ClassVar[str] = "DIR"
+    cli_help: ClassVar[str] = "'fsmn:DIR' (a FunASR fsmn-vad folder: model.onnx, am.mvn, config.yaml)"
+
+    folder: str  # the fsmn-vad model folder
+    dynamic_silence: bool = True  # FunASR >= 1.3.9 generate()'s schedule; False: config.yaml's static value
+    max_end_silence_time: float | None = None  # ms; given: static end silence (as FunASR's generate kwarg)
+    max_single_segment_time: float | None = None  # ms; None: config.yaml's (SenseVoice's pipeline passes 30000)
+    chunk_size_ms: float = 60000.0  # ms; FunASR's offline chunk, the schedule's step
+    samp_freq: float = 16000.0  # Hz
+
+    def validate(self) -> FsmnVadOptions:
+        self.check_values()
+        load_fsmn_vad(self)  # model.onnx, config.yaml and am.mvn read and checked now
+        return self
+
+    def check_values(self) -> FsmnVadOptions:
+        """The options' values and the folder's existence (its files not read)."""
+        if not Path(self.folder).is_dir():
+            raise BadInputError(f"--vad fsmn:{self.folder}: no such folder (expected model.onnx, am.mvn, config.yaml)")
+        if self.chunk_size_ms <= 0 or (self.max_single_segment_time is not None and self.max_single_segment_time <= 0):
+            raise BadInputError("fsmn-vad: chunk_size_ms and max_single_segment_time must be positive")
+        return self
+
+    def files(self) -> list[tuple[Path, str]]:
+        return [(Path(self.folder) / name, "fsmn-vad folder file") for name in ("model.onnx", "am.mvn", "config.yaml")]
+
+    def required_opset(self) -> int:
+        """Its network is grafted at our opset: at least its own."""
+        from svsurgery.frontend._ops import MIN_OPSET
+        from svsurgery.opset import ai_onnx_opset
+
+        return max(MIN_OPSET, ai_onnx_opset(load_fsmn_vad(self).model) or MIN_OPSET)
+
+    def graph(self, g: GraphOps, samples: ir.Value) -> VadGraph:
+        return fsmn_segments(g, samples, load_fsmn_vad(self))
+
+    def reference(self, *, pipeline: bool = False) -> VadReference:
+        """``pipeline=True``: funasr-onnx's front end + the folder's network + E2EVadModel driven
+        as FunASR 1.4.16's generate() drives it. ``pipeline=False``: E2EVadModel on the frame
+        scores of the graph's own front end and network (the front end is checked against
+        kaldi-native-fbank separately); without funasr-onnx, the graph's VAD part alone."""
+        from svsurgery.errors import MissingDependencyError
+        from svsurgery.vad.funasr_reference import e2e_vad_module, funasr_segments
+
+        vad = load_fsmn_vad(self)
+        if pipeline:
+            from svsurgery.vad.funasr_reference import FunasrOnnxFsmnVad
+
+            return VadReference("funasr-onnx's WavFrontend + the fsmn network + E2EVadModel (FunASR 1.4.16's generate())",
+                                functools.partial(_funasr_pipeline_segments, FunasrOnnxFsmnVad(self.folder), vad))  # fmt: skip
+        try:
+            e2e_vad_module()
+        except MissingDependencyError:
+            return graph_alone(self, "funasr-onnx not installed")
+        from svsurgery.runtime import inference_session
+        from svsurgery.vad.mode import vad_model
+
+        session = inference_session(vad_model(self))
+
+        def segments(waveform: np.ndarray) -> np.ndarray:
+            silence = session.run(["scores"], {"samples": np.ascontiguousarray(waveform, np.float32)})[0]
+            return funasr_segments(silence.astype(np.float32)[None, :, None], waveform, vad)
+
+        return VadReference("funasr-onnx's E2EVadModel on the graph's frame scores", segments)
+
+    def metadata(self) -> dict:
+        return {"mode": self.name, **load_fsmn_vad(self).metadata()}
+
+    @classmethod
+    def from_metadata(cls, recorded: dict) -> FsmnVadOptions:
+        machine = recorded.get("state_machine") or {}
+        return cls(folder=recorded["folder"], dynamic_silence=bool(recorded.get("dynamic_silence", True)),
+                   max_end_silence_time=recorded.get("max_end_silence_time"),
+                   max_single_segment_time=machine.get("max_single_segment_time"),
+                   chunk_size_ms=recorded.get("chunk_size_ms", 60000.0))  # fmt: skip
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        group.add_argument("--static-silence", action="store_true",
+                           help="fsmn: config.yaml's fixed max_end_silence_time instead of FunASR 1.4.16's dynamic schedule")
+        group.add_argument("--max-end-silence-ms", type=float, help="fsmn: a fixed end silence (as FunASR's generate kwarg)")
+        group.add_argument("--max-single-segment-ms", type=float,
+                           help="fsmn: cut segments longer than this (default config.yaml's; SenseVoice's pipeline passes 30000)")  # fmt: skip
+
+    @classmethod
+    def from_arguments(cls, argument: str | None, args=None) -> FsmnVadOptions:
+        if args is None:
+            return cls(folder=argument)
+        return cls(folder=argument, dynamic_silence=not args.static_silence, max_end_silence_time=args.max_end_silence_ms,
+                   max_single_segment_time=args.max_single_segment_ms)  # fmt: skip
+
+
+def _funasr_pipeline_segments(pipeline, vad: FsmnVad, waveform: np.ndarray) -> np.ndarray:
+    """funasr-onnx's Fsmn_vad parts, step by step: its front end, the network, then E2EVadModel."""
+    from svsurgery.vad.funasr_reference import funasr_segments
+
+    fbank, _ = pipeline.frontend.fbank(waveform)
+    features, count = pipeline.frontend.lfr_cmvn(fbank)
+    if int(count) == 0:
+        return np.zeros((0, 2), np.int64)
+    caches = [np.zeros(pipeline.cache_shape, np.float32) for _ in range(pipeline.cache_count)]
+    names = [i.name for i in pipeline.session.get_inputs()]
+    scores = pipeline.session.run(None, dict(zip(names, [features[None].astype(np.float32), *caches])))[0]
+    return funasr_segments(scores, waveform, vad)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +281,7 @@ def load_fsmn_vad(options: FsmnVadOptions) -> FsmnVad:
     from svsurgery.frontend.config import discover
     from svsurgery.io import load
 
-    options.validate()
+    options.check_values()
     folder = Path(options.folder)
     model_path, config_path = folder / "model.onnx", folder / "config.yaml"
     for path in (model_path, config_path):
@@ -453,10 +575,11 @@ def frame_decibels(g: GraphOps, samples: ir.Value, count: ir.Value, machine: Sta
     return op.Mul(op.Log(energy), g.const(np.array(10 / np.log(10)), np.float64))
 
 
-def fsmn_segments(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> tuple[ir.Value, ir.Value]:
-    """(silence probability [T], segments [K, 2] int64 ms) of ``samples`` [N] in [-1, 1]."""
+def fsmn_segments(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> VadGraph:
+    """The speech in ``samples`` [N] in [-1, 1]: ``scores`` the frames' silence probability
+    (double [T]), ``segments`` [K, 2] int64 ms."""
     silence = _frame_scores(g, samples, vad)
-    return silence, segments_from_scores(g, silence, samples, vad)
+    return VadGraph(segments=segments_from_scores(g, silence, samples, vad), scores=silence)
 
 
 def segments_from_scores(g: GraphOps, silence: ir.Value, samples: ir.Value, vad: FsmnVad) -> ir.Value:

@@ -7,9 +7,13 @@ starting at 0 ms, and a list of one segment or none comes back unchanged.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from svsurgery.vad.options import EnergyVadOptions, SegmentOptions
+if TYPE_CHECKING:
+    from svsurgery.vad.energy import EnergyVadOptions
+    from svsurgery.vad.options import SegmentOptions
 
 __all__ = ["cut_rows", "energy_db", "energy_vad", "frame_decisions", "merge_vad", "segment", "segments", "split_long"]
 
