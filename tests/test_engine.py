@@ -17,7 +17,9 @@ from onnxscript.rewriter import pattern
 import svsurgery
 from svsurgery import golden, patch
 from svsurgery.cli.main import main
-from svsurgery.family import from_patch
+from svsurgery.family import from_patch, load_rules_module
+from svsurgery.parity.inputs import generate_inputs
+from svsurgery.parity.references import GoldenReference
 from svsurgery.rules import CATALOG
 from svsurgery.runtime import run
 
@@ -96,8 +98,6 @@ def test_golden_reference_brings_its_own_inputs(tmp_path, legacy_path, torch_enc
     path = golden.save(tmp_path / "golden.npz", feeds, module=torch_encoder, output_names=["ctc_logits", "encoder_out_lens"])
     recorded = golden.load(path)
     assert recorded.meta["source"].startswith("torch module") and recorded.meta["versions"]["torch"]
-    from svsurgery.parity.references import GoldenReference
-
     _, report = svsurgery.fix(svsurgery.load(legacy_path), reference=GoldenReference(recorded), tolerance="fp32-strict")
     assert report.reference_kind == "golden" and set(report.inputs.values()) == {"from the golden file"}
     assert report.passed
@@ -245,8 +245,6 @@ def test_inputs_file_with_wrong_names_is_a_clear_error(tmp_path, capsys, legacy_
 
 
 def test_generated_inputs_are_realistic(legacy_path):
-    from svsurgery.parity.inputs import generate_inputs
-
     model = svsurgery.load(legacy_path)
     made = generate_inputs(model, legacy_path)
     speech, lengths = made.feeds["speech"], made.feeds["speech_lengths"]
@@ -267,8 +265,6 @@ def test_generated_inputs_are_realistic(legacy_path):
 
 
 def test_rules_module_without_a_list_takes_what_it_defines(tmp_path, legacy_path):
-    from svsurgery.family import load_rules_module
-
     module = tmp_path / "defined_rules.py"
     module.write_text(textwrap.dedent(
         '''

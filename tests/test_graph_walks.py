@@ -22,7 +22,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import svsurgery
-from svsurgery.family import ApplyOptions
+from svsurgery.family import ApplyOptions, graph_fingerprint
+from svsurgery.inspect import summarize
 from svsurgery.precision import kept_in_float32
 from svsurgery.rules import CATALOG
 
@@ -358,8 +359,6 @@ def test_family_changes_every_graph_of_the_model(family_id, opset, typed):
 
 def test_inspect_counts_every_graph():
     """The op histogram, subgraph and initializer counts of ``svsurgery inspect`` cover every place."""
-    from svsurgery.inspect import summarize
-
     summary = summarize(_load(walks_model(_gelu, 17), typed=False))
     assert summary.op_types["Erf"] == len(PLACES)
     assert summary.subgraph_count == 6  # then and else of two Ifs, the Loop body, the Scan body
@@ -368,8 +367,6 @@ def test_inspect_counts_every_graph():
 
 def test_a_patch_that_edits_a_body_inside_a_function_is_seen_to_change_the_model():
     """A user's patch is judged by the graph fingerprint; an edit anywhere must change it."""
-    from svsurgery.family import graph_fingerprint
-
     model = _load(walks_model(_gelu, 17), typed=False)
     before = graph_fingerprint(model)
     (erf,) = [n for n in places(model)["If branch in a function"] if n.op_type == "Erf"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import svsurgery
+import svsurgery.runtime as runtime
 from svsurgery import io as svs_io
 from svsurgery.errors import BadInputError, CheckFailedError
 from svsurgery.runtime import run
@@ -55,11 +57,26 @@ def test_save_round_trip_is_bit_identical(tmp_path, legacy_path, dynamo_copy, fe
 
 
 def test_save_switches_to_external_data_above_the_protobuf_limit(tmp_path, legacy_path, monkeypatch):
+    """The legacy export has no external data; over the limit its weights go to ``big.onnx.data``
+    beside the model, and the model read back maps them from there."""
+    small = svsurgery.save(svsurgery.load(legacy_path), tmp_path / "small.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["small.onnx"]  # below the limit: one self-contained file
+    assert not svs_io.external_tensors(svsurgery.load(small))
+
     monkeypatch.setattr(svs_io, "EXTERNAL_DATA_THRESHOLD", 1024)  # stand-in for 2 GB
     written = svsurgery.save(svsurgery.load(legacy_path), tmp_path / "big.onnx")
+    data = tmp_path / "big.onnx.data"
+    assert data.is_file()
+    reloaded = svsurgery.load(written)
+    weights = [v.const_value for v in reloaded.graph.initializers.values() if v.const_value.nbytes >= 1024]
+    assert weights and all(isinstance(t, ir.ExternalTensor) for t in weights)  # big ones all outside
+    assert {Path(t.path).resolve() for t in weights} == {data.resolve()}
+    assert data.stat().st_size >= sum(t.nbytes for t in weights)
+    assert written.stat().st_size < sum(t.nbytes for t in weights)  # the .onnx holds no weight bytes
     proto = onnx.load(str(written), load_external_data=False)
-    assert any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)
-    assert (tmp_path / "big.onnx.data").is_file()
+    assert {t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL} >= {
+        v.name for v in reloaded.graph.initializers.values() if v.const_value.nbytes >= 1024
+    }
     svsurgery.validate_file(written)
 
 
@@ -207,12 +224,19 @@ def test_symlink_escaping_the_folder_is_refused(tmp_path):
 
 
 def test_models_over_the_protobuf_limit_still_validate_and_run(legacy_path, feeds, monkeypatch):
-    import svsurgery.runtime as runtime
-
+    """Over the limit the validity gate and sessions go through files (a ModelProto that big cannot
+    be serialized): the in-memory path must not be taken at all."""
     expected = run(legacy_path, feeds)
     monkeypatch.setattr(svs_io, "EXTERNAL_DATA_THRESHOLD", 1024)  # stand-in for 2 GB: go through files
     monkeypatch.setattr(runtime, "EXTERNAL_DATA_THRESHOLD", 1024)
+
+    def in_memory(*args, **kwargs):
+        raise AssertionError("a model over the protobuf limit was serialized in memory")
+
+    monkeypatch.setattr(svs_io, "to_proto", in_memory)
+    monkeypatch.setattr(runtime, "to_proto", in_memory)
     model = svsurgery.load(legacy_path)
-    svsurgery.validate(model)
+    session, proto = svs_io.validate_with_proto(model)
+    assert proto is None and session is not None  # checked from files
     for name, value in run(model, feeds).items():
         np.testing.assert_array_equal(value, expected[name])

@@ -22,6 +22,7 @@ from svsurgery.parity.float16 import Float16Evaluator
 from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM
 from svsurgery.parity.metrics import Tolerance, compare
 from svsurgery.parity.references import ModelReference
+from svsurgery.parity.waveforms import speech_like
 from svsurgery.precision import convert_to_float16
 from svsurgery.rules import CATALOG
 
@@ -168,8 +169,6 @@ def _wav2vec2():
 
 def _waveform(scale: float) -> np.ndarray:
     """The built-in speech-like second, normalised as Wav2Vec2FeatureExtractor does (zero mean, unit variance)."""
-    from svsurgery.parity.waveforms import speech_like
-
     wave = speech_like(1.0).astype(np.float64)
     return (scale * (wave - wave.mean()) / wave.std())[None].astype(np.float32)
 

@@ -16,8 +16,11 @@ from onnx import TensorProto, helper
 
 import svsurgery
 from graphs import ONNX_TYPES, LayerNormSpec, cast_chain_nodes, feeds_for, input_shape, layer_norm_model, layer_norm_nodes
+from svsurgery.family import ApplyOptions
+from svsurgery.parity.judge import Margin
 from svsurgery.parity.metrics import PROFILES, compare
 from svsurgery.parity.references import Float64Reference
+from svsurgery.rules import layer_norm
 from svsurgery.runtime import run
 
 FLOAT_CHAIN_TYPES = ["float16", "float32", "float64", "int32", "int64", "int16", "int8", "uint8", "bool"]
@@ -94,10 +97,6 @@ def test_accepted_rewrites_stay_within_tolerance_of_the_float64_original(spec, c
 def _assert_fused_layer_norm_is_worse(proto: onnx.ModelProto, feeds: dict, exact: np.ndarray) -> None:
     """The layer-norm family applied alone, without the engine: its error against the float64
     statement is beyond the engine's margin (4 rounding steps at the output's scale) of the original's."""
-    from svsurgery.family import ApplyOptions
-    from svsurgery.parity.judge import Margin
-    from svsurgery.rules import layer_norm
-
     model = ir.from_proto(proto)
     applied = layer_norm.FAMILY.apply(model, ApplyOptions())
     fused = applied.model or model
