@@ -142,6 +142,27 @@ def test_zero_sample_waveform_gives_the_query_frames_only(fused):
     assert outputs["ctc_logits"].shape[1] == 4 and np.isfinite(outputs["ctc_logits"]).all()
 
 
+def test_fusing_a_model_object_leaves_it_as_it_was_and_writes_nothing(folders, tmp_path, monkeypatch):
+    """fuse_preprocessing on a loaded model: the caller's model is not changed, settings are
+    found beside the file it came from, nothing is written anywhere, and the provenance is
+    strict JSON (no NaN/Infinity literals)."""
+    monkeypatch.chdir(tmp_path)
+    source = svsurgery.load(folders["funasr"])
+    before = [(v.name, v.dtype) for v in source.graph.inputs], len(list(source.graph))
+    fused, report = fuse_preprocessing(source)
+    assert report.passed and not report.written and report.output is None
+    assert report.encoder == str(folders["funasr"].resolve()) and "am.mvn" in report.sources["cmvn"]
+    assert ([(v.name, v.dtype) for v in source.graph.inputs], len(list(source.graph))) == before
+    assert [v.name for v in fused.graph.inputs][:2] == ["waveform", "waveform_lengths"]
+    assert not list(tmp_path.iterdir()) and not list(folders["funasr"].parent.glob("*fused*"))
+
+    def strict(constant):
+        raise AssertionError(f"non-strict JSON constant {constant} in metadata")
+
+    for key in ("svsurgery.fuse", "svsurgery.frontend"):
+        json.loads(fused.metadata_props[key], parse_constant=strict)
+
+
 def test_d_mismatch_names_both_numbers(folders):
     with pytest.raises(BadInputError, match=r"D=560 .* makes 400 \(80 fbank x LFR m=5"):
         fuse_preprocessing(folders["funasr"], lfr=LfrOptions(5, 1))
@@ -200,6 +221,7 @@ def test_cli_writes_model_and_report_or_nothing_with_exit_1(folders, tmp_path, c
     assert out.is_file()
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["fused_vs_reference"][0]["name"] == "ctc_logits"
+    assert report["written"] is True and report["output"] == str(out)  # the command line wrote it and says so
     assert "fused vs" not in capsys.readouterr().err
     monkeypatch.setitem(PROFILES, "frontend", Tolerance("impossible", max_abs=0.0))
     strict_out = tmp_path / "strict.onnx"

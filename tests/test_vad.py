@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -10,11 +12,13 @@ import pytest
 from vad_support import probe_session
 
 from svsurgery import frontend, vad
+from svsurgery.errors import BadInputError
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
 from svsurgery.testing.audio import read_wav
 from svsurgery.vad import reference
 from svsurgery.vad.energy import energy_flags
+from svsurgery.vad.mode import VadGraph, VadMode, VadReference
 from svsurgery.vad.segment import flags_to_segments, merge_spans, split_long
 
 FEATURE_OUTPUTS = ["features", "feature_lengths"]
@@ -165,7 +169,7 @@ def _vad_modes() -> list[str]:
 
     modes = ["energy"]
     if importlib.util.find_spec("silero_vad"):  # the reference pipeline for the silero mode
-        modes.append("silero")
+        modes += ["silero", "silero-streaming"]
     if importlib.util.find_spec("funasr_onnx"):  # the reference state machine for the fsmn mode
         modes.append("fsmn")
     return modes
@@ -185,7 +189,10 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
     silero's Python for silero, funasr-onnx's E2EVadModel for fsmn) and FunASR's segmentation,
     then each span through the front end and the encoder alone: same segments, per-span
     logits within 1e-4."""
+    from svsurgery.testing.third_party import silero_model
+
     options = {"energy": vad.EnergyVadOptions, "silero": vad.SileroVadOptions,
+               "silero-streaming": lambda: vad.SileroVadOptions(model=str(silero_model("silero_vad.onnx"))),
                "fsmn": lambda: vad.FsmnVadOptions(str(request.getfixturevalue("fsmn_folder")))}[name]()  # fmt: skip
     import svsurgery
     from svsurgery.frontend.config import discover
@@ -211,6 +218,24 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
         own_logits, own_lengths = encoder.run(None, {"speech": features[:, : feature_lengths[0]], "speech_lengths": feature_lengths, **ids})
         assert lengths[row] == own_lengths[0]
         assert np.abs(logits[row, : own_logits.shape[1]] - own_logits[0]).max() <= 1e-4
+
+
+def test_provenance_stays_strict_json_when_the_segments_differ(funasr_folder, monkeypatch):
+    """A VAD reference that disagrees: the segments' parity is infinite, the fusion fails, and
+    the provenance records it as "inf" (strict JSON, as the engine's records), never Infinity."""
+    import json
+
+    from svsurgery.fuse import fuse_preprocessing
+
+    def disagreeing(self, *, pipeline=False):
+        return VadReference("a reference that finds one millisecond", lambda waveform: np.array([[0, 1]], np.int64))
+
+    monkeypatch.setattr(vad.EnergyVadOptions, "reference", disagreeing)
+    fused, report = fuse_preprocessing(funasr_folder, vad=vad.EnergyVadOptions())
+    assert not report.passed and not report.written
+    text = fused.metadata_props["svsurgery.fuse"]
+    recorded = json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in {text[:200]}"))
+    assert recorded["parity"]["fused_vs_two_step"][0]["max_abs"] == "inf"
 
 
 def test_fused_vad_model_without_speech_gives_empty_outputs(funasr_folder, tmp_path, capsys):
@@ -241,3 +266,88 @@ def test_cli_vad_modes_and_bad_mode(funasr_folder, fsmn_folder, tmp_path, capsys
     assert "expected silero, fsmn:DIR or energy" in capsys.readouterr().err
     assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "y.onnx"), "--vad", f"fsmn:{tmp_path / 'nope'}"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a new mode: one class, one registry line
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeRecordingVad(VadMode):
+    """A mode as a user adds one: this class and its line in svsurgery.vad.mode.REGISTERED,
+    nothing else. The whole recording is one segment when it is longer than ``min_ms``."""
+
+    name: ClassVar[str] = "whole"
+    cli_help: ClassVar[str] = "'whole' (the whole recording as one segment)"
+
+    min_ms: float = 0.0  # ms; shorter recordings have no speech
+    samp_freq: float = 16000.0  # Hz
+
+    def validate(self) -> WholeRecordingVad:
+        if self.min_ms < 0:
+            raise BadInputError(f"--whole-min-ms {self.min_ms}: must be >= 0")
+        return self
+
+    def graph(self, g, samples) -> VadGraph:
+        op = g.op
+        milliseconds = op.Div(op.Add(g.dim(samples, 0), g.i64(15)), g.i64(16))  # [1], end rounded up
+        span = op.Unsqueeze(op.Concat(g.i64(0), milliseconds, axis=0), g.i64(0))  # [1, 2]
+        return VadGraph(op.Compress(span, op.Greater(milliseconds, g.i64(int(self.min_ms))), axis=0))
+
+    def reference(self, *, pipeline: bool = False) -> VadReference:
+        def segments(waveform):
+            end = -(-waveform.size // 16)
+            return np.array([[0, end]] if end > self.min_ms else [], np.int64).reshape(-1, 2)
+
+        return VadReference("the whole recording, in numpy", segments)
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        group.add_argument("--whole-min-ms", type=float, default=0.0, help="whole: shorter recordings have no speech")
+
+    @classmethod
+    def from_arguments(cls, argument, args=None) -> WholeRecordingVad:
+        return cls() if args is None else cls(min_ms=args.whole_min_ms)
+
+
+@pytest.fixture
+def whole_registered(monkeypatch):
+    from svsurgery.vad import mode as vad_modes
+
+    monkeypatch.setattr(vad_modes, "REGISTERED", (*vad_modes.REGISTERED, f"{__name__}:WholeRecordingVad"))
+    vad_modes.modes.cache_clear()
+    yield vad_modes
+    vad_modes.modes.cache_clear()
+
+
+def test_a_new_mode_is_one_class_and_a_registry_line(whole_registered, funasr_folder, tmp_path, capsys):
+    """Registered, the class above is a --vad mode with its own option, fused and verified
+    against its own reference, recorded in the fused model's metadata and read back from it
+    by the audit, with no other change anywhere."""
+    import json
+
+    import svsurgery
+    from svsurgery.audit.prepare import vad_from_metadata
+    from svsurgery.audit.reference import PythonVad
+    from svsurgery.cli.main import main
+
+    vad_modes = whole_registered
+    assert vad_modes.usage() == "silero, fsmn:DIR, energy or whole"
+    assert "'whole' (the whole recording as one segment)" in vad_modes.cli_help()
+    out, report = tmp_path / "fused.onnx", tmp_path / "report.json"
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(out), "--vad", "whole", "--whole-min-ms", "250",
+                 "--report", str(report)]) == 0  # fmt: skip
+    recorded = json.loads(report.read_text())
+    assert recorded["passed"] and recorded["frontend"]["vad"] == {"mode": "whole", "min_ms": 250.0, "samp_freq": 16000.0}
+    assert "VAD segments checked against the whole recording, in numpy" in recorded["notices"]
+    session = inference_session(out)
+    ids = {"language": np.array([0], np.int32), "textnorm": np.array([15], np.int32)}
+    for samples, expected in ((16000, [[0, 1000]]), (4801, [[0, 301]]), (3201, [])):
+        feeds = {"waveform": np.zeros((1, samples), np.float32), "waveform_lengths": np.array([samples]), **ids}
+        assert session.run(["segments"], feeds)[0].tolist() == expected
+    options, _ = vad_from_metadata(svsurgery.load(out))
+    assert options == WholeRecordingVad(min_ms=250.0)
+    assert PythonVad(options).segments(np.zeros(16000, np.float32)).tolist() == [[0, 1000]]
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "x.onnx"), "--vad", "whole:x"]) == 2
+    assert "expected silero, fsmn:DIR, energy or whole" in capsys.readouterr().err
+    assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "y.onnx"), "--vad", "whole", "--whole-min-ms", "-1"]) == 2
+    assert "--whole-min-ms -1.0: must be >= 0" in capsys.readouterr().err
