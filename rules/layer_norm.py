@@ -18,12 +18,17 @@ results, issue 30513), when the reduced axes are not the trailing ones, when eps
 the exponent is not a constant, or when the chain mixes precisions.
 
 LayerNormalization exists from opset 17. A model below it is converted with onnx's
-version converter when the family has a match and the engine allows raising the opset;
-otherwise the decomposed form stays, and float16 chains are made robust instead: they
-compute in float32 between two Casts. The report says which happened.
+version converter when the family has a match and the engine allows raising the opset
+(and the model has no model-local functions: the converter drops them, and the calls left
+behind would name nothing); otherwise the decomposed form stays, and float16 chains are
+made robust instead: they compute in float32 between two Casts. The report says which
+happened. Every graph is rewritten: the main graph, If/Loop/Scan bodies, model-local
+functions and the bodies inside them.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx_ir as ir
@@ -362,6 +367,9 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     constants_last(model)
     opset = ai_onnx_opset(model) or 0
     reason = "the engine was told to keep the opset (--keep-opset)"
+    if opset < _LAYER_NORM_OPSET and options.raise_opset and model.functions:
+        options = dataclasses.replace(options, raise_opset=False)
+        reason = "onnx's version converter drops model-local functions, and the model has some"
     if opset < _LAYER_NORM_OPSET and options.raise_opset:
         try:
             upgraded = convert_opset(model, _LAYER_NORM_OPSET, infer_types=True)

@@ -372,3 +372,15 @@ def test_a_patch_that_edits_a_body_inside_a_function_is_seen_to_change_the_model
     (erf,) = [n for n in places(model)["If branch in a function"] if n.op_type == "Erf"]
     erf.name = "/fn_if/renamed"
     assert graph_fingerprint(model) != before
+
+
+def test_layer_norm_below_opset_17_keeps_the_functions_it_cannot_convert():
+    """onnx's version converter drops model-local functions: raising the opset of a model that has
+    some would leave calls to nothing. The family keeps the opset then, and says why."""
+    model = _load(walks_model(_layer_norm, 16), typed=False)
+    (family,) = [f for f in CATALOG if f.id == "layer-norm"]
+    applied = family.apply(model, ApplyOptions())
+    model = applied.model or model
+    assert model.opset_imports[""] == 16 and (*FUNCTION, "") in model.functions
+    assert any("drops model-local functions" in note for note in applied.notes), applied.notes
+    svsurgery.validate(model)
