@@ -21,13 +21,13 @@ MAX_ABS_VS_TORCH = 1e-5  # fp32 rewrite vs the torch module (acceptance of the r
 
 
 def _ops(model: ir.Model) -> collections.Counter:
-    return collections.Counter(n.op_type for g in (model.graph, *model.graph.subgraphs()) for n in g)
+    return collections.Counter(n.op_type for g in patch.all_graphs(model) for n in g)
 
 
 def _identity_casts(model: ir.Model) -> list[str]:
     patch.infer_types(model)
     return [
-        n.name for g in (model.graph, *model.graph.subgraphs()) for n in g
+        n.name for g in patch.all_graphs(model) for n in g
         if n.op_type == "Cast" and n.inputs[0].dtype is not None and n.inputs[0].dtype == n.attributes["to"].value
     ]  # fmt: skip
 
