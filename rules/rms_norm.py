@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
+# a private module: onnxscript exports its ONNX-domain RMSNormalization rule nowhere else (its own
+# onnx_fusions imports it from here); only this module depends on the path
 from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 
 from svsurgery import patch
