@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
-from svsurgery.frontend._ops import GraphOps, subgraph_value
+from svsurgery.frontend._ops import MIN_OPSET, GraphOps, subgraph_value
 from svsurgery.frontend.config import FrontendConfig
 from svsurgery.vad.loop_state import GOING, LoopState
 from svsurgery.vad.mode import VadGraph, VadMode, VadReference, graph_alone
@@ -114,7 +114,6 @@ class FsmnVadOptions(VadMode):
 
     def required_opset(self) -> int:
         """Its network is grafted at our opset: at least its own."""
-        from svsurgery.frontend._ops import MIN_OPSET
         from svsurgery.opset import ai_onnx_opset
 
         return max(MIN_OPSET, ai_onnx_opset(load_fsmn_vad(self).model) or MIN_OPSET)

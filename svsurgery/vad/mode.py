@@ -40,6 +40,7 @@ __all__ = [
     "VadMode",
     "VadReference",
     "add_arguments",
+    "cli_help",
     "from_metadata",
     "graph_alone",
     "modes",
