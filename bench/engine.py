@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import tempfile
@@ -32,11 +33,11 @@ from pathlib import Path
 
 from svsurgery import rules
 from svsurgery.engine import default_tolerance, fix
-from svsurgery.verifier import Verifier
-from svsurgery.family import ApplyOptions
-from svsurgery.io import load
+from svsurgery.model_io import load
 from svsurgery.parity.inputs import generate_inputs
 from svsurgery.parity.references import Float64Reference
+from svsurgery.rules.base import ApplyOptions
+from svsurgery.verifier import Verifier
 
 
 def node_count(model) -> int:
@@ -102,34 +103,46 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="svsurgery-bench-") as scratch:
         for depth in (int(d) for d in args.depths.split(",")):
-            path = export_legacy(build_encoder(EncoderConfig.small_depth(depth)), Path(scratch) / f"encoder_x{depth}.onnx")
+            path = export_legacy(
+                build_encoder(EncoderConfig.small_depth(depth)), Path(scratch) / f"encoder_x{depth}.onnx"
+            )
             model = load(path)
             inputs = generate_inputs(model, path)
-            fresh = lambda: load(path)  # noqa: E731 - loading is not what is measured
+            fresh = functools.partial(load, path)  # loading is not what is measured
             fp64_seconds, reference = best(Float64Reference, 1, fresh)
             expected = reference.outputs(inputs.feeds)
             verify = Verifier(expected, inputs.feeds, default_tolerance(model), path.name)
 
             rules_seconds, rewritten = best(apply_catalog, args.repeats, fresh)
-            check_seconds, parity = best(verify, args.repeats, lambda: rewritten)
+            check_seconds, parity = best(verify, args.repeats, lambda rewritten=rewritten: rewritten)
             assert parity.passed, parity.failures()
             full_seconds, (_, report) = best(fix, 1, fresh)
             assert report.passed and [s.status for s in report.steps][:2] == ["accepted", "accepted"]
             nodes = node_count(model)
-            against = interleaved({
-                "fix": lambda: fix_command(path, Path(scratch) / "fixed.onnx"),
-                "onnxslim": lambda: onnxslim_command(path, Path(scratch) / "slim.onnx"),
-            }, args.repeats)  # fmt: skip
-            rows.append({
-                "fix_command_s": against["fix"], "onnxslim_s": against["onnxslim"],
-                "fix_over_onnxslim": against["fix"] / against["onnxslim"],
-                "depth": f"{depth}x ({50 * depth}+{20 * depth} blocks)", "nodes": nodes,
-                "rules_s": rules_seconds, "check_s": check_seconds, "rules_and_check_s": rules_seconds + check_seconds,
-                "fp64_reference_s": fp64_seconds, "full_fix_s": full_seconds,
-                "rules_and_check_s_per_1000_nodes": (rules_seconds + check_seconds) * 1000 / nodes,
-                "full_fix_s_per_1000_nodes": full_seconds * 1000 / nodes,
-                "rewrites": {s.family: s.matches for s in report.steps},
-            })  # fmt: skip
+            against = interleaved(
+                {
+                    "fix": functools.partial(fix_command, path, Path(scratch) / "fixed.onnx"),
+                    "onnxslim": functools.partial(onnxslim_command, path, Path(scratch) / "slim.onnx"),
+                },
+                args.repeats,
+            )
+            rows.append(
+                {
+                    "fix_command_s": against["fix"],
+                    "onnxslim_s": against["onnxslim"],
+                    "fix_over_onnxslim": against["fix"] / against["onnxslim"],
+                    "depth": f"{depth}x ({50 * depth}+{20 * depth} blocks)",
+                    "nodes": nodes,
+                    "rules_s": rules_seconds,
+                    "check_s": check_seconds,
+                    "rules_and_check_s": rules_seconds + check_seconds,
+                    "fp64_reference_s": fp64_seconds,
+                    "full_fix_s": full_seconds,
+                    "rules_and_check_s_per_1000_nodes": (rules_seconds + check_seconds) * 1000 / nodes,
+                    "full_fix_s_per_1000_nodes": full_seconds * 1000 / nodes,
+                    "rewrites": {s.family: s.matches for s in report.steps},
+                }
+            )
             del model, rewritten, reference
 
     base = rows[0]
@@ -142,25 +155,52 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"rule engine, all rules (legacy export, opset 14 -> 17), best of {args.repeats}")
-    columns = ("depth", "nodes", "rules s", "one check s", "rules+check s", "per 1k nodes", "fp64 ref s",
-               "full fix s", "per 1k nodes ", "x nodes", "x rules+check", "x full fix")  # fmt: skip
+    columns = (
+        "depth",
+        "nodes",
+        "rules s",
+        "one check s",
+        "rules+check s",
+        "per 1k nodes",
+        "fp64 ref s",
+        "full fix s",
+        "per 1k nodes ",
+        "x nodes",
+        "x rules+check",
+        "x full fix",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "depth" else "right")
     for row in rows:
         table.add_row(
-            row["depth"], str(row["nodes"]), f"{row['rules_s']:.2f}", f"{row['check_s']:.2f}",
-            f"{row['rules_and_check_s']:.2f}", f"{row['rules_and_check_s_per_1000_nodes']:.3f}",
-            f"{row['fp64_reference_s']:.2f}", f"{row['full_fix_s']:.2f}", f"{row['full_fix_s_per_1000_nodes']:.3f}",
-            f"{row['node_ratio']:.2f}", f"{row['rules_and_check_ratio']:.2f}", f"{row['full_fix_ratio']:.2f}",
-        )  # fmt: skip
+            row["depth"],
+            str(row["nodes"]),
+            f"{row['rules_s']:.2f}",
+            f"{row['check_s']:.2f}",
+            f"{row['rules_and_check_s']:.2f}",
+            f"{row['rules_and_check_s_per_1000_nodes']:.3f}",
+            f"{row['fp64_reference_s']:.2f}",
+            f"{row['full_fix_s']:.2f}",
+            f"{row['full_fix_s_per_1000_nodes']:.3f}",
+            f"{row['node_ratio']:.2f}",
+            f"{row['rules_and_check_ratio']:.2f}",
+            f"{row['full_fix_ratio']:.2f}",
+        )
     Console(width=160).print(table)
     print("rewrites at 1x:", base["rewrites"])
-    versus = Table(title=f"svsurgery fix (every pass verified) vs onnxslim (no verification), interleaved, best of {args.repeats}")
+    versus = Table(
+        title=f"svsurgery fix (every pass verified) vs onnxslim (no verification), interleaved, best of {args.repeats}"
+    )
     for column in ("depth", "nodes", "svsurgery fix -o s", "onnxslim s", "fix / onnxslim"):
         versus.add_column(column, justify="left" if column == "depth" else "right")
     for row in rows:
-        versus.add_row(row["depth"], str(row["nodes"]), f"{row['fix_command_s']:.2f}", f"{row['onnxslim_s']:.2f}",
-                       f"{row['fix_over_onnxslim']:.2f}")  # fmt: skip
+        versus.add_row(
+            row["depth"],
+            str(row["nodes"]),
+            f"{row['fix_command_s']:.2f}",
+            f"{row['onnxslim_s']:.2f}",
+            f"{row['fix_over_onnxslim']:.2f}",
+        )
     Console(width=160).print(versus)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")

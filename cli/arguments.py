@@ -57,7 +57,9 @@ def files(args: argparse.Namespace) -> FilePlan:
 # ----------------------------------------------------------------------------- numbers
 
 
-def bounded_float(low: float | None = None, high: float | None = None, *, what: str = "a number") -> Callable[[str], float]:
+def bounded_float(
+    low: float | None = None, high: float | None = None, *, what: str = "a number"
+) -> Callable[[str], float]:
     """An argparse type: a finite float within [low, high]."""
 
     def parse(text: str) -> float:
@@ -66,7 +68,13 @@ def bounded_float(low: float | None = None, high: float | None = None, *, what: 
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"in [{_g(low)}, {_g(high)}]" if low is not None and high is not None else f">= {_g(low)}" if low is not None else f"<= {_g(high)}"
+            bounds = (
+                f"in [{_g(low)}, {_g(high)}]"
+                if low is not None and high is not None
+                else f">= {_g(low)}"
+                if low is not None
+                else f"<= {_g(high)}"
+            )
             raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text}")
         return value
 
@@ -101,8 +109,14 @@ class ReportArgs:
 
     @staticmethod
     def add(parser) -> None:
-        parser.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE; '-' prints it on stdout instead of the table")
-        parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of the table (= --report -)")
+        parser.add_argument(
+            "--report",
+            metavar="FILE",
+            help="also write the report as JSON to FILE; '-' prints it on stdout instead of the table",
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="print the report as JSON on stdout instead of the table (= --report -)"
+        )
 
     @staticmethod
     def declare(args: argparse.Namespace) -> Path | None:
@@ -138,7 +152,9 @@ class OutputArgs:
         if self.default_suffix is None:
             parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
         else:
-            parser.add_argument("-o", "--output", help=f"where to write (default: MODEL.{self.default_suffix}.onnx beside it)")
+            parser.add_argument(
+                "-o", "--output", help=f"where to write (default: MODEL.{self.default_suffix}.onnx beside it)"
+            )
         if self.in_place:
             parser.add_argument("--in-place", action="store_true", help="allow -o to be the input model itself")
 
@@ -160,7 +176,11 @@ class InputsArgs:
 
     @staticmethod
     def add(parser) -> None:
-        parser.add_argument("--inputs", metavar="NPZ", help="inputs by name in an npz (default: generated from the model's signature, fixed seeds)")
+        parser.add_argument(
+            "--inputs",
+            metavar="NPZ",
+            help="inputs by name in an npz (default: generated from the model's signature, fixed seeds)",
+        )
 
     @staticmethod
     def declare(args: argparse.Namespace) -> None:
@@ -186,12 +206,15 @@ class TorchArgs:
     def add(parser, weights_parser=None) -> None:
         """``weights_parser``: where --weights goes when --torch sits in a mutually exclusive group."""
         parser.add_argument(
-            "--torch", metavar="MODULE_SPEC",
+            "--torch",
+            metavar="MODULE_SPEC",
             help="the PyTorch module: path/to/file.py:factory or package.module:factory; the factory is called "
             "with no arguments and returns the module or (module, weights); its forward takes the ONNX inputs "
             "positionally (needs torch)",
-        )  # fmt: skip
-        (weights_parser or parser).add_argument("--weights", metavar="STATE_DICT", help="a state dict to load into the --torch module")
+        )
+        (weights_parser or parser).add_argument(
+            "--weights", metavar="STATE_DICT", help="a state dict to load into the --torch module"
+        )
 
     @staticmethod
     def declare(args: argparse.Namespace) -> None:
@@ -227,7 +250,9 @@ class ReferenceArgs:
         group = parser.add_argument_group(f"reference (one of; default {default})")
         choice = group.add_mutually_exclusive_group()
         choice.add_argument("--reference", metavar="GOLDEN_NPZ", help="golden inputs and outputs (svsurgery golden)")
-        choice.add_argument("--reference-model", metavar="ONNX", help="another model's outputs (e.g. the original) as is")
+        choice.add_argument(
+            "--reference-model", metavar="ONNX", help="another model's outputs (e.g. the original) as is"
+        )
         choice.add_argument("--fp64-reference", action="store_true", help="the input model evaluated in float64")
         TorchArgs.add(choice, group)
 
@@ -251,7 +276,9 @@ class ReferenceArgs:
             return references.ModelReference(args.reference_model, label=args.reference_model)
         module = TorchArgs.parse(args)
         if module is not None:
-            return references.TorchReference(module, [o.name for o in model.graph.outputs], [i.name for i in model.graph.inputs])
+            return references.TorchReference(
+                module, [o.name for o in model.graph.outputs], [i.name for i in model.graph.inputs]
+            )
         if args.fp64_reference:
             return references.Float64Reference(model)
         return default
@@ -284,17 +311,39 @@ class ToleranceArgs:
 
         group = parser.add_argument_group("tolerance")
         group.add_argument("--tolerance", choices=sorted(PROFILES), help=f"tolerance profile (default: {default_help})")
-        group.add_argument("--max-abs", type=bounded_float(0, what="an error bound"), metavar="X", help="override the profile's max abs error")
-        group.add_argument("--max-rel", type=bounded_float(0, what="an error bound"), metavar="X", help="override the profile's max relative error")
-        group.add_argument("--min-cosine", type=bounded_float(-1, 1, what="a cosine"), metavar="X", help="override the profile's minimum cosine similarity")
-        group.add_argument("--min-argmax", type=bounded_float(0, 1, what="a fraction"), metavar="F", help="override the minimum argmax agreement (0..1)")
+        group.add_argument(
+            "--max-abs",
+            type=bounded_float(0, what="an error bound"),
+            metavar="X",
+            help="override the profile's max abs error",
+        )
+        group.add_argument(
+            "--max-rel",
+            type=bounded_float(0, what="an error bound"),
+            metavar="X",
+            help="override the profile's max relative error",
+        )
+        group.add_argument(
+            "--min-cosine",
+            type=bounded_float(-1, 1, what="a cosine"),
+            metavar="X",
+            help="override the profile's minimum cosine similarity",
+        )
+        group.add_argument(
+            "--min-argmax",
+            type=bounded_float(0, 1, what="a fraction"),
+            metavar="F",
+            help="override the minimum argmax agreement (0..1)",
+        )
 
     @staticmethod
     def parse(args: argparse.Namespace) -> ToleranceChoice:
         overrides = {
-            "max_abs": args.max_abs, "max_rel": args.max_rel, "min_cosine": args.min_cosine,
+            "max_abs": args.max_abs,
+            "max_rel": args.max_rel,
+            "min_cosine": args.min_cosine,
             "min_argmax_agreement": args.min_argmax,
-        }  # fmt: skip
+        }
         return ToleranceChoice(args.tolerance, {k: v for k, v in overrides.items() if v is not None})
 
 
@@ -313,14 +362,27 @@ class EngineArgs:
 
     @staticmethod
     def add(parser) -> None:
-        parser.add_argument("--rules", metavar="IDS", help="comma-separated rule ids, in order (default: the whole catalog; see `svsurgery rules`)")
         parser.add_argument(
-            "--rules-module", metavar="MODULE", action="append", default=[],
+            "--rules",
+            metavar="IDS",
+            help="comma-separated rule ids, in order (default: the whole catalog; see `svsurgery rules`)",
+        )
+        parser.add_argument(
+            "--rules-module",
+            metavar="MODULE",
+            action="append",
+            default=[],
             help="your own rules: pkg.mod or path/to/rules.py (SVSURGERY_RULES, or RewriteRules/passes/RuleFamily "
             "objects at its top level); given alone, only its rules run",
-        )  # fmt: skip
-        parser.add_argument("--keep-opset", action="store_true", help="never raise the model's opset (LayerNorm stays decomposed below 17)")
-        parser.add_argument("--force", action="store_true", help="write the result even when its parity is beyond tolerance")
+        )
+        parser.add_argument(
+            "--keep-opset",
+            action="store_true",
+            help="never raise the model's opset (LayerNorm stays decomposed below 17)",
+        )
+        parser.add_argument(
+            "--force", action="store_true", help="write the result even when its parity is beyond tolerance"
+        )
 
     @staticmethod
     def declare(args: argparse.Namespace) -> None:
@@ -334,6 +396,6 @@ class EngineArgs:
 def select_families(rule_ids: str | None, modules: list[str]) -> list:
     """The catalog's families and a user module's, by id in the order given (see rules.select)."""
     from svsurgery import rules
-    from svsurgery.family import load_rules_module
+    from svsurgery.rules.base import load_rules_module
 
     return rules.select(rule_ids, [family for module in modules for family in load_rules_module(module)])

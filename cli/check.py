@@ -25,7 +25,7 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery.check import check
-    from svsurgery.io import load
+    from svsurgery.model_io import load
 
     plan = files(args)
     model = load(args.model)

@@ -64,10 +64,15 @@ def run(args: argparse.Namespace) -> int:
         if not report.passed:
             return EXIT_CHECK_FAILED
         waveform = speech_like(3.0, seed=3)
-        outputs = run_model(fused_path, {
-            "waveform": waveform[None], "waveform_lengths": np.array([waveform.size]),
-            "language": np.zeros(1, np.int32), "textnorm": np.full(1, 15, np.int32),
-        })  # fmt: skip
+        outputs = run_model(
+            fused_path,
+            {
+                "waveform": waveform[None],
+                "waveform_lengths": np.array([waveform.size]),
+                "language": np.zeros(1, np.int32),
+                "textnorm": np.full(1, 15, np.int32),
+            },
+        )
         logits = outputs["ctc_logits"]
         console().print(
             f"ran {fused_path.name} on {waveform.size / 16000:.1f} s of built-in waveform: ctc_logits {list(logits.shape)}, "

@@ -28,13 +28,16 @@ def register(verbs) -> None:
     TorchArgs.add(parser)
     InputsArgs.add(parser)
     parser.add_argument(
-        "--tolerance", choices=sorted(PROFILES),
+        "--tolerance",
+        choices=sorted(PROFILES),
         help="tolerance profile (default: fp32-intermediate, fp16-intermediate with a float16 side)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--chunk", type=bounded_int(1, what="a number of values"), default=256,
+        "--chunk",
+        type=bounded_int(1, what="a number of values"),
+        default=256,
         help="intermediate values fetched per run (memory bound; default 256)",
-    )  # fmt: skip
+    )
     parser.add_argument("--plot", metavar="PNG", help="draw error against depth (needs matplotlib)")
     ReportArgs.add(parser)
     parser.set_defaults(run=run)
@@ -43,9 +46,9 @@ def register(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from svsurgery.divergence import diff, diff_models
     from svsurgery.files import write_atomically
-    from svsurgery.io import load
-    from svsurgery.layerwise import diff, diff_models
+    from svsurgery.model_io import load
     from svsurgery.parity.inputs import runs_on
     from svsurgery.parity.metrics import tolerance
 
@@ -64,8 +67,14 @@ def run(args: argparse.Namespace) -> int:
     ReportArgs.declare(args)
     inputs = InputsArgs.parse(args, model, args.model)
     chosen = tolerance(args.tolerance) if args.tolerance else None
-    with Progress(TextColumn("comparing values"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=error_console(), transient=True) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("comparing values"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=error_console(),
+        transient=True,
+    ) as bar:
         task = bar.add_task("diff", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -76,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
                 module = TorchArgs.parse(args)
                 report = diff(module, model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
             else:
-                report = diff_models(model, reference_model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
+                report = diff_models(
+                    model, reference_model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress
+                )
     ReportArgs.emit(args, report, console())
     if plot is not None:
         plan.written(write_atomically(plot, report.plot))

@@ -23,16 +23,18 @@ def register(verbs) -> None:
     parser.add_argument("--node", required=True, help="the node's name (as `svsurgery diff` or Netron shows it)")
     parser.add_argument("-o", "--output", required=True, help="the repro .onnx to write (the .npz goes beside it)")
     parser.add_argument(
-        "--depth", type=bounded_int(0, what="a number of levels"), default=0,
+        "--depth",
+        type=bounded_int(0, what="a number of levels"),
+        default=0,
         help="also include this many levels of producers (default 0)",
-    )  # fmt: skip
+    )
     InputsArgs.add(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
-    from svsurgery.io import load, save
+    from svsurgery.model_io import load, save
     from svsurgery.parity.inputs import runs_on
     from svsurgery.repro import extract_repro
 

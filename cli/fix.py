@@ -43,14 +43,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_engine(
-    args: argparse.Namespace, output_args: OutputArgs, *, precision: ir.DataType | None = None, default_reference=None, **engine_options
+    args: argparse.Namespace,
+    output_args: OutputArgs,
+    *,
+    precision: ir.DataType | None = None,
+    default_reference=None,
+    **engine_options,
 ) -> int:
     """Load, check every path, run the engine with a progress line, write when within tolerance, report.
     ``engine_options`` go to :func:`svsurgery.engine.fix` as they are (fp16: ``min_headroom``)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from svsurgery import engine
-    from svsurgery.io import load, save
+    from svsurgery.model_io import load, save
 
     plan = files(args)
     model = load(args.model)
@@ -62,15 +67,23 @@ def run_engine(
     ReportArgs.declare(args)
     choice = EngineArgs.parse(args)
     tolerance = ToleranceArgs.parse(args).resolve(model, precision)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=error_console(), transient=True) as bar:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=error_console(), transient=True
+    ) as bar:
         task = bar.add_task("evaluating the reference ...", total=None)
         reference = ReferenceArgs.parse(args, model, default_reference(model) if default_reference else None)
         fixed, report = engine.fix(
-            model, choice.families, reference=reference, inputs=InputsArgs.parse(args, model, generate=False),
-            tolerance=tolerance, raise_opset=not choice.keep_opset, precision=precision,
-            keep_io_types=getattr(args, "keep_io_types", False), **engine_options,
+            model,
+            choice.families,
+            reference=reference,
+            inputs=InputsArgs.parse(args, model, generate=False),
+            tolerance=tolerance,
+            raise_opset=not choice.keep_opset,
+            precision=precision,
+            keep_io_types=getattr(args, "keep_io_types", False),
+            **engine_options,
             progress=lambda what: bar.update(task, description=f"rule {what}: apply, gate, verify ..."),
-        )  # fmt: skip
+        )
         if report.passed or choice.force:
             bar.update(task, description=f"writing {output} (validity gate) ...")
             save(fixed, output, overwrite_input=args.in_place)
@@ -78,5 +91,8 @@ def run_engine(
             report.output, report.written = str(output), True
     ReportArgs.emit(args, report, console())
     if not report.passed and not (args.json or args.report == "-"):
-        console().print("nothing written (use --force to write it anyway)" if not report.written else "written with --force", markup=False)
+        console().print(
+            "nothing written (use --force to write it anyway)" if not report.written else "written with --force",
+            markup=False,
+        )
     return 0 if report.passed else EXIT_CHECK_FAILED

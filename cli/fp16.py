@@ -27,11 +27,16 @@ def register(verbs) -> None:
         "fp16) and with at least --min-headroom.",
     )
     add_engine_verb_arguments(parser, default_reference="the original model as is", output=OUTPUT)
-    parser.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts inside)")
     parser.add_argument(
-        "--min-headroom", type=bounded_float(0, what="an input scale"), default=DEFAULT_MIN_HEADROOM, metavar="X",
+        "--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts inside)"
+    )
+    parser.add_argument(
+        "--min-headroom",
+        type=bounded_float(0, what="an input scale"),
+        default=DEFAULT_MIN_HEADROOM,
+        metavar="X",
         help="refuse a result that overflows when its inputs are scaled by less than X (default: %(default)gx; 0: report only)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 
@@ -39,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from svsurgery.parity.references import ModelReference
 
     return run_engine(
-        args, OUTPUT, precision=ir.DataType.FLOAT16,
+        args,
+        OUTPUT,
+        precision=ir.DataType.FLOAT16,
         default_reference=lambda model: ModelReference(model, label="the original model"),
         min_headroom=args.min_headroom or None,
-    )  # fmt: skip
+    )

@@ -10,9 +10,9 @@ from svsurgery.cli.arguments import bounded_int, files
 from svsurgery.cli.common import console
 from svsurgery.errors import BadInputError
 from svsurgery.frontend import Cmvn, LfrOptions, build
-from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend._ops import MIN_OPSET
-from svsurgery.io import save
+from svsurgery.frontend.config import PRESETS
+from svsurgery.model_io import save
 
 
 def register(verbs) -> None:
@@ -23,10 +23,17 @@ def register(verbs) -> None:
         "(samples in [-1, 1]) and waveform_lengths i64 [B]; outputs features f32 [B, T, D] and feature_lengths.",
     )
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sensevoice", help="fbank and LFR settings (default: sensevoice)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="sensevoice", help="fbank and LFR settings (default: sensevoice)"
+    )
     parser.add_argument("--cmvn", metavar="AM_MVN", help="Kaldi nnet text with <AddShift>/<Rescale> (FunASR's am.mvn)")
     parser.add_argument("--lfr", metavar="M,N", help="LFR stacking, e.g. 7,6; 1,1 disables it (default: the preset's)")
-    parser.add_argument("--opset", type=bounded_int(MIN_OPSET, what="an ai.onnx opset"), default=17, help="ai.onnx opset to author the graph in (default: 17)")
+    parser.add_argument(
+        "--opset",
+        type=bounded_int(MIN_OPSET, what="an ai.onnx opset"),
+        default=17,
+        help="ai.onnx opset to author the graph in (default: 17)",
+    )
     parser.add_argument("--lengths-dtype", choices=("int32", "int64"), default="int32", help="type of feature_lengths")
     parser.set_defaults(run=run)
 
@@ -41,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     length_dtype = ir.DataType.INT32 if args.lengths_dtype == "int32" else ir.DataType.INT64
     if args.output.endswith(("am.mvn", ".mvn")):
         raise BadInputError(f"-o {args.output}: that looks like a CMVN file, not an .onnx path")
-    model = build(fbank_preset(), None if (lfr.m, lfr.n) == (1, 1) else lfr, cmvn, opset=args.opset, length_dtype=length_dtype)
+    model = build(
+        fbank_preset(), None if (lfr.m, lfr.n) == (1, 1) else lfr, cmvn, opset=args.opset, length_dtype=length_dtype
+    )
     path = save(model, output)
     plan.written(path)
     dim = model.graph.outputs[0].shape[2]

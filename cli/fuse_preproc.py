@@ -31,9 +31,13 @@ def register(verbs) -> None:
     OUTPUT.add(parser)
     parser.add_argument("--cmvn", metavar="AM_MVN", help="CMVN file (default: am.mvn beside the model, or metadata)")
     parser.add_argument("--no-cmvn", action="store_true", help="fuse without CMVN (the encoder takes raw log-mel)")
-    parser.add_argument("--config", metavar="CONFIG_YAML", help="FunASR config.yaml (default: the one beside the model)")
+    parser.add_argument(
+        "--config", metavar="CONFIG_YAML", help="FunASR config.yaml (default: the one beside the model)"
+    )
     parser.add_argument("--lfr", metavar="M,N", help="LFR stacking, overriding config and metadata (e.g. 7,6)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sensevoice", help="defaults for what no source gives")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="sensevoice", help="defaults for what no source gives"
+    )
     parser.add_argument("--feature-input", metavar="NAME", help="the encoder input that takes features")
     parser.add_argument("--length-input", metavar="NAME", help="the encoder input that takes feature lengths")
     parser.add_argument("--keep-features", action="store_true", help="also output the features and their lengths")
@@ -41,16 +45,20 @@ def register(verbs) -> None:
     vad = parser.add_argument_group("VAD inside the graph (one recording per call; outputs segments [K, 2] in ms)")
     vad.add_argument("--vad", metavar="MODE", help=vad_modes.cli_help())
     vad_modes.add_arguments(vad)  # each mode's own options
-    vad.add_argument("--merge-length-s", type=float, default=15.0, help="FunASR merge_vad span length in s (default 15)")
+    vad.add_argument(
+        "--merge-length-s", type=float, default=15.0, help="FunASR merge_vad span length in s (default 15)"
+    )
     vad.add_argument("--no-merge", action="store_true", help="decode each VAD segment alone instead of merged spans")
-    vad.add_argument("--max-segment-s", type=float, default=30.0, help="with --no-merge, cut longer segments (default 30 s)")
+    vad.add_argument(
+        "--max-segment-s", type=float, default=30.0, help="with --no-merge, cut longer segments (default 30 s)"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load and check every input (the VAD mode's files through its own validation), fuse and
     verify, then write through the file plan only when parity held, as ``fix`` does."""
-    from svsurgery.io import load, save
+    from svsurgery.model_io import load, save
 
     plan = files(args)
     encoder = Path(args.encoder)
@@ -74,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
             length_input=args.length_input,
             keep_features=args.keep_features,
             vad=vad,
-            segmentation=SegmentOptions(merge=not args.no_merge, merge_length_s=args.merge_length_s, max_segment_s=args.max_segment_s),
+            segmentation=SegmentOptions(
+                merge=not args.no_merge, merge_length_s=args.merge_length_s, max_segment_s=args.max_segment_s
+            ),
         )
         if report.passed:
             status.update(f"writing {output} (validity gate) ...")

@@ -6,8 +6,8 @@ import argparse
 
 from svsurgery.cli.arguments import ReportArgs, files
 from svsurgery.cli.common import console
-from svsurgery.inspect import summarize
-from svsurgery.io import load
+from svsurgery.model_io import load
+from svsurgery.summary import summarize
 
 
 def register(verbs) -> None:

@@ -16,13 +16,27 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 
-def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
 def build_parser():
     from svsurgery._version import __version__
-    from svsurgery.cli import audit, check, demo, diff, example, extract, fix, fp16, frontend, fuse_preproc, golden, inspect, rules
+    from svsurgery.cli import (
+        audit,
+        check,
+        demo,
+        diff,
+        example,
+        extract,
+        fix,
+        fp16,
+        frontend,
+        fuse_preproc,
+        golden,
+        inspect,
+        rules,
+    )
     from svsurgery.cli.arguments import CommandParser
 
     parser = CommandParser(
@@ -43,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = "svsurgery"
     plan = None
     try:
-        from svsurgery.errors import EXIT_BAD_INPUT, SvsError
+        from svsurgery.errors import SvsError
         from svsurgery.files import FilePlan
 
         args = build_parser().parse_args(argv)
@@ -63,11 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _interrupted(verb: str, plan) -> int:
     written, missing = plan.outcome() if plan is not None else ([], [])
     if written and not missing:
-        print(f"{verb}: interrupted after its outputs were written; they are complete: "
-              f"{', '.join(map(str, written))}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{verb}: interrupted after its outputs were written; they are complete: {', '.join(map(str, written))}",
+            file=sys.stderr,
+        )
         return 0
     done = f"; complete: {', '.join(map(str, written))}" if written else ""
-    print(f"{verb}: interrupted; nothing else was written (files in progress were left as they were){done}", file=sys.stderr)
+    print(
+        f"{verb}: interrupted; nothing else was written (files in progress were left as they were){done}",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -1,6 +1,6 @@
 """The rule catalog: one family per module, applied by the engine in catalog order.
 
-Each module defines ``FAMILY`` (a :class:`svsurgery.family.RuleFamily`): what it fixes,
+Each module defines ``FAMILY`` (a :class:`svsurgery.rules.base.RuleFamily`): what it fixes,
 when it is safe, references, and its rewrites (onnxscript rules or onnx_ir passes).
 """
 
@@ -10,9 +10,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from svsurgery.errors import BadInputError
-from svsurgery.family import RuleFamily
 from svsurgery.report import Report, dumps
 from svsurgery.rules import casts, gelu, instance_norm, layer_norm, lossy_casts, masks, positional, rms_norm, softmax
+from svsurgery.rules.base import RuleFamily
 
 __all__ = ["CATALOG", "CatalogReport", "select"]
 
@@ -71,7 +71,10 @@ class CatalogReport(Report):
             kept = "parity strictly improves" if family.acceptance == "improves" else "parity no worse"
             references = "\n".join(family.references)
             table.add_row(
-                escape(family.id), escape(family.title), escape(family.fixes),
-                escape(family.safe_when + (f"\n{references}" if references else "")), kept,
-            )  # fmt: skip
+                escape(family.id),
+                escape(family.title),
+                escape(family.fixes),
+                escape(family.safe_when + (f"\n{references}" if references else "")),
+                kept,
+            )
         console.print(table)

@@ -51,9 +51,14 @@ def restricted(instance: pattern.RewriteRuleClassBase, site: str | None) -> patt
         return instance.check(context, **bindings)
 
     return pattern.RewriteRule(
-        instance.pattern, instance.rewrite, check, name=instance.name, remove_nodes=instance.remove_nodes,
-        graph_pre_visitor=instance.setup, graph_post_visitor=instance.cleanup,
-    )  # fmt: skip
+        instance.pattern,
+        instance.rewrite,
+        check,
+        name=instance.name,
+        remove_nodes=instance.remove_nodes,
+        graph_pre_visitor=instance.setup,
+        graph_post_visitor=instance.cleanup,
+    )
 
 
 def matchers(

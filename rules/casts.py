@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from svsurgery import patch
 from svsurgery.dtypes import is_lossless
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 
 __all__ = [
     "FAMILY",
@@ -48,7 +48,9 @@ def removable_cast(node: ir.Node) -> bool:
     output, source = node.outputs[0], node.inputs[0]
     if not output.is_graph_output():
         return True
-    return not (source.is_graph_input() or source.is_initializer() or source.is_graph_output() or source.graph is not node.graph)
+    return not (
+        source.is_graph_input() or source.is_initializer() or source.is_graph_output() or source.graph is not node.graph
+    )
 
 
 class IdentityCastRemovalPass(ir.passes.InPlacePass):
@@ -63,7 +65,12 @@ class IdentityCastRemovalPass(ir.passes.InPlacePass):
         for graph in patch.all_graphs(model):
             for node in list(graph):
                 target = _cast_target(node)
-                if target is None or node.inputs[0] is None or node.inputs[0].dtype != target or not removable_cast(node):
+                if (
+                    target is None
+                    or node.inputs[0] is None
+                    or node.inputs[0].dtype != target
+                    or not removable_cast(node)
+                ):
                     continue
                 self.removed.append(node.name or "")
                 patch.bypass(model, node)

@@ -20,10 +20,10 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions import erfgelu
 from onnxscript.rewriter.ort_fusions.gelu import GeluErfFusion, GeluTanhFusion
 
-from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 from svsurgery.opset import ai_onnx_opset
 from svsurgery.precision import keep_in_float32
 from svsurgery.rules._matches import find_matches, known_constants, matchers, restricted, site_of
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 
 __all__ = ["FAMILY", "ErfGeluToGelu", "TanhGeluToGelu"]
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.patch import all_graphs
 from svsurgery.precision import keep_in_float32, kept_in_float32
 from svsurgery.rules._matches import site_of
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 
 __all__ = ["FAMILY", "float16_statistics"]
 

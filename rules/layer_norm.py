@@ -36,9 +36,9 @@ from onnxscript.rewriter import pattern
 
 from svsurgery import patch
 from svsurgery.errors import BadInputError
-from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.precision import keep_in_float32
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 
 __all__ = ["FAMILY", "BiasAbsorption", "LayerNormFusion", "LayerNormInFloat32", "ScaleAbsorption", "constants_last"]
 
@@ -81,7 +81,9 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
             if node.attributes.get_int("keepdims", 1) != 1:
                 return result.fail(
                     "keepdims=0: the mean no longer broadcasts over the normalised axes the way "
-                    "LayerNormalization's does (onnxruntime issue 30513)", node)
+                    "LayerNormalization's does (onnxruntime issue 30513)",
+                    node,
+                )
             node_axes = _reduce_axes(node, rank)
             if node_axes is None:
                 return result.fail("the reduced axes are not constant, or reduce over every axis", node)
@@ -99,7 +101,9 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         if eps is None:
             return result.fail("epsilon is not a constant scalar", epsilon)
         if epsilon.dtype is not None and epsilon.dtype != x.dtype:
-            return result.fail(f"epsilon is {epsilon.dtype.name} but the input {x.dtype.name}: a mixed-precision chain", epsilon)
+            return result.fail(
+                f"epsilon is {epsilon.dtype.name} but the input {x.dtype.name}: a mixed-precision chain", epsilon
+            )
         normalized_shape = _trailing_dims(x, len(normalized_axes))
         if normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape):
             return result.fail(f"the normalised shape {normalized_shape} is not static", x)
@@ -123,12 +127,20 @@ class LayerNormFusion(_DecomposedLayerNorm):
     def rewrite(self, op, x, mean, **_):
         scope = _scope(mean.producer())
         # a Constant node, not an initializer: functions cannot hold initializers
-        ones = op.op("Constant", value=ir.tensor(np.ones(self._normalized_shape, x.dtype.numpy())), _name=f"{_PREFIX}{scope}/ones")
+        ones = op.op(
+            "Constant",
+            value=ir.tensor(np.ones(self._normalized_shape, x.dtype.numpy())),
+            _name=f"{_PREFIX}{scope}/ones",
+        )
         return op.op(
-            "LayerNormalization", x, ones,
-            axis=-len(self._normalized_shape), epsilon=self._epsilon, stash_type=int(_stash_type(x.dtype)),
+            "LayerNormalization",
+            x,
+            ones,
+            axis=-len(self._normalized_shape),
+            epsilon=self._epsilon,
+            stash_type=int(_stash_type(x.dtype)),
             _name=f"{_PREFIX}{scope}/LayerNormalization",
-        )  # fmt: skip
+        )
 
 
 class _AffineAbsorption(pattern.RewriteRuleClassBase):
@@ -296,7 +308,11 @@ def _scope(node: ir.Node) -> str:
     return unique
 
 
-FUSION_RULES = [*(LayerNormFusion.rule(form) for form in _NORMALIZE_FORMS), ScaleAbsorption.rule(), BiasAbsorption.rule()]
+FUSION_RULES = [
+    *(LayerNormFusion.rule(form) for form in _NORMALIZE_FORMS),
+    ScaleAbsorption.rule(),
+    BiasAbsorption.rule(),
+]
 FLOAT32_RULES = [LayerNormInFloat32.rule(form) for form in _NORMALIZE_FORMS]
 
 
@@ -380,7 +396,9 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
             count = _fuse(upgraded)
             if count == 0:
                 return Applied(0)
-            note = f"raised ai.onnx opset {opset} -> {_LAYER_NORM_OPSET} (onnx.version_converter) for LayerNormalization"
+            note = (
+                f"raised ai.onnx opset {opset} -> {_LAYER_NORM_OPSET} (onnx.version_converter) for LayerNormalization"
+            )
             return Applied(count, model=upgraded, notes=[note])
     patch.infer_types(model, only_if_missing=candidates)
     if opset >= _LAYER_NORM_OPSET:

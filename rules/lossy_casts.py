@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from svsurgery import patch
 from svsurgery.errors import BadInputError
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 from svsurgery.rules.casts import cast_inputs, lossy_round_trips, removable_cast
 
 __all__ = ["FAMILY"]

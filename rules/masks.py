@@ -18,15 +18,29 @@ from collections import deque
 import numpy as np
 import onnx_ir as ir
 
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.patch import all_graphs
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 
 __all__ = ["FAMILY", "mask_constants"]
 
-_FLOWS_TO_SCORES = frozenset({
-    "Where", "Add", "Sub", "Mul", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose",
-    "Concat", "Slice", "Tile", "Identity",
-})  # fmt: skip
+_FLOWS_TO_SCORES = frozenset(
+    {
+        "Where",
+        "Add",
+        "Sub",
+        "Mul",
+        "Cast",
+        "Reshape",
+        "Unsqueeze",
+        "Squeeze",
+        "Expand",
+        "Transpose",
+        "Concat",
+        "Slice",
+        "Tile",
+        "Identity",
+    }
+)
 _MAX_HOPS = 8
 
 
@@ -103,6 +117,9 @@ FAMILY = RuleFamily(
         "and fully masked rows give NaN out of Softmax"
     ),
     safe_when="the constant only masks scores on their way into a Softmax, where exp of the finite minimum is 0",
-    references=("FunASR issue 1889 (NaN in the SANM encoder in fp16)", "transformers: finfo(dtype).min attention masks"),
+    references=(
+        "FunASR issue 1889 (NaN in the SANM encoder in fp16)",
+        "transformers: finfo(dtype).min attention masks",
+    ),
     apply=_apply,
 )

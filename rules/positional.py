@@ -16,13 +16,15 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from svsurgery import patch
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.precision import keep_in_float32
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 
 __all__ = ["FAMILY", "encoding_chain"]
 
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
-_AFTER = frozenset({"Concat", "Unsqueeze", "Reshape", "Transpose", "Squeeze", "Expand", "Tile", "Slice", "Cast", "Identity"})
+_AFTER = frozenset(
+    {"Concat", "Unsqueeze", "Reshape", "Transpose", "Squeeze", "Expand", "Tile", "Slice", "Cast", "Identity"}
+)
 
 
 def encoding_chain(trig: ir.Node) -> list[ir.Node] | None:

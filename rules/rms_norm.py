@@ -24,15 +24,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
+
 # a private module: onnxscript exports its ONNX-domain RMSNormalization rule nowhere else (its own
 # onnx_fusions imports it from here); only this module depends on the path
 from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 
 from svsurgery import patch
-from svsurgery.family import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 from svsurgery.opset import ai_onnx_opset
 from svsurgery.precision import keep_in_float32
 from svsurgery.rules._matches import find_matches, known_constants, matchers, restricted, site_of
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 
 __all__ = ["FAMILY", "DecomposedRmsNorm", "RmsNormDivFusion", "RmsNormalizationFusion"]
 
@@ -53,9 +54,14 @@ class RmsNormalizationFusion(RmsNormFusion):
 
     def rewrite(self, op, x, scale, epsilon, **_):
         return op.op(
-            "RMSNormalization", x, scale, axis=-1, epsilon=_scalar(epsilon), stash_type=int(self._stash_dtype),
+            "RMSNormalization",
+            x,
+            scale,
+            axis=-1,
+            epsilon=_scalar(epsilon),
+            stash_type=int(self._stash_dtype),
             _name=f"{_PREFIX}{self._scope}/RMSNormalization",
-        )  # fmt: skip
+        )
 
 
 class RmsNormDivFusion(RmsNormalizationFusion):
@@ -165,7 +171,9 @@ def _sites(model: ir.Model) -> list[str]:
 def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     patch.infer_types(
         model,
-        only_if_missing=[n.inputs[0] for g in patch.all_graphs(model) for n in g if n.op_type == "ReduceMean" and n.inputs],
+        only_if_missing=[
+            n.inputs[0] for g in patch.all_graphs(model) for n in g if n.op_type == "ReduceMean" and n.inputs
+        ],
     )
     fused = 0
     known_constants(model)

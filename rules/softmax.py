@@ -17,14 +17,27 @@ import numpy as np
 import onnx_ir as ir
 
 from svsurgery import patch
-from svsurgery.family import Applied, ApplyOptions, RuleFamily
 from svsurgery.precision import keep_in_float32
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 
 __all__ = ["FAMILY", "score_path"]
 
-_SCORE_PATH = frozenset({
-    "Add", "Sub", "Mul", "Div", "Where", "Cast", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Identity",
-})  # fmt: skip
+_SCORE_PATH = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Where",
+        "Cast",
+        "Reshape",
+        "Transpose",
+        "Unsqueeze",
+        "Squeeze",
+        "Expand",
+        "Identity",
+    }
+)
 _SCORE_SOURCES = frozenset({"MatMul", "Gemm", "Einsum", "FusedMatMul"})
 _AFTER = frozenset({"Where", "Mul", "Cast"})
 _MAX_DEPTH = 6
@@ -78,7 +91,13 @@ def _make_safe(graph: ir.Graph | ir.Function, softmax: ir.Node) -> list[ir.Node]
     y = softmax.outputs[0]
     name = f"{_PREFIX}{softmax.name or '/Softmax'}"
     is_nan = ir.Node("", "IsNaN", [y], name=f"{name}/IsNaN")
-    zero = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", ir.tensor(np.array(0, dtype=(y.dtype or ir.DataType.FLOAT).numpy())))], name=f"{name}/zero")
+    zero = ir.Node(
+        "",
+        "Constant",
+        [],
+        attributes=[ir.AttrTensor("value", ir.tensor(np.array(0, dtype=(y.dtype or ir.DataType.FLOAT).numpy())))],
+        name=f"{name}/zero",
+    )
     safe = ir.Node("", "Where", [is_nan.outputs[0], zero.outputs[0], y], name=f"{name}/Where")
     for value, suffix in ((is_nan.outputs[0], "is_nan"), (zero.outputs[0], "zero"), (safe.outputs[0], "safe")):
         value.name = f"{name}/{suffix}"

@@ -13,15 +13,15 @@ torch is optional: everything here works without it; features that need it say s
 from svsurgery._version import __version__
 
 __all__ = [
-    "diff",
-    "fix",
-    "golden",
     "BadInputError",
     "CheckFailedError",
     "MissingDependencyError",
     "SvsError",
     "__version__",
+    "diff",
+    "fix",
     "from_graphsurgeon",
+    "golden",
     "load",
     "patch",
     "save",
@@ -34,7 +34,7 @@ __all__ = [
 # Everything is imported on first use: `import svsurgery` (and the command line's start-up)
 # stays instant, and the rule engine does not load onnxscript's rewriter until asked.
 _LAZY = {
-    "diff": ("svsurgery.layerwise", "diff"),
+    "diff": ("svsurgery.divergence", "diff"),
     "fix": ("svsurgery.engine", "fix"),
     "golden": ("svsurgery.golden", None),
     "patch": ("svsurgery.patch", None),
@@ -44,11 +44,11 @@ _LAZY = {
     "SvsError": ("svsurgery.errors", "SvsError"),
     "from_graphsurgeon": ("svsurgery.graphsurgeon", "from_graphsurgeon"),
     "to_graphsurgeon": ("svsurgery.graphsurgeon", "to_graphsurgeon"),
-    "summarize": ("svsurgery.inspect", "summarize"),
-    "load": ("svsurgery.io", "load"),
-    "save": ("svsurgery.io", "save"),
-    "validate": ("svsurgery.io", "validate"),
-    "validate_file": ("svsurgery.io", "validate_file"),
+    "summarize": ("svsurgery.summary", "summarize"),
+    "load": ("svsurgery.model_io", "load"),
+    "save": ("svsurgery.model_io", "save"),
+    "validate": ("svsurgery.model_io", "validate"),
+    "validate_file": ("svsurgery.model_io", "validate_file"),
 }
 
 

@@ -30,7 +30,9 @@ class CheckReport(Report):
 
         from svsurgery.parity.tables import failure_lines, parity_table
 
-        console.print(f"[bold]check[/bold] {escape(self.model)} against {escape(self.golden)} ({escape(self.golden_source)})")
+        console.print(
+            f"[bold]check[/bold] {escape(self.model)} against {escape(self.golden)} ({escape(self.golden_source)})"
+        )
         console.print(parity_table(self.parity))
         for line in failure_lines(self.parity):
             console.print(f"  [red]{escape(line)}[/red]")
@@ -38,12 +40,14 @@ class CheckReport(Report):
         console.print(f"tolerance {escape(self.parity.tolerance)}: {verdict}")
 
 
-def check(model: ir.Model, golden_path: str | os.PathLike, tolerance: Tolerance | None = None, label: str | None = None) -> CheckReport:
+def check(
+    model: ir.Model, golden_path: str | os.PathLike, tolerance: Tolerance | None = None, label: str | None = None
+) -> CheckReport:
     """Run ``model`` (validity gate included) on the golden file's inputs and compare with its outputs."""
     from svsurgery import golden
     from svsurgery.engine import default_tolerance
-    from svsurgery.verifier import Verifier
     from svsurgery.parity.inputs import check_feeds
+    from svsurgery.verifier import Verifier
 
     recorded = golden.load(golden_path)
     label = label or str(model.meta.get("svsurgery.source_path", "model"))

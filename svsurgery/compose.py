@@ -19,11 +19,32 @@ from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFO
 __all__ = ["FEATURE_INPUT_NAMES", "LENGTH_INPUT_NAMES", "EncoderInputs", "find_encoder_inputs", "prepend_frontend"]
 
 # What exporters call them: FunASR, sherpa-onnx, WeNet/icefall, Hugging Face, generic.
-FEATURE_INPUT_NAMES = ("speech", "x", "feats", "features", "fbank", "xs", "input_features", "speech_feats", "audio_feats", "input")
+FEATURE_INPUT_NAMES = (
+    "speech",
+    "x",
+    "feats",
+    "features",
+    "fbank",
+    "xs",
+    "input_features",
+    "speech_feats",
+    "audio_feats",
+    "input",
+)
 LENGTH_INPUT_NAMES = (
-    "speech_lengths", "x_length", "x_lens", "x_lengths", "feats_length", "feats_lengths", "feature_lengths",
-    "speech_length", "xs_lens", "input_lengths", "lengths", "length",
-)  # fmt: skip
+    "speech_lengths",
+    "x_length",
+    "x_lens",
+    "x_lengths",
+    "feats_length",
+    "feats_lengths",
+    "feature_lengths",
+    "speech_length",
+    "xs_lens",
+    "input_lengths",
+    "lengths",
+    "length",
+)
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 _INTEGERS = (ir.DataType.INT32, ir.DataType.INT64)
 
@@ -52,7 +73,9 @@ def _describe(value: ir.Value) -> str:
     return f"{value.name} {value.dtype.name if value.dtype else '?'} {shape}"
 
 
-def find_encoder_inputs(model: ir.Model, feature_input: str | None = None, length_input: str | None = None) -> EncoderInputs:
+def find_encoder_inputs(
+    model: ir.Model, feature_input: str | None = None, length_input: str | None = None
+) -> EncoderInputs:
     inputs = {v.name: v for v in model.graph.inputs}
     listing = ", ".join(_describe(v) for v in model.graph.inputs)
     hows = []
@@ -75,7 +98,8 @@ def find_encoder_inputs(model: ir.Model, feature_input: str | None = None, lengt
         else:
             raise BadInputError(
                 "several float [B, T, D] inputs could take the features ("
-                + ", ".join(v.name for v in candidates) + "); choose one with --feature-input"
+                + ", ".join(v.name for v in candidates)
+                + "); choose one with --feature-input"
             )
     if features.dtype not in _FLOATS or features.shape is None or len(features.shape) != 3:
         raise BadInputError(f"feature input {_describe(features)} is not a float [B, T, D] tensor")
@@ -100,7 +124,9 @@ def find_encoder_inputs(model: ir.Model, feature_input: str | None = None, lengt
     return EncoderInputs(features, lengths, "; ".join(hows))
 
 
-def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInputs, *, keep_features: bool = False) -> ir.Model:
+def prepend_frontend(
+    encoder: ir.Model, frontend: ir.Model, binding: EncoderInputs, *, keep_features: bool = False
+) -> ir.Model:
     """Fuse in place: ``frontend``'s nodes move into ``encoder``, whose feature and length
     inputs are replaced by ``waveform`` and ``waveform_lengths``. Returns ``encoder``.
 
@@ -166,8 +192,16 @@ def prepend_frontend(encoder: ir.Model, frontend: ir.Model, binding: EncoderInpu
     return encoder
 
 
-def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: EncoderInputs, features: ir.Value,
-                     lengths: ir.Value, segments: ir.Value, others: list[ir.Value], outputs: list[ir.Value]) -> None:
+def _encoder_per_row(
+    graph: ir.Graph,
+    encoder_nodes: list[ir.Node],
+    binding: EncoderInputs,
+    features: ir.Value,
+    lengths: ir.Value,
+    segments: ir.Value,
+    others: list[ir.Value],
+    outputs: list[ir.Value],
+) -> None:
     """Run the encoder once per segment row, each at its own length, inside one Loop.
 
     The encoder's nodes move into the Loop's body; its initializers stay in the outer graph,
@@ -219,15 +253,19 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
         graph_body = bop.builder.graph
         row = bop.Unsqueeze(bop.Gather(order, index, axis=0), zero)  # [1]
         length = bop.Gather(wide_lengths, row, axis=0)
-        row_features = bop.Slice(features, bop.Concat(row, zero, axis=0), bop.Concat(bop.Add(row, one), length, axis=0),
-                                 g.i64(0, 1))  # fmt: skip
+        row_features = bop.Slice(
+            features, bop.Concat(row, zero, axis=0), bop.Concat(bop.Add(row, one), length, axis=0), g.i64(0, 1)
+        )
         row_length = bop.Gather(lengths, row, axis=0)
         graph_body.extend(encoder_nodes)
         binding.features.replace_all_uses_with(row_features)
         if binding.lengths is not None:
             binding.lengths.replace_all_uses_with(row_length)
         row_features.name = binding.features.name  # what the encoder calls them, for people reading the graph
-        row_features.dtype, row_features.shape = binding.features.dtype, ir.Shape([1, "frames", *list(binding.features.shape)[2:]])
+        row_features.dtype, row_features.shape = (
+            binding.features.dtype,
+            ir.Shape([1, "frames", *list(binding.features.shape)[2:]]),
+        )
         if binding.lengths is not None:
             row_length.name = binding.lengths.name
         result = {}
@@ -256,8 +294,10 @@ def _encoder_per_row(graph: ir.Graph, encoder_nodes: list[ir.Node], binding: Enc
     # viewer, and apart from each other (both builders number their values from 0)
     keep = {id(v) for v in (*finals, *_binding_values(loop_body, binding))}
     encoder_ids = {id(n) for n in encoder_nodes}
-    for prefix, nodes in (("svs/frontend/rows/", [n for n in graph if id(n) not in existing]),
-                          ("svs/frontend/rows/body/", [n for n in loop_body if id(n) not in encoder_ids])):  # fmt: skip
+    for prefix, nodes in (
+        ("svs/frontend/rows/", [n for n in graph if id(n) not in existing]),
+        ("svs/frontend/rows/body/", [n for n in loop_body if id(n) not in encoder_ids]),
+    ):
         for node in nodes:
             node.name = prefix + (node.name or node.op_type)
             for value in node.outputs:

@@ -19,10 +19,16 @@ __all__ = ["FLOAT_TYPES", "INTEGER_TYPES", "TypeRange", "is_lossless", "type_ran
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE})
 INTEGER_TYPES = frozenset(
     {
-        ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64,
-        ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32, ir.DataType.UINT64,
+        ir.DataType.INT8,
+        ir.DataType.INT16,
+        ir.DataType.INT32,
+        ir.DataType.INT64,
+        ir.DataType.UINT8,
+        ir.DataType.UINT16,
+        ir.DataType.UINT32,
+        ir.DataType.UINT64,
     }
-)  # fmt: skip
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +43,18 @@ class TypeRange:
 
 
 _FLOAT_DIGITS = {ir.DataType.FLOAT16: 11, ir.DataType.BFLOAT16: 8, ir.DataType.FLOAT: 24, ir.DataType.DOUBLE: 53}
-_FLOAT_EXPONENT_MAX = {ir.DataType.FLOAT16: 15, ir.DataType.BFLOAT16: 127, ir.DataType.FLOAT: 127, ir.DataType.DOUBLE: 1023}
-_FLOAT_EXPONENT_MIN = {ir.DataType.FLOAT16: -14, ir.DataType.BFLOAT16: -126, ir.DataType.FLOAT: -126, ir.DataType.DOUBLE: -1022}
+_FLOAT_EXPONENT_MAX = {
+    ir.DataType.FLOAT16: 15,
+    ir.DataType.BFLOAT16: 127,
+    ir.DataType.FLOAT: 127,
+    ir.DataType.DOUBLE: 1023,
+}
+_FLOAT_EXPONENT_MIN = {
+    ir.DataType.FLOAT16: -14,
+    ir.DataType.BFLOAT16: -126,
+    ir.DataType.FLOAT: -126,
+    ir.DataType.DOUBLE: -1022,
+}
 
 
 def type_range(dtype: ir.DataType) -> TypeRange | None:

@@ -35,19 +35,20 @@ import onnx_ir as ir
 
 from svsurgery import patch, rules
 from svsurgery.errors import BadInputError, CheckFailedError, SvsError
-from svsurgery.family import Applied, ApplyOptions, RuleFamily, as_family
 from svsurgery.golden import versions
-from svsurgery.io import SOURCE_PATH_KEY, load
-from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
+from svsurgery.model_io import SOURCE_PATH_KEY, load
 from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, Headroom, format_headroom
+from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
 from svsurgery.parity.judge import Margin, judge_headroom, judge_improvement, regression
-from svsurgery.parity.metrics import ParityResult, Tolerance, tolerance as tolerance_profile
+from svsurgery.parity.metrics import ParityResult, Tolerance
+from svsurgery.parity.metrics import tolerance as tolerance_profile
 from svsurgery.parity.references import Float64Reference, Reference, TorchReference
 from svsurgery.precision import convert_to_float16, model_precision
-from svsurgery.verifier import Float16Verifier, Snapshot, Verifier
 from svsurgery.report import Report, dumps
+from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily, as_family
+from svsurgery.verifier import Float16Verifier, Snapshot, Verifier
 
-__all__ = ["Float16Verifier", "FixReport", "Step", "Verifier", "default_tolerance", "fix", "model_precision"]
+__all__ = ["FixReport", "Float16Verifier", "Step", "Verifier", "default_tolerance", "fix", "model_precision"]
 
 ACCEPTED, ROLLED_BACK, NO_MATCH = "accepted", "rolled back", "no match"
 
@@ -105,7 +106,11 @@ class FixReport(Report):
     @property
     def headroom_failure(self) -> str | None:
         """Why the result's headroom is not enough (None when it is, or when none is required)."""
-        if self.min_headroom is None or self.headroom_after is None or self.headroom_after.headroom >= self.min_headroom:
+        if (
+            self.min_headroom is None
+            or self.headroom_after is None
+            or self.headroom_after.headroom >= self.min_headroom
+        ):
             return None
         return f"{self.headroom_after.describe()}: below the required {self.min_headroom:g}x (--min-headroom)"
 
@@ -131,10 +136,14 @@ class FixReport(Report):
             after = step.after or {}
             argmax = "-" if not after or after.get("min_argmax") is None else f"{after['min_argmax']:.2%}"
             row = [
-                escape(rule), "?" if step.matches is None else str(step.matches), f"[{colour}]{step.status}[/{colour}]",
-                f"{step.before['max_abs']:.2e}", f"{after['max_abs']:.2e}" if after else "-",
-                f"{after['min_cosine']:.7f}" if after else "-", argmax,
-            ]  # fmt: skip
+                escape(rule),
+                "?" if step.matches is None else str(step.matches),
+                f"[{colour}]{step.status}[/{colour}]",
+                f"{step.before['max_abs']:.2e}",
+                f"{after['max_abs']:.2e}" if after else "-",
+                f"{after['min_cosine']:.7f}" if after else "-",
+                argmax,
+            ]
             if headroom:
                 row.append(format_headroom(step.headroom_after) if after and step.headroom_after is not None else "-")
             table.add_row(*row)
@@ -231,9 +240,11 @@ def fix(
         inputs = ParityInputs(check_feeds(inputs, model, "inputs"), {name: "given by the caller" for name in inputs})
     if reference is None and torch_module is not None:
         reference = TorchReference(
-            torch_module, [o.name for o in model.graph.outputs], [i.name for i in model.graph.inputs],
+            torch_module,
+            [o.name for o in model.graph.outputs],
+            [i.name for i in model.graph.inputs],
             by_name=isinstance(example_inputs, Mapping),
-        )  # fmt: skip
+        )
     reference = reference or Float64Reference(model)
     own = reference.own_inputs()
     if own is not None:
@@ -265,7 +276,9 @@ def fix(
     for family in families:
         sites = family.sites(state.model) if family.sites is not None else [None]
         if not sites:
-            steps.append(Step(family.id, family.title, None, 0, NO_MATCH, "", state.parity.summary(), None, [], [], 0.0))
+            steps.append(
+                Step(family.id, family.title, None, 0, NO_MATCH, "", state.parity.summary(), None, [], [], 0.0)
+            )
             continue
         whole_first = family.sites is not None and family.sites_on_rollback
         for site in [None] if whole_first else sites:
@@ -323,6 +336,7 @@ def _families(families) -> list[RuleFamily]:
 
 def _example_feeds(model: ir.Model, example_inputs) -> ParityInputs:
     """Example inputs (tensors or arrays, positional in the model's input order, or by name) as feeds."""
+
     def as_array(value):
         return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
@@ -332,9 +346,13 @@ def _example_feeds(model: ir.Model, example_inputs) -> ParityInputs:
     else:
         values = list(example_inputs)
         if len(values) != len(names):
-            raise BadInputError(f"{len(values)} example inputs for a model with {len(names)} inputs ({', '.join(names)})")
+            raise BadInputError(
+                f"{len(values)} example inputs for a model with {len(names)} inputs ({', '.join(names)})"
+            )
         arrays = dict(zip(names, map(as_array, values)))
-    return ParityInputs(check_feeds(arrays, model, "example inputs"), {name: "example inputs given by the caller" for name in arrays})
+    return ParityInputs(
+        check_feeds(arrays, model, "example inputs"), {name: "example inputs given by the caller" for name in arrays}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,7 +374,9 @@ class _Judge:
     required_headroom: float  # a pass may not lower headroom below this (float16 runs)
 
 
-def _step(family: RuleFamily, site: str | None, state: _State, judge: _Judge, snapshot: Snapshot) -> tuple[_State, Step]:
+def _step(
+    family: RuleFamily, site: str | None, state: _State, judge: _Judge, snapshot: Snapshot
+) -> tuple[_State, Step]:
     """Apply one family (or one site of it) to ``state.model`` and judge it; a pass that is not
     kept is rolled back by restoring ``snapshot`` (the last accepted state)."""
     start = time.perf_counter()
@@ -376,7 +396,7 @@ def _step(family: RuleFamily, site: str | None, state: _State, judge: _Judge, sn
 
     try:
         applied = family.apply(state.model, dataclasses.replace(judge.options, site=site))
-    except Exception as error:  # noqa: BLE001 - a user's rule may raise anything; the model is restored
+    except Exception as error:
         return rolled_back(f"the rule raised {_describe_exception(error)}")
     if not isinstance(applied, Applied):
         return rolled_back(f"apply returned {type(applied).__name__}, not Applied")
@@ -395,7 +415,9 @@ def _step(family: RuleFamily, site: str | None, state: _State, judge: _Judge, sn
     for_headroom = lowered = None
     if headroom is not None:
         step.headroom_after = headroom.headroom
-        for_headroom, lowered = judge_headroom(current, parity, state.headroom, headroom, judge.verify.tolerance, judge.required_headroom)
+        for_headroom, lowered = judge_headroom(
+            current, parity, state.headroom, headroom, judge.verify.tolerance, judge.required_headroom
+        )
     if lowered is not None:
         return rolled_back(lowered)
     if family.acceptance == "improves":
@@ -422,8 +444,13 @@ def _describe_exception(error: BaseException) -> str:
 def _record_provenance(model: ir.Model, report: FixReport) -> None:
     applied = [
         {
-            "id": s.family, "site": s.site, "matches": s.matches, "status": s.status, "reason": s.reason,
-            "notes": s.notes, "changed_values": s.changed_values if s.status == ACCEPTED else [],
+            "id": s.family,
+            "site": s.site,
+            "matches": s.matches,
+            "status": s.status,
+            "reason": s.reason,
+            "notes": s.notes,
+            "changed_values": s.changed_values if s.status == ACCEPTED else [],
         }
         for s in report.steps
     ]
@@ -440,7 +467,9 @@ def _record_provenance(model: ir.Model, report: FixReport) -> None:
             "precision": report.precision,
             "evaluation": report.evaluation,
             "conversion": report.conversion,
-            "headroom": None if report.headroom_after is None else {
+            "headroom": None
+            if report.headroom_after is None
+            else {
                 "before": report.headroom_before.to_dict() if report.headroom_before else None,
                 "after": report.headroom_after.to_dict(),
                 "required": report.min_headroom,

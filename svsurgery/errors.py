@@ -66,4 +66,6 @@ def require(module: str, feature: str):
         return importlib.import_module(module)
     except ImportError:
         hint = _INSTALL_HINTS.get(module.split(".")[0], f"pip install {module.split('.')[0]}")
-        raise MissingDependencyError(f"{feature} needs {module.split('.')[0]}, which is not installed ({hint})") from None
+        raise MissingDependencyError(
+            f"{feature} needs {module.split('.')[0]}, which is not installed ({hint})"
+        ) from None

@@ -25,12 +25,12 @@ from svsurgery._version import __version__
 from svsurgery.compose import EncoderInputs, find_encoder_inputs, prepend_frontend
 from svsurgery.errors import BadInputError
 from svsurgery.frontend import build as build_frontend
-from svsurgery.frontend import knf, reference
+from svsurgery.frontend import knf, numpy_statement
 from svsurgery.frontend._ops import MIN_OPSET
 from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
 from svsurgery.frontend.config import FrontendConfig, discover
 from svsurgery.frontend.options import LfrOptions
-from svsurgery.io import SOURCE_PATH_KEY, load
+from svsurgery.model_io import SOURCE_PATH_KEY, load
 from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
 from svsurgery.parity.waveforms import speech_like
@@ -87,8 +87,15 @@ class FuseReport(Report):
             for row in rows:
                 agreement = "-" if row.argmax_agreement is None else f"{row.argmax_agreement:.2%}"
                 verdict = "[green]yes[/green]" if row.passed else "[red]no[/red]: " + escape("; ".join(row.failures))
-                table.add_row(escape(label), escape(row.name), f"{row.max_abs:.2e}", f"{row.max_rel:.2e}",
-                              f"{row.cosine:.8f}", agreement, verdict)
+                table.add_row(
+                    escape(label),
+                    escape(row.name),
+                    f"{row.max_abs:.2e}",
+                    f"{row.max_rel:.2e}",
+                    f"{row.cosine:.8f}",
+                    agreement,
+                    verdict,
+                )
                 label = ""
         console.print(table)
         if self.written:
@@ -104,7 +111,9 @@ def _feeds_for_other_inputs(model: ir.Model, binding: EncoderInputs, batch: int)
         if value is binding.features or value is binding.lengths:
             continue
         if value.dtype is None or value.shape is None:
-            raise BadInputError(f"encoder input '{value.name}' has no declared type or shape to fill in for verification")
+            raise BadInputError(
+                f"encoder input '{value.name}' has no declared type or shape to fill in for verification"
+            )
         shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(value.shape)]
         feeds[value.name] = np.zeros(shape, dtype=value.dtype.numpy())
     return feeds
@@ -114,10 +123,10 @@ def _reference_features(rows, config: FrontendConfig) -> tuple[list[np.ndarray],
     use_knf = knf.available()
     features = []
     for row in rows:
-        fbank = knf.fbank(row, config.fbank) if use_knf else reference.fbank(row, config.fbank)
-        stacked = reference.apply_lfr(fbank, config.lfr)
+        fbank = knf.fbank(row, config.fbank) if use_knf else numpy_statement.fbank(row, config.fbank)
+        stacked = numpy_statement.apply_lfr(fbank, config.lfr)
         if config.cmvn is not None:
-            stacked = reference.apply_cmvn(stacked, config.cmvn.shift, config.cmvn.scale)
+            stacked = numpy_statement.apply_cmvn(stacked, config.cmvn.shift, config.cmvn.scale)
         features.append(stacked.astype(np.float32))
     return features, (knf.version() if use_knf else "float64 reference fbank (kaldi-native-fbank not installed)")
 
@@ -178,7 +187,9 @@ def fuse_preprocessing(
         )
     notices = list(found.notices)
     if not isinstance(dim, int):
-        notices.append(f"feature dimension of '{binding.features.name}' is not fixed in the model; the front end makes {produced}")
+        notices.append(
+            f"feature dimension of '{binding.features.name}' is not fixed in the model; the front end makes {produced}"
+        )
     opset = ai_onnx_opset(model)
     needed = MIN_OPSET if vad is None else vad.validate().required_opset()
     if opset is None or opset < needed:
@@ -189,9 +200,18 @@ def fuse_preprocessing(
     frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
     if vad is not None:
         return _fuse_with_vad(
-            model, original, label, frontend_model, found, binding, notices, vad, segmentation or SegmentOptions(),
-            opset=opset, keep_features=keep_features,
-        )  # fmt: skip
+            model,
+            original,
+            label,
+            frontend_model,
+            found,
+            binding,
+            notices,
+            vad,
+            segmentation or SegmentOptions(),
+            opset=opset,
+            keep_features=keep_features,
+        )
 
     rows = verification_waveforms()
     waveform_batch = _pad([r[:, None] for r in rows])[:, :, 0]
@@ -209,13 +229,20 @@ def fuse_preprocessing(
     reference_rows, reference_name = _reference_features(rows, found)
     reference_outputs = run_encoder(_pad(reference_rows), np.array([r.shape[0] for r in reference_rows]))
     frontend_session = inference_session(frontend_model)
-    graph_features, graph_lengths = frontend_session.run([FEATURES, FEATURE_LENGTHS], {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths})
+    graph_features, graph_lengths = frontend_session.run(
+        [FEATURES, FEATURE_LENGTHS], {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths}
+    )
     two_step_outputs = run_encoder(graph_features, graph_lengths)
 
     fused = prepend_frontend(model, frontend_model, binding, keep_features=keep_features)
     fused_session = inference_session(fused)
     fused_names = [o.name for o in fused_session.get_outputs()]
-    fused_outputs = dict(zip(fused_names, fused_session.run(fused_names, {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths, **others})))
+    fused_outputs = dict(
+        zip(
+            fused_names,
+            fused_session.run(fused_names, {WAVEFORM: waveform_batch, WAVEFORM_LENGTHS: waveform_lengths, **others}),
+        )
+    )
 
     vs_two_step = compare_outputs(fused_outputs, two_step_outputs, PROFILES["fp32-strict"]).outputs
     vs_reference = compare_outputs(fused_outputs, reference_outputs, PROFILES["frontend"]).outputs
@@ -262,19 +289,20 @@ def vad_verification_waveform() -> np.ndarray:
     return speech_like(20.0, seed=3)
 
 
-def _fuse_with_vad(model, original, label, frontend_model, found, binding, notices, vad, segmentation, *,
-                   opset, keep_features) -> tuple[ir.Model, FuseReport]:  # fmt: skip
+def _fuse_with_vad(
+    model, original, label, frontend_model, found, binding, notices, vad, segmentation, *, opset, keep_features
+) -> tuple[ir.Model, FuseReport]:
     """The VAD fusion, verified against the same pipeline run step by step: the VAD and the
     segmentation in numpy, then each span through the front end and the encoder alone (as
     FunASR decodes each span alone), and against kaldi-native-fbank features per span."""
     from svsurgery.vad import build_vad_frontend
-    from svsurgery.vad import reference as vad_reference
+    from svsurgery.vad import numpy_statement as vad_statement
 
     waveform = vad_verification_waveform()
     vad_reference_run = vad.reference()
     found_segments, vad_reference_name = vad_reference_run.segments(waveform), vad_reference_run.description
-    spans = vad_reference.segment(found_segments, segmentation)
-    pieces = vad_reference.cut_rows(waveform, spans, vad.samp_freq)
+    spans = vad_statement.segment(found_segments, segmentation)
+    pieces = vad_statement.cut_rows(waveform, spans, vad.samp_freq)
     others = _feeds_for_other_inputs(model, binding, 1)
     encoder_session = inference_session(original)
     frontend_session = inference_session(frontend_model)
@@ -289,28 +317,47 @@ def _fuse_with_vad(model, original, label, frontend_model, found, binding, notic
     two_step, reference_runs = [], []
     reference_rows, reference_name = _reference_features(pieces, found)
     for piece, reference_features in zip(pieces, reference_rows):
-        features, lengths = frontend_session.run([FEATURES, FEATURE_LENGTHS], {WAVEFORM: piece[None], WAVEFORM_LENGTHS: np.array([piece.size])})
+        features, lengths = frontend_session.run(
+            [FEATURES, FEATURE_LENGTHS], {WAVEFORM: piece[None], WAVEFORM_LENGTHS: np.array([piece.size])}
+        )
         two_step.append(encoder_alone(features[0, : lengths[0]]))
         reference_runs.append(encoder_alone(reference_features))
 
-    vad_model = build_vad_frontend(vad, segmentation, found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
+    vad_model = build_vad_frontend(
+        vad, segmentation, found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype
+    )
     fused = prepend_frontend(model, vad_model, binding, keep_features=keep_features)
     fused_session = inference_session(fused)
     names = [o.name for o in fused_session.get_outputs()]
-    fused_outputs = dict(zip(names, fused_session.run(names, {WAVEFORM: waveform[None], WAVEFORM_LENGTHS: np.array([waveform.size]), **others})))
+    fused_outputs = dict(
+        zip(
+            names,
+            fused_session.run(names, {WAVEFORM: waveform[None], WAVEFORM_LENGTHS: np.array([waveform.size]), **others}),
+        )
+    )
 
     vs_two_step = _per_span_parity(fused_outputs, two_step, spans, PROFILES["segments"])
     vs_reference = _per_span_parity(fused_outputs, reference_runs, spans, PROFILES["frontend"])
     passed = all(p.passed for p in vs_two_step + vs_reference)
-    options = {**frontend_metadata(found.fbank, found.lfr, found.cmvn), "vad": json.loads(vad_model.metadata_props["svsurgery.frontend"])["vad"],
-               "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
+    options = {
+        **frontend_metadata(found.fbank, found.lfr, found.cmvn),
+        "vad": json.loads(vad_model.metadata_props["svsurgery.frontend"])["vad"],
+        "segmentation": dataclasses.asdict(segmentation),
+    }
     report = FuseReport(
-        encoder=label, output=None, written=False, inputs_found=binding.how,
-        sources=found.sources, notices=[*notices, f"VAD segments checked against {vad_reference_name}"], frontend=options,
+        encoder=label,
+        output=None,
+        written=False,
+        inputs_found=binding.how,
+        sources=found.sources,
+        notices=[*notices, f"VAD segments checked against {vad_reference_name}"],
+        frontend=options,
         reference_frontend=reference_name,
         waveform=f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms",
-        fused_vs_two_step=vs_two_step, fused_vs_reference=vs_reference, passed=passed,
-    )  # fmt: skip
+        fused_vs_two_step=vs_two_step,
+        fused_vs_reference=vs_reference,
+        passed=passed,
+    )
     return _record(fused, report, vad=options["vad"], segmentation=options["segmentation"])
 
 
@@ -323,8 +370,21 @@ def _per_span_parity(fused: dict, alone: list[dict], spans: np.ndarray, toleranc
     segments = fused.get("segments")
     same = segments is not None and np.array_equal(segments, spans)
     problem = None if same else f"segments {None if segments is None else segments.tolist()} != {spans.tolist()}"
-    results.append(OutputParity("segments", [len(spans), 2], 0.0 if same else float("inf"), 0.0, 0.0, 1.0, None, 0, 0,
-                                exact=True, problem=problem).check(tolerance))  # fmt: skip
+    results.append(
+        OutputParity(
+            "segments",
+            [len(spans), 2],
+            0.0 if same else float("inf"),
+            0.0,
+            0.0,
+            1.0,
+            None,
+            0,
+            0,
+            exact=True,
+            problem=problem,
+        ).check(tolerance)
+    )
     if not same or not alone:
         return results
     for name in alone[0]:

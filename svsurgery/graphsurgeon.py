@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from svsurgery.io import to_proto
+from svsurgery.model_io import to_proto
 from svsurgery.patch import infer_types
 
 __all__ = ["from_graphsurgeon", "to_graphsurgeon"]

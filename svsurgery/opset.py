@@ -6,7 +6,7 @@ import onnx
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
-from svsurgery.io import EXTERNAL_DATA_THRESHOLD, estimated_size, to_proto
+from svsurgery.model_io import EXTERNAL_DATA_THRESHOLD, estimated_size, to_proto
 
 __all__ = ["ai_onnx_opset", "convert_opset"]
 
@@ -31,7 +31,7 @@ def convert_opset(model: ir.Model, target: int, label: str = "model", *, infer_t
         raise BadInputError(f"{label}: too large for onnx's version converter (over protobuf's 2 GB limit)")
     try:
         converted = version_converter.convert_version(to_proto(model), target)
-    except Exception as error:  # noqa: BLE001 - the converter raises many types
+    except Exception as error:
         raise BadInputError(
             f"{label}: onnx's version converter cannot take ai.onnx opset {current} to {target}: "
             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"

@@ -30,7 +30,7 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -39,8 +39,8 @@ from svsurgery.errors import BadInputError
 
 __all__ = [
     "NodeLike",
-    "ValueLike",
     "Patch",
+    "ValueLike",
     "all_graphs",
     "bypass",
     "clone",
@@ -66,15 +66,13 @@ __all__ = [
     "upstream",
 ]
 
-ValueLike = Union[ir.Value, str]
-NodeLike = Union[ir.Node, str]
+ValueLike = ir.Value | str
+NodeLike = ir.Node | str
 Patch = Callable[[ir.Model], Any]
-InputLike = Union[ir.Value, str, np.ndarray, float, int, None]
+InputLike = ir.Value | str | np.ndarray | float | int | None
 
 _PREFIX = "svs/patch"
-_FLOAT_TYPES = frozenset(
-    {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
-)
+_FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 
 # ----------------------------------------------------------------------------- finding
@@ -141,7 +139,9 @@ def find_node(model: ir.Model | ir.Graph, op_type: str | None = None, **criteria
     if len(found) != 1:
         described = ", ".join(f"{k}={v!r}" for k, v in {"op_type": op_type, **criteria}.items() if v is not None)
         names = ", ".join(repr(n.name) for n in found[:5])
-        raise BadInputError(f"expected exactly one node with {described}, found {len(found)}" + (f": {names}" if names else ""))
+        raise BadInputError(
+            f"expected exactly one node with {described}, found {len(found)}" + (f": {names}" if names else "")
+        )
     return found[0]
 
 
@@ -612,9 +612,11 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
     import onnx
 
     calls = [
-        node for graph in all_graphs(model) for node in graph
+        node
+        for graph in all_graphs(model)
+        for node in graph
         if (node.domain, node.op_type, node.overload) == function.identifier()
-    ]  # fmt: skip
+    ]
     if not calls:
         return
     input_types, input_shapes = [], []
@@ -628,22 +630,29 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
         if any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
             input_shapes.append(None)  # rank differs between calls: unknown
         else:  # a dimension every call agrees on is kept, the others are unknown
-            input_shapes.append([
-                d if all(str(other[i]) == str(d) for other in shapes) else None
-                for i, d in enumerate(shapes[0])
-            ])  # fmt: skip
+            input_shapes.append(
+                [d if all(str(other[i]) == str(d) for other in shapes) else None for i, d in enumerate(shapes[0])]
+            )
     try:
         proto = ir.serde.serialize_function(function)
         inputs = [
             onnx.helper.make_tensor_value_info(
-                name, int(t.dtype), None if shape is None else [d if isinstance(d, int) else (d.value if d is not None else None) for d in shape]
+                name,
+                int(t.dtype),
+                None
+                if shape is None
+                else [d if isinstance(d, int) else (d.value if d is not None else None) for d in shape],
             )
             for name, t, shape in zip(proto.input, input_types, input_shapes)
         ]
-        graph = onnx.helper.make_graph(list(proto.node), "function_body", inputs, [onnx.ValueInfoProto(name=n) for n in proto.output])
+        graph = onnx.helper.make_graph(
+            list(proto.node), "function_body", inputs, [onnx.ValueInfoProto(name=n) for n in proto.output]
+        )
         opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()]
-        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph, opset_imports=opsets), data_prop=True)
-    except Exception:  # noqa: BLE001 - attribute references and the like: leave the body untyped
+        inferred = onnx.shape_inference.infer_shapes(
+            onnx.helper.make_model(graph, opset_imports=opsets), data_prop=True
+        )
+    except Exception:
         return
     known = {info.name: info for info in _value_infos(inferred.graph)}
     body = ir.traversal.RecursiveGraphIterator(function)  # the function's If/Loop/Scan bodies too
@@ -653,7 +662,8 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
             value.dtype = ir.DataType(info.type.tensor_type.elem_type)
             if info.type.tensor_type.HasField("shape"):
                 value.shape = ir.Shape(
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in info.type.tensor_type.shape.dim
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in info.type.tensor_type.shape.dim
                 )
     for value, t, shape in zip(function.inputs, input_types, input_shapes):
         if value.type is None:

@@ -32,14 +32,28 @@ import onnx_ir as ir
 
 from svsurgery import patch
 
-__all__ = ["FLOAT32_MARK", "Float16Conversion", "convert_to_float16", "keep_in_float32", "kept_in_float32", "model_precision"]
+__all__ = [
+    "FLOAT32_MARK",
+    "Float16Conversion",
+    "convert_to_float16",
+    "keep_in_float32",
+    "kept_in_float32",
+    "model_precision",
+]
 
 FLOAT32_MARK = "svsurgery.precision"  # node metadata: why this node computes in float32
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
 _LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 _F16_MAX = float(np.finfo(np.float16).max)
-_TYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomUniform": "dtype",
-                    "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Bernoulli": "dtype"}  # fmt: skip
+_TYPE_ATTRIBUTES = {
+    "Cast": "to",
+    "EyeLike": "dtype",
+    "RandomNormal": "dtype",
+    "RandomUniform": "dtype",
+    "RandomNormalLike": "dtype",
+    "RandomUniformLike": "dtype",
+    "Bernoulli": "dtype",
+}
 _CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _SMALL_CONSTANT = 16  # elements: scalars and short vectors (epsilons, scales), whose flush to 0 is reported
 
@@ -49,8 +63,14 @@ def model_precision(model: ir.Model) -> ir.DataType:
     sizes: dict[ir.DataType, int] = {}
     for value in model.graph.initializers.values():
         if value.dtype is not None and value.dtype.is_floating_point():
-            sizes[value.dtype] = sizes.get(value.dtype, 0) + (value.const_value.size if value.const_value is not None else 0)
-    interface = [v.dtype for v in (*model.graph.inputs, *model.graph.outputs) if v.dtype is not None and v.dtype.is_floating_point()]
+            sizes[value.dtype] = sizes.get(value.dtype, 0) + (
+                value.const_value.size if value.const_value is not None else 0
+            )
+    interface = [
+        v.dtype
+        for v in (*model.graph.inputs, *model.graph.outputs)
+        if v.dtype is not None and v.dtype.is_floating_point()
+    ]
     if sizes:
         return max(sizes, key=sizes.get) if max(sizes, key=sizes.get) in _LOW_PRECISION else ir.DataType.FLOAT
     return ir.DataType.FLOAT16 if any(t in _LOW_PRECISION for t in interface) else ir.DataType.FLOAT
@@ -83,7 +103,9 @@ class Float16Conversion:
                 f"mask fills are made finite by mask-fill): {', '.join(self.overflowed[:5])}"
             )
         if self.flushed:
-            lines.append(f"{len(self.flushed)} nonzero constants below float16's smallest value became 0: {', '.join(self.flushed[:5])}")
+            lines.append(
+                f"{len(self.flushed)} nonzero constants below float16's smallest value became 0: {', '.join(self.flushed[:5])}"
+            )
         return lines + self.notes
 
 
@@ -164,12 +186,16 @@ def _retype(graph: ir.Graph, float32_nodes: set[int], keep_inputs: bool, report:
     for value in graph.initializers.values():
         if value.dtype in _FLOATS and value.const_value is not None:
             readers = [u.node for u in value.uses()]
-            wanted = ir.DataType.FLOAT if readers and all(id(n) in float32_nodes for n in readers) else ir.DataType.FLOAT16
+            wanted = (
+                ir.DataType.FLOAT if readers and all(id(n) in float32_nodes for n in readers) else ir.DataType.FLOAT16
+            )
             _convert_constant(value, wanted, value.name, report)
     for node in graph:
         if node.op_type == "Constant" and node.outputs[0].dtype in _FLOATS:
             readers = [u.node for u in node.outputs[0].uses()]
-            wanted = ir.DataType.FLOAT if readers and all(id(n) in float32_nodes for n in readers) else ir.DataType.FLOAT16
+            wanted = (
+                ir.DataType.FLOAT if readers and all(id(n) in float32_nodes for n in readers) else ir.DataType.FLOAT16
+            )
             _convert_constant_node(node, wanted, report)
             continue
         target = _target(node, float32_nodes)
@@ -179,7 +205,9 @@ def _retype(graph: ir.Graph, float32_nodes: set[int], keep_inputs: bool, report:
         if node.op_type == "ConstantOfShape" and "value" in node.attributes:
             tensor = node.attributes["value"].value
             if tensor.dtype in _FLOATS:
-                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(_narrowed(tensor.numpy(), target, node.name, report)))
+                node.attributes["value"] = ir.AttrTensor(
+                    "value", ir.tensor(_narrowed(tensor.numpy(), target, node.name, report))
+                )
         for value in node.outputs:
             if value.dtype in _FLOATS:
                 value.dtype = target
@@ -206,9 +234,13 @@ def _convert_constant_node(node: ir.Node, dtype: ir.DataType, report: Float16Con
     value = node.outputs[0]
     for key in ("value_float", "value_floats"):
         if key in node.attributes:
-            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.asarray(node.attributes.pop(key).value, np.float32)))
+            node.attributes["value"] = ir.AttrTensor(
+                "value", ir.tensor(np.asarray(node.attributes.pop(key).value, np.float32))
+            )
     tensor = node.attributes["value"].value
-    node.attributes["value"] = ir.AttrTensor("value", ir.tensor(_narrowed(tensor.numpy(), dtype, node.name or value.name, report)))
+    node.attributes["value"] = ir.AttrTensor(
+        "value", ir.tensor(_narrowed(tensor.numpy(), dtype, node.name or value.name, report))
+    )
     value.dtype = dtype
     value.const_value = None
 
@@ -239,8 +271,13 @@ def _fix_borders(graph: ir.Graph, float32_nodes: set[int], opsets: dict[str, int
                 suffixes = itertools.chain([""], (f"_{copy}" for copy in itertools.count(1)))
                 suffix = next(s for s in suffixes if f"svs/fp16/{value.name}/{kind}{s}" not in taken)
                 taken.add(f"svs/fp16/{value.name}/{kind}{suffix}")
-                cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", wanted)],
-                               name=f"svs/fp16/{value.name}/to_{kind}{suffix}")  # fmt: skip
+                cast = ir.Node(
+                    "",
+                    "Cast",
+                    [value],
+                    attributes=[ir.AttrInt64("to", wanted)],
+                    name=f"svs/fp16/{value.name}/to_{kind}{suffix}",
+                )
                 cast.outputs[0].name = f"svs/fp16/{value.name}/{kind}{suffix}"
                 cast.outputs[0].dtype, cast.outputs[0].shape = wanted, value.shape
                 graph.insert_before(node, cast)
@@ -259,7 +296,9 @@ def _fix_interface(graph: ir.Graph, original: dict[int, ir.DataType], keep_io_ty
         wanted = original[id(value)] if keep_io_types else ir.DataType.FLOAT16
         if value.dtype == wanted:
             continue
-        cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", wanted)], name=f"svs/fp16/{value.name}/output")
+        cast = ir.Node(
+            "", "Cast", [value], attributes=[ir.AttrInt64("to", wanted)], name=f"svs/fp16/{value.name}/output"
+        )
         graph.append(cast)
         result = cast.outputs[0]
         result.dtype, result.shape = wanted, value.shape

@@ -38,7 +38,11 @@ class Repro(Report):
     def render(self, console) -> None:
         from rich.markup import escape
 
-        verdict = "[green]reproduces the captured outputs bit for bit[/green]" if self.bit_exact else "[red]differs from the captured outputs[/red]"
+        verdict = (
+            "[green]reproduces the captured outputs bit for bit[/green]"
+            if self.bit_exact
+            else "[red]differs from the captured outputs[/red]"
+        )
         console.print(f"repro of node '{escape(self.node)}' ({self.op_type}): {self.nodes} nodes, {verdict}")
         for label, shapes in (("inputs", self.inputs), ("outputs", self.outputs)):
             console.print(f"  {label}: " + ", ".join(f"{escape(n)} {s}" for n, s in shapes.items()))
@@ -76,10 +80,13 @@ def extract_repro(
     reproduced = run(repro, feeds, optimize=False)
     bit_exact = all(np.array_equal(reproduced[name], expected[name], equal_nan=True) for name in expected)
     report = Repro(
-        node=node_name, op_type=node.op_type, nodes=len(list(repro.graph)),
-        inputs={k: list(v.shape) for k, v in feeds.items()}, outputs={k: list(v.shape) for k, v in expected.items()},
+        node=node_name,
+        op_type=node.op_type,
+        nodes=len(list(repro.graph)),
+        inputs={k: list(v.shape) for k, v in feeds.items()},
+        outputs={k: list(v.shape) for k, v in expected.items()},
         bit_exact=bit_exact,
-    )  # fmt: skip
+    )
     return repro, feeds, expected, report
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from svsurgery.io import EXTERNAL_DATA_THRESHOLD, estimated_size, to_proto
+from svsurgery.model_io import EXTERNAL_DATA_THRESHOLD, estimated_size, to_proto
 
 __all__ = ["inference_session", "onnxruntime_errors", "run"]
 
@@ -19,8 +19,19 @@ def onnxruntime_errors() -> tuple[type[BaseException], ...]:
     """The exception types onnxruntime raises when a model fails to load or run."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    names = ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "InvalidGraph", "EPFail", "NoSuchFile",
-             "NoModel", "ModelLoaded", "InvalidProtobuf", "EngineError")  # fmt: skip
+    names = (
+        "Fail",
+        "InvalidArgument",
+        "RuntimeException",
+        "NotImplemented",
+        "InvalidGraph",
+        "EPFail",
+        "NoSuchFile",
+        "NoModel",
+        "ModelLoaded",
+        "InvalidProtobuf",
+        "EngineError",
+    )
     return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 

@@ -67,7 +67,7 @@ def load_module(spec: str, weights: str | os.PathLike | None = None):
     elif callable(target):
         try:
             result = target()
-        except Exception as error:  # noqa: BLE001 - the user's factory may raise anything
+        except Exception as error:
             raise BadInputError(f"{spec}: calling {attribute}() failed: {type(error).__name__}: {error}") from None
         if isinstance(result, tuple) and len(result) == 2:
             result, loaded = result
@@ -90,7 +90,7 @@ def _load_state(module, state, spec: str, torch) -> None:
             raise BadInputError(f"{path}: no such weights file")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise BadInputError(f"{path}: cannot be read as a torch state dict: {error}") from None
         for wrapper in _WRAPPERS:  # checkpoints that wrap the state dict, as FunASR's loader unwraps them
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

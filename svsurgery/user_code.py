@@ -25,11 +25,11 @@ def import_user_module(where: str, label: str) -> ModuleType:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as error:  # noqa: BLE001 - the user's code may raise anything
+        except Exception as error:
             sys.modules.pop(name, None)
             raise BadInputError(f"{label}: importing {where} failed: {type(error).__name__}: {error}") from None
         return module
     try:
         return importlib.import_module(where)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise BadInputError(f"{label}: cannot import {where}: {type(error).__name__}: {error}") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
-from svsurgery.io import validate, validate_with_proto
+from svsurgery.model_io import validate, validate_with_proto
 from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs
 from svsurgery.precision import convert_to_float16
 
@@ -80,12 +80,14 @@ class Snapshot:
     """
 
     def __init__(self, model: ir.Model, proto: onnx.ModelProto | None = None) -> None:
-        from svsurgery.io import to_proto
+        from svsurgery.model_io import to_proto
 
         self.proto = proto if proto is not None else to_proto(model)
         self.meta = dict(model.meta)
         # where external data left in its files is found (a proto does not say: its locations are relative)
-        external = [v.const_value for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+        external = [
+            v.const_value for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)
+        ]
         self.base_dir = external[0].base_dir if external and proto is None else None
 
     def restore(self) -> ir.Model:

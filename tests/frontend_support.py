@@ -37,5 +37,7 @@ def graph_features(waveforms, fbank: frontend.FbankOptions, lfr=None, cmvn=None,
         cmvn_key = cmvn.source + str(hash(cmvn.shift.tobytes()))
         cmvn_key_arrays[cmvn_key] = (cmvn.shift, cmvn.scale)
     lengths = np.array([r.size for r in rows], np.int64)
-    features, counts = session(fbank, lfr, cmvn_key, opset).run(["features", "feature_lengths"], {"waveform": batch, "waveform_lengths": lengths})
+    features, counts = session(fbank, lfr, cmvn_key, opset).run(
+        ["features", "feature_lengths"], {"waveform": batch, "waveform_lengths": lengths}
+    )
     return [features[i, : counts[i]] for i in range(len(rows))], features, counts

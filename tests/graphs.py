@@ -59,7 +59,9 @@ def layer_norm_nodes(spec: LayerNormSpec, x: str, out: str, prefix: str = "/ln")
     nodes, initializers = [], []
     source = x
     if spec.cast_front:
-        nodes.append(helper.make_node("Cast", [x], [f"{prefix}/Cast_output_0"], to=ONNX_TYPES[dtype], name=f"{prefix}/Cast"))
+        nodes.append(
+            helper.make_node("Cast", [x], [f"{prefix}/Cast_output_0"], to=ONNX_TYPES[dtype], name=f"{prefix}/Cast")
+        )
         source = f"{prefix}/Cast_output_0"
     axis = -1 if spec.axes == "negative" else spec.rank - 1
     reduce_kwargs = {} if spec.keepdims is None else {"keepdims": spec.keepdims}
@@ -99,7 +101,9 @@ def layer_norm_nodes(spec: LayerNormSpec, x: str, out: str, prefix: str = "/ln")
         name = f"{prefix}.{role}"
         initializers.append(numpy_helper.from_array(values.astype(dtype), name))
         operands = [current, name] if where == "second" else [name, current]
-        nodes.append(helper.make_node(op_type, operands, [f"{prefix}/{op_type}_out"], name=f"{prefix}/{op_type}_affine"))
+        nodes.append(
+            helper.make_node(op_type, operands, [f"{prefix}/{op_type}_out"], name=f"{prefix}/{op_type}_affine")
+        )
         current = f"{prefix}/{op_type}_out"
     nodes.append(helper.make_node("Identity", [current], [out], name=f"{prefix}/out"))
     return nodes, initializers
@@ -137,7 +141,9 @@ def cast_chain_nodes(source: str, dtypes: list[str], out: str, prefix: str = "/c
     nodes, current = [], source
     for index, dtype in enumerate(dtypes):
         target = out if index == len(dtypes) - 1 else f"{prefix}/c{index}"
-        nodes.append(helper.make_node("Cast", [current], [target], to=ONNX_TYPES[np.dtype(dtype)], name=f"{prefix}/Cast_{index}"))
+        nodes.append(
+            helper.make_node("Cast", [current], [target], to=ONNX_TYPES[np.dtype(dtype)], name=f"{prefix}/Cast_{index}")
+        )
         current = target
     return nodes
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+
 from svsurgery.cli.main import main
 
 MIN_COSINE_FAITHFUL = 0.99999  # the frontend profile: knf + numpy against the fused graph's front end
@@ -73,7 +74,9 @@ def corpus(tmp_path_factory) -> Path:
         if name not in recordings:
             continue
         recording = recordings[name]
-        cut = vad_corpus.Recording(name, recording.waveform[: int(seconds * 16000)], recording.labels[: int(seconds * 100)])
+        cut = vad_corpus.Recording(
+            name, recording.waveform[: int(seconds * 16000)], recording.labels[: int(seconds * 100)]
+        )
         _write_pcm(folder / f"{name}.wav", vad_corpus.mix(cut, noise or "clean", 10.0 if noise else None))
         lines.append({"audio": f"{name}.wav", "id": f"{name}-{noise or 'clean'}", "language": language})
     (folder / "text.wav").write_text("not audio", encoding="utf-8")
@@ -91,7 +94,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _module_node(model: ir.Model, module: str, op_type: str) -> ir.Node:
-    from svsurgery.layerwise import module_scopes
+    from svsurgery.divergence import module_scopes
 
     return next(n for n in model.graph if n.op_type == op_type and module_scopes(n) and module_scopes(n)[-1] == module)
 
@@ -118,7 +121,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """{'original': the FunASR-style export (folder with config.yaml, am.mvn), 'faithful': it fused with
     silero's VAD, 'weight' / 'epsilon' / 'cmvn': fusions with a planted fault}."""
     import svsurgery
-    from svsurgery.frontend import FbankOptions, LfrOptions, reference
+    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
     from svsurgery.fuse import fuse_preprocessing
     from svsurgery.testing import audio
     from svsurgery.testing.encoder import EncoderConfig, build_encoder
@@ -143,8 +146,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
             plant(model)
         svsurgery.save(model, folder / "model.onnx")
         if name == "cmvn":  # another model's statistics: quieter, other speech
-            stacked = reference.apply_lfr(reference.fbank(audio.speech(8.0, seed=99) * 0.3, FbankOptions.sensevoice()), LfrOptions(7, 6))
-            mean, std = reference.speech_statistics(stacked)
+            stacked = numpy_statement.apply_lfr(
+                numpy_statement.fbank(audio.speech(8.0, seed=99) * 0.3, FbankOptions.sensevoice()), LfrOptions(7, 6)
+            )
+            mean, std = numpy_statement.speech_statistics(stacked)
             write_am_mvn(folder / "am.mvn", -mean, 1.0 / std)
         fused, report = fuse_preprocessing(folder / "model.onnx", vad=SileroVadOptions())
         assert report.passed  # each fusion is faithful to its own (planted) parts: fuse-preproc cannot see the fault
@@ -157,14 +162,30 @@ def ray_instance():
     """One local Ray instance for the session: 2 CPUs, on the loopback interface."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read by Ray at import: bind 127.0.0.1
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 
 def _audit(models, corpus, out: Path, *extra: str, model: str = "faithful") -> int:
-    argv = ["audit", str(models[model]), "--audio", str(corpus), "--reference-model", str(models["original"]),
-            "-o", str(out), "--shard-size", "2", "--workers", "1", "--json", *extra]  # fmt: skip
+    argv = [
+        "audit",
+        str(models[model]),
+        "--audio",
+        str(corpus),
+        "--reference-model",
+        str(models["original"]),
+        "-o",
+        str(out),
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+        "--json",
+        *extra,
+    ]
     return main(argv)
 
 
@@ -189,13 +210,19 @@ def faithful(models, corpus, tmp_path_factory) -> Path:
 def test_faithful_fused_model_matches_the_python_pipeline_on_every_utterance(faithful, corpus, models):
     rows = _rows(faithful)
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) >= len(SPEECH) and all(r["segments_identical"] for r in ok), [(r["id"], r["spans_model"], r["spans_reference"]) for r in ok]
+    assert len(ok) >= len(SPEECH) and all(r["segments_identical"] for r in ok), [
+        (r["id"], r["spans_model"], r["spans_reference"]) for r in ok
+    ]
     assert all(r["token_error_rate"] == 0.0 and not r["tokens_differ"] for r in ok)
     assert all(r["tokens_reference"] for r in ok)  # the comparison is not vacuous: every utterance decodes to tokens
     assert min(r["cosine_min"] for r in ok) >= MIN_COSINE_FAITHFUL
     summary = json.loads((faithful / "summary.json").read_text())
     totals = summary["totals"]
-    assert totals["segments_identical_share"] == 1.0 and totals["tokens_differ_share"] == 0.0 and totals["token_error_rate_corpus"] == 0.0
+    assert (
+        totals["segments_identical_share"] == 1.0
+        and totals["tokens_differ_share"] == 0.0
+        and totals["token_error_rate_corpus"] == 0.0
+    )
     # bad entries: listed with their reason, never stopping the audit
     bad = {r["id"]: r["reason"] for r in rows if r["status"] == "bad"}
     for key, reason in BAD_REASONS.items():
@@ -203,7 +230,11 @@ def test_faithful_fused_model_matches_the_python_pipeline_on_every_utterance(fai
     assert {b["id"] for b in summary["bad_entries"]} == set(bad)
     # buckets and provenance
     assert {b["bucket"] for b in summary["buckets"]["language"]} >= {"en", "de", "fr"}
-    assert sum(b["ok"] for b in summary["buckets"]["duration"]) == len(ok) == sum(b["ok"] for b in summary["buckets"]["snr"])
+    assert (
+        sum(b["ok"] for b in summary["buckets"]["duration"])
+        == len(ok)
+        == sum(b["ok"] for b in summary["buckets"]["snr"])
+    )
     from svsurgery.audit.spec import model_digest
 
     assert summary["audit"]["model_sha256"] == model_digest(models["faithful"])
@@ -215,11 +246,15 @@ def test_faithful_fused_model_matches_the_python_pipeline_on_every_utterance(fai
     assert _without_timings(table) == _without_timings(rows)
 
 
-def test_rerun_resumes_every_shard_and_baseline_of_the_faithful_model_passes(faithful, models, corpus, capsys, tmp_path):
+def test_rerun_resumes_every_shard_and_baseline_of_the_faithful_model_passes(
+    faithful, models, corpus, capsys, tmp_path
+):
     shards = sorted((faithful / "shards").glob("shard-*.jsonl"))
     stamps = {p.name: p.stat().st_mtime_ns for p in shards}
     before = _rows(faithful)
-    baseline = shutil.copy(faithful / "summary.json", tmp_path / "baseline.json")  # the audit refuses to overwrite what it reads
+    baseline = shutil.copy(
+        faithful / "summary.json", tmp_path / "baseline.json"
+    )  # the audit refuses to overwrite what it reads
     assert _audit(models, corpus, faithful, "--baseline", str(baseline)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["audit"]["shards_reused"] == summary["audit"]["shards"] == len(shards)
@@ -274,10 +309,23 @@ def test_planted_fault_is_caught_harvested_and_localized(fault, planted, models,
 def test_golden_dir_of_the_worst_replays_the_audit(planted, models, tmp_path, capsys):
     """The harvested goldens are a corpus too: --golden-dir audits a model against them."""
     worst = planted["weight"][2] / "worst"
-    argv = ["audit", str(models["weight"]), "--golden-dir", str(worst), "-o", str(tmp_path / "again"), "--json", "--workers", "1"]
+    argv = [
+        "audit",
+        str(models["weight"]),
+        "--golden-dir",
+        str(worst),
+        "-o",
+        str(tmp_path / "again"),
+        "--json",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["audit"]["reference_kind"] == "golden" and summary["totals"]["ok"] == len(list(worst.glob("*.npz"))) == 3
+    assert (
+        summary["audit"]["reference_kind"] == "golden"
+        and summary["totals"]["ok"] == len(list(worst.glob("*.npz"))) == 3
+    )
     assert summary["totals"]["tokens_differ_share"] > 0
     argv[1], argv[5] = str(models["faithful"]), str(tmp_path / "again-faithful")
     assert main(argv) == 0
@@ -291,13 +339,35 @@ def test_killed_ray_audit_resumes_and_gives_the_rows_of_local(ray_instance, fait
     """--engine ray on the session's Ray (2 CPUs): killed (SIGKILL) once its first shards are on
     disk, rerun: finished shards are not redone, and the rows are those of --engine local."""
     out = tmp_path / "killed"
-    argv = [sys.executable, "-m", "svsurgery", "audit", str(models["faithful"]), "--audio", str(corpus), "--reference-model",
-            str(models["original"]), "-o", str(out), "--shard-size", "1", "--engine", "ray", "--workers", "2",
-            "--ray-address", ray_instance, "--worst", "0"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "svsurgery",
+        "audit",
+        str(models["faithful"]),
+        "--audio",
+        str(corpus),
+        "--reference-model",
+        str(models["original"]),
+        "-o",
+        str(out),
+        "--shard-size",
+        "1",
+        "--engine",
+        "ray",
+        "--workers",
+        "2",
+        "--ray-address",
+        ray_instance,
+        "--worst",
+        "0",
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     try:
-        while time.monotonic() < deadline and process.poll() is None and not list((out / "shards").glob("shard-*.jsonl")):
+        while (
+            time.monotonic() < deadline and process.poll() is None and not list((out / "shards").glob("shard-*.jsonl"))
+        ):
             time.sleep(0.01)
     finally:
         if process.poll() is None:
@@ -309,8 +379,17 @@ def test_killed_ray_audit_resumes_and_gives_the_rows_of_local(ray_instance, fait
     assert not (out / "summary.json").exists()
     from svsurgery.audit import audit
 
-    report = audit(str(models["faithful"]), audio=str(corpus), reference_model=str(models["original"]), output_dir=out,
-                   engine="ray", workers=2, shard_size=1, worst=0, ray_address=ray_instance)  # fmt: skip
+    report = audit(
+        str(models["faithful"]),
+        audio=str(corpus),
+        reference_model=str(models["original"]),
+        output_dir=out,
+        engine="ray",
+        workers=2,
+        shard_size=1,
+        worst=0,
+        ray_address=ray_instance,
+    )
     ran = report.summary["audit"]
     assert ran["engine"] == "ray" and ran["workers"] == 2
     assert ran["shards_reused"] >= len(finished) and ran["shards_computed"] == total - ran["shards_reused"] > 0
@@ -336,7 +415,9 @@ def test_local_pool_of_two_gives_the_same_rows(faithful, models, corpus, tmp_pat
     """Two spawned processes, shards handed out in order: the rows of the in-process run."""
     subset = tmp_path / "subset.jsonl"
     lines = corpus.read_text().splitlines()[:3]  # the same entries at the same indices: the same shards
-    subset.write_text("\n".join(line.replace('"speech', f'"{corpus.parent}/speech', 1) for line in lines), encoding="utf-8")
+    subset.write_text(
+        "\n".join(line.replace('"speech', f'"{corpus.parent}/speech', 1) for line in lines), encoding="utf-8"
+    )
     out = tmp_path / "pool"
     assert _audit(models, subset, out, "--workers", "2", "--shard-size", "1", "--worst", "0") == 0
     assert json.loads(capsys.readouterr().out)["audit"]["workers"] == 2
@@ -358,18 +439,41 @@ def test_encoder_against_torch_with_runtime_matrix(models, corpus, tmp_path, cap
     speech_only = tmp_path / "speech.jsonl"
     lines = [{"audio": str(corpus.parent / f"speech{seed}.wav"), "language": language} for _, seed, language in SPEECH]
     speech_only.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
-    argv = ["audit", str(models["original"]), "--audio", str(speech_only), "--torch", f"{factory}:build", "--cmvn",
-            str(models["original"].parent / "am.mvn"), "--config", str(models["original"].parent / "config.yaml"),
-            "-o", str(tmp_path / "out"), "--workers", "1", "--runtime-matrix", "--matrix-utterances", "2", "--json"]  # fmt: skip
+    argv = [
+        "audit",
+        str(models["original"]),
+        "--audio",
+        str(speech_only),
+        "--torch",
+        f"{factory}:build",
+        "--cmvn",
+        str(models["original"].parent / "am.mvn"),
+        "--config",
+        str(models["original"].parent / "config.yaml"),
+        "-o",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--runtime-matrix",
+        "--matrix-utterances",
+        "2",
+        "--json",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["audit"]["model_kind"] == "encoder" and summary["audit"]["reference_kind"] == "torch"
     totals = summary["totals"]
-    assert totals["ok"] == len(SPEECH) and totals["tokens_differ_share"] == 0.0 and totals["cosine_min"] >= MIN_COSINE_FAITHFUL
+    assert (
+        totals["ok"] == len(SPEECH)
+        and totals["tokens_differ_share"] == 0.0
+        and totals["cosine_min"] >= MIN_COSINE_FAITHFUL
+    )
     matrix = summary["runtime_matrix"]["settings"]
     import onnxruntime as ort
 
-    providers = [p for p in ort.get_available_providers() if p not in ("CPUExecutionProvider", "AzureExecutionProvider")]
+    providers = [
+        p for p in ort.get_available_providers() if p not in ("CPUExecutionProvider", "AzureExecutionProvider")
+    ]
     threads = 3 if len(os.sched_getaffinity(0)) > 2 else 2
     assert len(matrix) == threads * 4 + len(providers)
     assert {s["setting"]["optimization"] for s in matrix} == {"disabled", "basic", "extended", "all"}
@@ -391,15 +495,29 @@ def test_report_html_renders_its_plots_in_headless_chromium(models, corpus, tmp_
     assert _audit(models, corpus, out, "--worst", "1", "--no-diff", model="epsilon") == 0
     capsys.readouterr()
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert page.count("<svg") == 3 and "src=\"http" not in page and "<script" not in page  # self-contained
+    assert page.count("<svg") == 3 and 'src="http' not in page and "<script" not in page  # self-contained
     screenshot = tmp_path / "report.png"
     done = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1280,2000",
-         (out / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={screenshot}",
+            "--window-size=1280,2000",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0 and screenshot.is_file(), done.stderr[-2000:]
     import matplotlib.image
 
@@ -420,7 +538,7 @@ def test_other_vad_modes_match_their_python_reference(mode, models, corpus, tmp_
     import importlib.util
 
     from svsurgery.fuse import fuse_preprocessing
-    from svsurgery.io import save
+    from svsurgery.model_io import save
     from svsurgery.vad import EnergyVadOptions, FsmnVadOptions
 
     if mode == "fsmn":
@@ -434,14 +552,35 @@ def test_other_vad_modes_match_their_python_reference(mode, models, corpus, tmp_
     assert report.passed
     fused = save(fused_model, tmp_path / f"{mode}.fused.onnx")
     subset = tmp_path / "subset.jsonl"
-    lines = [json.loads(line) for line in corpus.read_text().splitlines()[:5] if line.startswith("{\"")]
-    lines = [dict(line, audio=str(corpus.parent / line["audio"])) for line in lines if line["id"].startswith(("speech3", "rec"))]
+    lines = [json.loads(line) for line in corpus.read_text().splitlines()[:5] if line.startswith('{"')]
+    lines = [
+        dict(line, audio=str(corpus.parent / line["audio"]))
+        for line in lines
+        if line["id"].startswith(("speech3", "rec"))
+    ]
     subset.write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
-    argv = ["audit", str(fused), "--audio", str(subset), "--reference-model", str(models["original"]), "-o", str(tmp_path / "out"),
-            "--workers", "1", "--worst", "0", "--json"]  # fmt: skip
+    argv = [
+        "audit",
+        str(fused),
+        "--audio",
+        str(subset),
+        "--reference-model",
+        str(models["original"]),
+        "-o",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--worst",
+        "0",
+        "--json",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert mode in summary["audit"]["vad"]
     totals = summary["totals"]
-    assert totals["ok"] == len(lines) >= 2 and totals["segments_identical_share"] == 1.0 and totals["tokens_differ_share"] == 0.0
+    assert (
+        totals["ok"] == len(lines) >= 2
+        and totals["segments_identical_share"] == 1.0
+        and totals["tokens_differ_share"] == 0.0
+    )
     assert all(len(r["spans_reference"]) >= 1 for r in _rows(tmp_path / "out"))

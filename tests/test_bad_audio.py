@@ -173,7 +173,9 @@ def test_entry_of_the_plain_front_end_counts_only_within_each_row_and_keeps_good
     """``svsurgery frontend``'s model: samples past a row's length are not counted (NaN there is
     padding); -1.0 (int16's minimum) is in range; a clean batch takes the reduction-only path
     and a row that sends the batch the exact way gives the same features bit for bit."""
-    session = inference_session(frontend.build(frontend.FbankOptions.sensevoice(), frontend.LfrOptions(7, 6)), intra_op_threads=1)
+    session = inference_session(
+        frontend.build(frontend.FbankOptions.sensevoice(), frontend.LfrOptions(7, 6)), intra_op_threads=1
+    )
     names = ["features", "feature_lengths", *REPORT]
     rows = [speech_like(1.5, seed=s) for s in (1, 2, 3)]
     batch = np.zeros((3, 24000), np.float32)
@@ -185,14 +187,22 @@ def test_entry_of_the_plain_front_end_counts_only_within_each_row_and_keeps_good
     batch[1, rows[1].size - 1] = 1.0  # in range
     clean_run = dict(zip(names, session.run(names, {"waveform": np.nan_to_num(batch), "waveform_lengths": lengths})))
     padded_run = dict(zip(names, session.run(names, {"waveform": batch, "waveform_lengths": lengths})))
-    assert padded_run["waveform_nonfinite"].tolist() == [0, 0, 0] and padded_run["waveform_clipped"].tolist() == [0, 0, 0]
+    assert padded_run["waveform_nonfinite"].tolist() == [0, 0, 0] and padded_run["waveform_clipped"].tolist() == [
+        0,
+        0,
+        0,
+    ]
     for name in ("features", "feature_lengths"):
         assert np.array_equal(padded_run[name], clean_run[name])
     spoiled = batch.copy()
     spoiled[2, 100] = 7.5  # beyond full scale
     spoiled[2, 200] = -np.inf
     spoiled_run = dict(zip(names, session.run(names, {"waveform": spoiled, "waveform_lengths": lengths})))
-    assert spoiled_run["waveform_nonfinite"].tolist() == [0, 0, 1] and spoiled_run["waveform_clipped"].tolist() == [0, 0, 1]
+    assert spoiled_run["waveform_nonfinite"].tolist() == [0, 0, 1] and spoiled_run["waveform_clipped"].tolist() == [
+        0,
+        0,
+        1,
+    ]
     assert spoiled_run["waveform_lengths_used"].tolist() == lengths.tolist()
     assert np.array_equal(spoiled_run["features"][:2], clean_run["features"][:2])
     assert np.isfinite(spoiled_run["features"]).all()

@@ -24,10 +24,12 @@ from svsurgery.cli.main import main
 def _matmul(path: Path) -> Path:
     weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm")], "g",
+        [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm")],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 4])], [weight],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [weight],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     return path
 
@@ -113,7 +115,7 @@ def _commands(folder: Path, model: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("case", sorted(BAD_MODELS))
 def test_every_command_refuses_every_broken_model_in_one_line(capsys, folder, case):
     name, message = BAD_MODELS[case]
-    for verb, argv in _commands(folder, str(folder / name)).items():
+    for _verb, argv in _commands(folder, str(folder / name)).items():
         _assert_refused(capsys, folder, argv, message)
 
 
@@ -121,25 +123,52 @@ def test_no_command_writes_onto_a_file_it_reads(capsys, folder):
     model, golden, encoder = (str(folder / n) for n in ("model.onnx", "golden.npz", "encoder.onnx"))
     attempts = {
         "golden -o the model": (["golden", model, "-o", model], "refusing to overwrite the input model"),
-        "extract -o the model": (["extract", model, "--node", "mm", "-o", model], "refusing to overwrite the input model"),
-        "check --report the model": (["check", model, golden, "--report", model], "refusing to overwrite the input model"),
-        "check --report the golden file": (["check", model, golden, "--report", golden], "refusing to overwrite the golden file"),
-        "fix --report the model": (["fix", model, "-o", str(folder / "f.onnx"), "--report", model], "refusing to overwrite the input model"),
+        "extract -o the model": (
+            ["extract", model, "--node", "mm", "-o", model],
+            "refusing to overwrite the input model",
+        ),
+        "check --report the model": (
+            ["check", model, golden, "--report", model],
+            "refusing to overwrite the input model",
+        ),
+        "check --report the golden file": (
+            ["check", model, golden, "--report", golden],
+            "refusing to overwrite the golden file",
+        ),
+        "fix --report the model": (
+            ["fix", model, "-o", str(folder / "f.onnx"), "--report", model],
+            "refusing to overwrite the input model",
+        ),
         "fix -o the model": (["fix", model, "-o", model], "refusing to overwrite the input model"),
         "fp16 --report the model": (["fp16", model, "--report", model], "refusing to overwrite the input model"),
-        "diff --report the reference": (["diff", model, str(folder / "other.onnx"), "--report", str(folder / "other.onnx")],
-                                        "refusing to overwrite the reference model"),
-        "diff --plot the model": (["diff", model, str(folder / "other.onnx"), "--plot", model], "refusing to overwrite the input model"),
-        "fuse-preproc --report the encoder": (["fuse-preproc", encoder, "--report", encoder], "refusing to overwrite the input model"),
-        "extract's npz onto --inputs": (["extract", model, "--node", "mm", "--inputs", str(folder / "in.npz"), "-o", str(folder / "in.onnx")],
-                                        "refusing to overwrite the --inputs file"),
-        "extract's model and npz on one path": (["extract", model, "--node", "mm", "-o", str(folder / "rep.npz")], "written there too"),
+        "diff --report the reference": (
+            ["diff", model, str(folder / "other.onnx"), "--report", str(folder / "other.onnx")],
+            "refusing to overwrite the reference model",
+        ),
+        "diff --plot the model": (
+            ["diff", model, str(folder / "other.onnx"), "--plot", model],
+            "refusing to overwrite the input model",
+        ),
+        "fuse-preproc --report the encoder": (
+            ["fuse-preproc", encoder, "--report", encoder],
+            "refusing to overwrite the input model",
+        ),
+        "extract's npz onto --inputs": (
+            ["extract", model, "--node", "mm", "--inputs", str(folder / "in.npz"), "-o", str(folder / "in.onnx")],
+            "refusing to overwrite the --inputs file",
+        ),
+        "extract's model and npz on one path": (
+            ["extract", model, "--node", "mm", "-o", str(folder / "rep.npz")],
+            "written there too",
+        ),
         "inspect --report the model": (["inspect", model, "--report", model], "refusing to overwrite the input model"),
         "golden -o a missing folder": (["golden", model, "-o", str(folder / "missing" / "g.npz")], "does not exist"),
-        "fix --report a missing folder": (["fix", model, "-o", str(folder / "f.onnx"), "--report", str(folder / "missing" / "r.json")],
-                                          "does not exist"),
-    }  # fmt: skip
-    for case, (argv, message) in attempts.items():
+        "fix --report a missing folder": (
+            ["fix", model, "-o", str(folder / "f.onnx"), "--report", str(folder / "missing" / "r.json")],
+            "does not exist",
+        ),
+    }
+    for _case, (argv, message) in attempts.items():
         _assert_refused(capsys, folder, argv, message)
 
 
@@ -155,7 +184,7 @@ def test_impossible_numbers_are_usage_errors_before_any_work(capsys, folder):
         "--chunk 0": ["diff", model, str(folder / "other.onnx"), "--chunk", "0"],
         "--opset 3": ["frontend", "-o", str(folder / "f.onnx"), "--opset", "3"],
     }
-    for case, argv in attempts.items():
+    for _case, argv in attempts.items():
         _assert_refused(capsys, folder, argv, "expected")
 
 
@@ -164,21 +193,29 @@ def test_inputs_that_do_not_fit_are_named_before_running(capsys, folder):
     model = str(folder / "model.onnx")
     np.savez(folder / "wide.npz", x=np.ones((2, 5), np.float32))
     _assert_refused(capsys, folder, ["fix", model, "--inputs", str(folder / "wide.npz")], "'x' has 5 along axis 1")
-    _assert_refused(capsys, folder, ["golden", model, "--inputs", str(folder / "nope.npz"), "-o", str(folder / "g2.npz")],
-                    "no such inputs file")  # fmt: skip
+    _assert_refused(
+        capsys,
+        folder,
+        ["golden", model, "--inputs", str(folder / "nope.npz"), "-o", str(folder / "g2.npz")],
+        "no such inputs file",
+    )
 
 
 def test_a_model_that_cannot_run_on_generated_inputs_is_one_line(capsys, folder):
     """Generated inputs the model rejects at run time (a Pad wider than the generated signal):
     one line naming the inputs and --inputs, no traceback, for every command that runs it."""
     pad = helper.make_graph(
-        [helper.make_node("Pad", ["x", "pads"], ["logits"], mode="reflect")], "g",
+        [helper.make_node("Pad", ["x", "pads"], ["logits"], mode="reflect")],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "n"])],
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", "m"])],
         [numpy_helper.from_array(np.array([0, 10**6, 0, 10**6], np.int64), "pads")],
-    )  # fmt: skip
+    )
     path = folder / "pad.onnx"
     onnx.save(helper.make_model(pad, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
-    for argv in (["fix", str(path), "-o", str(folder / "p.onnx")], ["golden", str(path), "-o", str(folder / "p.npz")],
-                 ["fp16", str(path), "-o", str(folder / "p.onnx")]):  # fmt: skip
+    for argv in (
+        ["fix", str(path), "-o", str(folder / "p.onnx")],
+        ["golden", str(path), "-o", str(folder / "p.npz")],
+        ["fp16", str(path), "-o", str(folder / "p.onnx")],
+    ):
         _assert_refused(capsys, folder, argv, "--inputs")

@@ -18,8 +18,8 @@ import pytest
 import svsurgery
 from svsurgery import golden
 from svsurgery.cli.main import main
+from svsurgery.divergence import diff, diff_models, module_scopes
 from svsurgery.errors import BadInputError
-from svsurgery.layerwise import diff, diff_models, module_scopes
 from svsurgery.parity.inputs import generate_inputs
 from svsurgery.precision import convert_to_float16
 from svsurgery.repro import extract_repro
@@ -77,22 +77,28 @@ def test_naive_float16_model_points_at_the_first_layer_norm_pow(tmp_path):
     report = diff_models(naive, original, generate_inputs(original, path).feeds)
     assert "true float16" in report.evaluation
     overflow = report.first_nonfinite
-    assert overflow is not None and overflow.op_type == "Pow" and overflow.module == "encoder.encoders0.0.norm1", overflow
+    assert overflow is not None and overflow.op_type == "Pow" and overflow.module == "encoder.encoders0.0.norm1", (
+        overflow
+    )
     assert overflow.parity.inf_count > 0
 
 
 def test_diff_command_and_its_plot(tmp_path, capsys, legacy_path):
     factory = tmp_path / "factory.py"
-    factory.write_text(textwrap.dedent(
-        """
+    factory.write_text(
+        textwrap.dedent(
+            """
         from svsurgery.testing.encoder import EncoderConfig, build_encoder
 
         def make():
             return build_encoder(EncoderConfig.tiny())
         """
-    ))  # fmt: skip
+        )
+    )
     plot, report_path = tmp_path / "diff.png", tmp_path / "diff.json"
-    code = main(["diff", str(legacy_path), "--torch", f"{factory}:make", "--plot", str(plot), "--report", str(report_path)])
+    code = main(
+        ["diff", str(legacy_path), "--torch", f"{factory}:make", "--plot", str(plot), "--report", str(report_path)]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "no value introduces an error beyond tolerance" in out
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
@@ -105,14 +111,19 @@ def test_diff_command_and_its_plot(tmp_path, capsys, legacy_path):
 def test_extract_reproduces_the_captured_outputs_bit_exactly(tmp_path, capsys, legacy_path):
     model = svsurgery.load(legacy_path)
     inputs = generate_inputs(model, legacy_path).feeds
-    for name, depth in (("/encoder/encoders.0/self_attn/Softmax", 2), ("/encoder/encoders.0/feed_forward/w_1/MatMul", 0)):
+    for name, depth in (
+        ("/encoder/encoders.0/self_attn/Softmax", 2),
+        ("/encoder/encoders.0/feed_forward/w_1/MatMul", 0),
+    ):
         repro, feeds, expected, report = extract_repro(model, name, inputs, depth=depth)
         assert report.bit_exact and report.nodes >= 1
         out = svsurgery.runtime.run(repro, feeds, optimize=False)
         for key, value in expected.items():
             np.testing.assert_array_equal(out[key], value)
     output = tmp_path / "repro.onnx"
-    code = main(["extract", str(legacy_path), "--node", "/encoder/encoders.0/norm2/Div", "--depth", "3", "-o", str(output)])
+    code = main(
+        ["extract", str(legacy_path), "--node", "/encoder/encoders.0/norm2/Div", "--depth", "3", "-o", str(output)]
+    )
     assert code == 0 and "bit for bit" in capsys.readouterr().out
     recorded = golden.load(tmp_path / "repro.npz")
     assert "captured from" in recorded.meta["source"]
@@ -128,9 +139,10 @@ def _plant_weight(path, out, depth: float = 0.9) -> str:
     weights = {t.name: t for t in proto.graph.initializer}
     readers = collections.Counter(name for node in proto.graph.node for name in node.input)
     matmuls = [
-        node for node in proto.graph.node
+        node
+        for node in proto.graph.node
         if node.op_type == "MatMul" and node.input[1] in weights and readers[node.input[1]] == 1
-    ]  # fmt: skip
+    ]
     planted = matmuls[int(depth * (len(matmuls) - 1))]
     weight = weights[planted.input[1]]
     weight.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(weight), weight.name))
@@ -149,10 +161,22 @@ def test_thousands_of_values_are_compared_in_bounded_memory(tmp_path):
     report_path = tmp_path / "report.json"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     done = subprocess.run(
-        [sys.executable, "-m", "svsurgery", "diff", str(tmp_path / "planted.onnx"), str(path), "--chunk", "200",
-         "--report", str(report_path)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "svsurgery",
+            "diff",
+            str(tmp_path / "planted.onnx"),
+            str(path),
+            "--chunk",
+            "200",
+            "--report",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     report = json.loads(report_path.read_text())
     assert report["compared"] >= 5000 and not report["passed"]
@@ -213,13 +237,23 @@ def test_capture_is_not_fooled_by_in_place_ops_views_or_repeated_calls(tmp_path)
     path = tmp_path / "toy.onnx"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's notices about the in-place ops it removes
-        torch.onnx.export(_toy_module(), (torch.from_numpy(x.copy()),), str(path), dynamo=False, opset_version=14,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 1: "t"}})  # fmt: skip
+        torch.onnx.export(
+            _toy_module(),
+            (torch.from_numpy(x.copy()),),
+            str(path),
+            dynamo=False,
+            opset_version=14,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b", 1: "t"}},
+        )
     feeds = {"x": x.copy()}
     report = diff(module, svsurgery.load(path), feeds)
     np.testing.assert_array_equal(feeds["x"], x)  # the caller's array is untouched
     assert [row.module for row in report.rows] == ["memory.conv", "memory", "proj", "proj", "norm"]
-    assert report.passed and all(row.parity.max_rel < 1e-4 for row in report.rows), [r.parity.max_rel for r in report.rows]
+    assert report.passed and all(row.parity.max_rel < 1e-4 for row in report.rows), [
+        r.parity.max_rel for r in report.rows
+    ]
 
 
 def _two_model_pair(scale: float) -> tuple[ir.Model, ir.Model]:
@@ -242,7 +276,7 @@ def _two_model_pair(scale: float) -> tuple[ir.Model, ir.Model]:
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
             [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(v, "v")],
-        )  # fmt: skip
+        )
         return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
     return build((w * scale).astype(np.float32)), build(w)
@@ -272,23 +306,38 @@ def test_introduced_error_inside_a_subgraph_reading_outer_values():
     from onnx import TensorProto, helper, numpy_helper
 
     def build(bias):
-        branch = lambda name, op: helper.make_graph(
-            [helper.make_node("Constant", [], ["c_" + name], value=numpy_helper.from_array(np.float32(bias), "c")),
-             helper.make_node(op, ["a", "c_" + name], ["out_" + name])],
-            name, [], [helper.make_tensor_value_info("out_" + name, TensorProto.FLOAT, [2, 4])],
-        )  # fmt: skip
+        def branch(name, op):
+            return helper.make_graph(
+                [
+                    helper.make_node(
+                        "Constant", [], ["c_" + name], value=numpy_helper.from_array(np.float32(bias), "c")
+                    ),
+                    helper.make_node(op, ["a", "c_" + name], ["out_" + name]),
+                ],
+                name,
+                [],
+                [helper.make_tensor_value_info("out_" + name, TensorProto.FLOAT, [2, 4])],
+            )
+
         graph = helper.make_graph(
             [
                 helper.make_node("Mul", ["x", "w"], ["a"], name="/scale/Mul"),
                 helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="/flag/ReduceSum"),
                 helper.make_node("Greater", ["s", "zero"], ["cond"], name="/flag/Greater"),
-                helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Add"), else_branch=branch("else", "Sub"), name="/branch/If"),
+                helper.make_node(
+                    "If",
+                    ["cond"],
+                    ["y"],
+                    then_branch=branch("then", "Add"),
+                    else_branch=branch("else", "Sub"),
+                    name="/branch/If",
+                ),
             ],
             "branchy",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
             [numpy_helper.from_array(np.full(4, 1.5, np.float32), "w"), numpy_helper.from_array(np.float32(0), "zero")],
-        )  # fmt: skip
+        )
         return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
     inputs = {"x": np.abs(np.random.default_rng(1).standard_normal((2, 4))).astype(np.float32) + 0.5}
@@ -320,8 +369,11 @@ def test_intended_mask_fill_is_no_divergence_in_either_order(tmp_path, capsys, l
     del stripped.metadata_props["svsurgery.rules_applied"]
     inputs = generate_inputs(stripped, legacy_path).feeds
     report = diff_models(svsurgery.load(legacy_path), stripped, inputs)
-    assert report.first_nonfinite is not None and report.first_nonfinite.value in json.loads(
-        svsurgery.load(fixed).metadata_props["svsurgery.rules_applied"])[0]["changed_values"]  # fmt: skip
+    assert (
+        report.first_nonfinite is not None
+        and report.first_nonfinite.value
+        in json.loads(svsurgery.load(fixed).metadata_props["svsurgery.rules_applied"])[0]["changed_values"]
+    )
     planted = svsurgery.load(fixed)
     _perturb_weight(planted, "encoder.encoders.0.feed_forward.w_1")
     for model, reference in ((planted, svsurgery.load(legacy_path)), (svsurgery.load(legacy_path), planted)):
@@ -352,14 +404,16 @@ def test_state_dict_mismatch_lists_every_missing_and_unexpected_key(tmp_path):
     mismatches (the first 20 of each, with how many more), not the first line of torch's error."""
     import torch
 
-    (tmp_path / "wide.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "wide.py").write_text(
+        textwrap.dedent(
+            """
         import torch
 
         def build():
             return torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(15)])
         """
-    ))  # fmt: skip
+        )
+    )
     module = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(15)])
     state = {f"other.{key}": value for key, value in module.state_dict().items()}  # 30 unexpected, 30 missing
     state["0.weight"] = torch.zeros(5, 4)  # present, wrong shape
@@ -368,7 +422,9 @@ def test_state_dict_mismatch_lists_every_missing_and_unexpected_key(tmp_path):
         load_module(f"{tmp_path / 'wide.py'}:build", tmp_path / "weights.pt")
     message = str(caught.value)
     assert "\n" not in message and "29 missing" in message and "30 unexpected" in message
-    assert "0.bias" in message and "other.0.weight" in message and ", and 9 more" in message and ", and 10 more" in message
+    assert (
+        "0.bias" in message and "other.0.weight" in message and ", and 9 more" in message and ", and 10 more" in message
+    )
     assert "1 shape mismatch: 0.weight [5, 4] (module [4, 4])" in message
 
 
@@ -380,10 +436,12 @@ def test_a_float16_model_is_compared_with_its_float32_original_from_the_same_inp
 
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [weight],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [weight],
+    )
     original = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
     half, _ = convert_to_float16(original, keep_io_types=False)
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float16)}

@@ -11,9 +11,8 @@ import pytest
 
 import svsurgery
 from svsurgery.cli.main import main
-from svsurgery.layerwise import INHERITS, INTRODUCES, OK, diff, module_scopes
+from svsurgery.divergence import INHERITS, INTRODUCES, OK, diff, module_scopes
 from svsurgery.testing.funasr_sensevoice import FunasrConfig, build_funasr_sensevoice, export_funasr, funasr_inputs
-
 
 INPUT_NAMES = ("speech", "speech_lengths", "language", "textnorm")
 PLANTED = "encoder.encoders.0.feed_forward.w_1"
@@ -79,8 +78,9 @@ def test_diff_command_on_funasr_module_with_weights(tmp_path, capsys, sensevoice
     module, path, _ = sensevoice
     config = FunasrConfig()
     torch.save(module.state_dict(), tmp_path / "model.pt")
-    (tmp_path / "sv_torch.py").write_text(textwrap.dedent(
-        f"""
+    (tmp_path / "sv_torch.py").write_text(
+        textwrap.dedent(
+            f"""
         from funasr.models.sense_voice.model import SenseVoiceSmall
 
         ENCODER = dict(output_size={config.output_size}, attention_heads={config.attention_heads},
@@ -93,10 +93,13 @@ def test_diff_command_on_funasr_module_with_weights(tmp_path, capsys, sensevoice
                                     input_size={config.input_size}, vocab_size={config.vocab_size})
             return model.export(max_seq_len=512)
         """
-    ))  # fmt: skip
+        )
+    )
     spec = f"{tmp_path / 'sv_torch.py'}:build"
     report_path = tmp_path / "diff.json"
-    code = main(["diff", str(path), "--torch", spec, "--weights", str(tmp_path / "model.pt"), "--report", str(report_path)])
+    code = main(
+        ["diff", str(path), "--torch", spec, "--weights", str(tmp_path / "model.pt"), "--report", str(report_path)]
+    )
     assert code == 0, capsys.readouterr().out[-3000:]
     data = json.loads(report_path.read_text())
     assert data["passed"] and data["first"] is None and len(data["rows"]) == data["compared"] >= 45
@@ -111,7 +114,18 @@ def test_diff_command_on_funasr_module_with_weights(tmp_path, capsys, sensevoice
     planted_path = tmp_path / "planted.onnx"
     svsurgery.save(planted, planted_path)
     capsys.readouterr()
-    code = main(["diff", str(planted_path), "--torch", spec, "--weights", str(tmp_path / "model.pt"), "--report", str(report_path)])
+    code = main(
+        [
+            "diff",
+            str(planted_path),
+            "--torch",
+            spec,
+            "--weights",
+            str(tmp_path / "model.pt"),
+            "--report",
+            str(report_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and f"module {PLANTED}" in " ".join(out.split()), out[-2000:]
     data = json.loads(report_path.read_text())

@@ -17,10 +17,10 @@ from onnxscript.rewriter import pattern
 import svsurgery
 from svsurgery import golden, patch
 from svsurgery.cli.main import main
-from svsurgery.family import from_patch, load_rules_module
 from svsurgery.parity.inputs import generate_inputs
 from svsurgery.parity.references import GoldenReference
 from svsurgery.rules import CATALOG
+from svsurgery.rules.base import from_patch, load_rules_module
 from svsurgery.runtime import run
 
 
@@ -95,7 +95,9 @@ def test_a_harmless_user_patch_is_accepted_and_recorded(legacy_path):
 
 
 def test_golden_reference_brings_its_own_inputs(tmp_path, legacy_path, torch_encoder, feeds):
-    path = golden.save(tmp_path / "golden.npz", feeds, module=torch_encoder, output_names=["ctc_logits", "encoder_out_lens"])
+    path = golden.save(
+        tmp_path / "golden.npz", feeds, module=torch_encoder, output_names=["ctc_logits", "encoder_out_lens"]
+    )
     recorded = golden.load(path)
     assert recorded.meta["source"].startswith("torch module") and recorded.meta["versions"]["torch"]
     _, report = svsurgery.fix(svsurgery.load(legacy_path), reference=GoldenReference(recorded), tolerance="fp32-strict")
@@ -147,8 +149,9 @@ def test_fix_beyond_tolerance_writes_nothing(tmp_path, capsys, legacy_path):
 
 def test_rules_module_from_a_file(tmp_path, capsys, legacy_path):
     module = tmp_path / "my_rules.py"
-    module.write_text(textwrap.dedent(
-        '''
+    module.write_text(
+        textwrap.dedent(
+            '''
         from svsurgery import patch
 
         def scale_logits(model):
@@ -160,9 +163,12 @@ def test_rules_module_from_a_file(tmp_path, capsys, legacy_path):
 
         SVSURGERY_RULES = [scale_logits]
         '''
-    ))  # fmt: skip
+        )
+    )
     report_path = tmp_path / "r.json"
-    code, stdout, _ = _cli(capsys, "fix", legacy_path, "-o", tmp_path / "o.onnx", "--rules-module", module, "--report", report_path)
+    code, stdout, _ = _cli(
+        capsys, "fix", legacy_path, "-o", tmp_path / "o.onnx", "--rules-module", module, "--report", report_path
+    )
     assert code == 0
     (step,) = json.loads(report_path.read_text())["steps"]
     assert step["family"] == "my_rules.scale_logits" and step["status"] == "rolled back"
@@ -183,13 +189,22 @@ def test_rules_command_lists_the_catalog(capsys):
     code, stdout, _ = _cli(capsys, "rules", "--json")
     catalog = json.loads(stdout)
     assert code == 0 and [r["id"] for r in catalog] == [
-        "layer-norm", "rms-norm", "casts", "mask-fill", "softmax-fp32", "positional-fp32", "instance-norm", "gelu",
+        "layer-norm",
+        "rms-norm",
+        "casts",
+        "mask-fill",
+        "softmax-fp32",
+        "positional-fp32",
+        "instance-norm",
+        "gelu",
         "lossy-casts",
-    ]  # fmt: skip
+    ]
     assert all(r["title"] and r["fixes"] and r["safe_when"] for r in catalog)
 
 
-def test_golden_and_check_pass_a_faithful_model_and_fail_a_planted_divergence(tmp_path, capsys, legacy_path, fixed_legacy):
+def test_golden_and_check_pass_a_faithful_model_and_fail_a_planted_divergence(
+    tmp_path, capsys, legacy_path, fixed_legacy
+):
     golden_path = tmp_path / "golden.npz"
     code, _, _ = _cli(capsys, "golden", legacy_path, "-o", golden_path, "--fp64")
     assert code == 0
@@ -211,14 +226,16 @@ def test_golden_and_check_pass_a_faithful_model_and_fail_a_planted_divergence(tm
 
 def test_golden_from_a_torch_module_spec(tmp_path, capsys, legacy_path):
     spec = tmp_path / "factory.py"
-    spec.write_text(textwrap.dedent(
-        '''
+    spec.write_text(
+        textwrap.dedent(
+            """
         from svsurgery.testing.encoder import EncoderConfig, build_encoder
 
         def make():
             return build_encoder(EncoderConfig.tiny())
-        '''
-    ))  # fmt: skip
+        """
+        )
+    )
     golden_path = tmp_path / "golden.npz"
     code, stdout, _ = _cli(capsys, "golden", legacy_path, "-o", golden_path, "--torch", f"{spec}:make")
     assert code == 0 and "torch module SenseVoiceEncoder" in stdout
@@ -250,7 +267,7 @@ def test_generated_inputs_are_realistic(legacy_path):
     speech, lengths = made.feeds["speech"], made.feeds["speech_lengths"]
     assert speech.dtype == np.float32 and lengths.dtype == np.int32
     assert lengths.tolist() == [speech.shape[1], lengths[1]] and lengths[1] < lengths[0]
-    assert np.all(speech[1, lengths[1]:] == 0)
+    assert np.all(speech[1, lengths[1] :] == 0)
     # standardised on speech frames, as a corpus CMVN is: speech near 0, digital silence far below
     audible = speech[0][speech[0].min(axis=1) > -5]  # frames without a silent stretch in them
     assert len(audible) > 10 and np.abs(audible.mean(axis=0)).mean() < 0.5 and speech[0].min() < -10
@@ -266,8 +283,9 @@ def test_generated_inputs_are_realistic(legacy_path):
 
 def test_rules_module_without_a_list_takes_what_it_defines(tmp_path, legacy_path):
     module = tmp_path / "defined_rules.py"
-    module.write_text(textwrap.dedent(
-        '''
+    module.write_text(
+        textwrap.dedent(
+            '''
         from onnxscript.rewriter import pattern
         from svsurgery.rules.layer_norm import LayerNormFusion  # imported: not one of this module's rules
 
@@ -280,7 +298,8 @@ def test_rules_module_without_a_list_takes_what_it_defines(tmp_path, legacy_path
             def rewrite(self, op, x):
                 return op.Relu(x)
         '''
-    ))  # fmt: skip
+        )
+    )
     (family,) = load_rules_module(str(module))
     assert family.id == "defined_rules.ReluOfRelu" and family.title == "Relu(Relu(x)) is Relu(x)."
     _, report = svsurgery.fix(svsurgery.load(legacy_path), [family])

@@ -32,10 +32,12 @@ def _matmul_model(path: Path, scale: float, bias: float | None = None) -> Path:
         nodes.append(helper.make_node("Add", ["xw", "B"], ["y"]))
         initializers.insert(0, numpy_helper.from_array(np.full((1, 64), bias, np.float32), "B"))
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], initializers,
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.save(model, str(path))
     return path
@@ -120,13 +122,15 @@ def test_a_save_killed_between_its_renames_never_pairs_a_model_with_other_data(t
     assert _y(out) == 64.0
     script = tmp_path / "kill.py"
     script.write_text(_KILL_AT_RENAME)
-    done = subprocess.run([sys.executable, str(script), str(new), str(out), str(kill_at)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(script), str(new), str(out), str(kill_at)], capture_output=True, text=True
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert _y(out) in (64.0, 1128.0)  # loads, and its weights are its own: the old pair or the new pair
     svsurgery.validate_file(out)
     svsurgery.save(svsurgery.load(new), out, external_data=True)
     assert _y(out) == 1128.0
-    referenced = {t.location for t in svsurgery.io.external_tensors(svsurgery.load(out))}
+    referenced = {t.location for t in svsurgery.model_io.external_tensors(svsurgery.load(out))}
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["kill.py", "new.onnx", "old.onnx", "out.onnx", *referenced]), left
 

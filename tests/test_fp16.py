@@ -12,10 +12,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
+from graphs import LayerNormSpec, feeds_for, layer_norm_model
 from onnx import TensorProto, helper, numpy_helper
 
 import svsurgery
-from graphs import LayerNormSpec, feeds_for, layer_norm_model
 from svsurgery.cli.main import main
 from svsurgery.parity.float16 import Float16Evaluator
 from svsurgery.parity.inputs import generate_inputs
@@ -42,7 +42,9 @@ def wide(tmp_path_factory):
     inputs = generate_inputs(model, path)
     inputs.feeds["speech"] = inputs.feeds["speech"] * INPUT_SCALE
     with torch.no_grad():
-        expected = module(*(torch.from_numpy(inputs.feeds[n]) for n in ("speech", "speech_lengths", "language", "textnorm")))
+        expected = module(
+            *(torch.from_numpy(inputs.feeds[n]) for n in ("speech", "speech_lengths", "language", "textnorm"))
+        )
     return path, module, inputs, expected[0].numpy()
 
 
@@ -69,7 +71,9 @@ def test_naive_float16_conversions_fail(wide):
 def test_svsurgery_fp16_keeps_parity_with_the_torch_module(wide, tmp_path):
     path, module, inputs, expected = wide
     model = svsurgery.load(path)
-    fixed, report = svsurgery.fix(model, torch_module=module, inputs=inputs, precision=ir.DataType.FLOAT16, keep_io_types=True)
+    fixed, report = svsurgery.fix(
+        model, torch_module=module, inputs=inputs, precision=ir.DataType.FLOAT16, keep_io_types=True
+    )
     assert report.passed and report.precision == "FLOAT16" and "true float16" in report.evaluation
     statuses = {s.family: s.status for s in report.steps}
     assert statuses["layer-norm"] == "accepted" and statuses["mask-fill"] == "accepted"
@@ -78,7 +82,7 @@ def test_svsurgery_fp16_keeps_parity_with_the_torch_module(wide, tmp_path):
     assert os.path.getsize(out) <= 0.55 * os.path.getsize(path)
     # re-evaluated independently of the engine, on the file as written
     written = svsurgery.load(out)
-    assert [v.dtype for v in written.graph.inputs][0] == ir.DataType.FLOAT  # --keep-io-types
+    assert next(v.dtype for v in written.graph.inputs) == ir.DataType.FLOAT  # --keep-io-types
     floats = [v.dtype for v in written.graph.initializers.values() if v.dtype.is_floating_point()]
     assert collections.Counter(floats).most_common(1)[0][0] == ir.DataType.FLOAT16
     logits = Float16Evaluator(written).run(inputs.feeds)["ctc_logits"]
@@ -146,7 +150,12 @@ def _attention(bias_constant: float, queries: np.ndarray | None = None):
         numpy_helper.from_array(np.array(bias_constant, np.float32), "fill"),
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
     ]
-    return _model(nodes, [tensor("q", [2, 6, 8]), tensor("k", [2, 6, 8]), tensor("mask", [2, 6])], [tensor("y", [2, 6, 8])], initializers)
+    return _model(
+        nodes,
+        [tensor("q", [2, 6, 8]), tensor("k", [2, 6, 8]), tensor("mask", [2, 6])],
+        [tensor("y", [2, 6, 8])],
+        initializers,
+    )
 
 
 def _attention_feeds(fully_masked_row: bool):
@@ -169,7 +178,7 @@ def test_mask_fill_rule_is_needed_in_float16():
     assert not without.passed and without.final.by_name()["y"].cosine < 0.9
     with_rule = _fp16(_attention(float(np.finfo(np.float32).min)), feeds, CATALOG)
     assert with_rule.passed and {s.family: s.status for s in with_rule.steps}["mask-fill"] == "accepted"
-    converted, conversion = convert_to_float16(model)
+    _converted, conversion = convert_to_float16(model)
     assert conversion.overflowed == ["fill"]  # the conversion reports, never clamps silently
 
 
@@ -260,16 +269,23 @@ def test_outer_value_read_in_both_if_branches_keeps_unique_cast_names():
     from svsurgery.precision import convert_to_float16
 
     def branch(name: str, op: str) -> onnx.GraphProto:
-        constant = helper.make_node("Constant", [], [f"{name}_c"], value=helper.make_tensor(f"{name}_t", TensorProto.FLOAT, [], [2.0]))
+        constant = helper.make_node(
+            "Constant", [], [f"{name}_c"], value=helper.make_tensor(f"{name}_t", TensorProto.FLOAT, [], [2.0])
+        )
         return helper.make_graph(
-            [constant, helper.make_node(op, ["x", f"{name}_c"], [f"{name}_y"])], name, [],
+            [constant, helper.make_node(op, ["x", f"{name}_c"], [f"{name}_y"])],
+            name,
+            [],
             [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [2])],
-        )  # fmt: skip
+        )
 
     graph = helper.make_graph(
         [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Mul"), else_branch=branch("else", "Add"))],
         "g",
-        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import onnx_ir as ir
 import pytest
+from frontend_support import graph_features
 
 import svsurgery
-from frontend_support import graph_features
 from svsurgery import frontend
 from svsurgery.cli.main import main
 from svsurgery.errors import BadInputError
-from svsurgery.frontend import reference
+from svsurgery.frontend import numpy_statement
 from svsurgery.frontend._ops import GraphOps
 from svsurgery.frontend.build import mask_frames
 from svsurgery.frontend.cmvn import cmvn_graph
@@ -66,7 +66,7 @@ def test_lfr_cmvn_matches_funasr_on_every_length(m, n):
     lfr = frontend.LfrOptions(m, n)
     cmvn = frontend.Cmvn(rng.normal(-8, 2, 80 * m), rng.uniform(0.1, 0.3, 80 * m))
     session = inference_session(_lfr_cmvn_model(lfr, cmvn))
-    lengths = list(range(1, 101)) + [317, 1000, 3001]
+    lengths = [*list(range(1, 101)), 317, 1000, 3001]
     for start in range(0, len(lengths), 8):  # batches of rows of different lengths
         group = lengths[start : start + 8]
         batch = np.zeros((len(group), max(group), 80), np.float32)
@@ -76,7 +76,7 @@ def test_lfr_cmvn_matches_funasr_on_every_length(m, n):
         out, counts = session.run(None, {"fbank": batch, "counts": np.array(group, np.int64)})
         for i, row in enumerate(rows):
             expected = (_funasr_apply_lfr(row, m, n) + cmvn.shift) * cmvn.scale
-            np.testing.assert_array_equal(reference.apply_lfr(row, lfr), _funasr_apply_lfr(row, m, n))
+            np.testing.assert_array_equal(numpy_statement.apply_lfr(row, lfr), _funasr_apply_lfr(row, m, n))
             assert counts[i] == expected.shape[0] == -(-group[i] // n)
             error = np.abs(out[i, : counts[i]] - expected).max()
             assert error <= MAX_ABS_LFR_CMVN, (m, n, group[i], error)
@@ -101,10 +101,14 @@ def test_full_front_end_matches_the_python_pipeline(tmp_path):
     opts, lfr = frontend.FbankOptions.sensevoice(), frontend.LfrOptions.sensevoice()
     speech = audio.speech(6.0, seed=5)
     rows = [speech, speech[:7000], speech[20000:20400], speech[:100]]
-    ours, padded, counts = graph_features(rows, opts, lfr, cmvn)
+    ours, _padded, _counts = graph_features(rows, opts, lfr, cmvn)
     for row, features in zip(rows, ours):
-        fbank = reference.fbank(row, opts)
-        expected = reference.apply_cmvn(reference.apply_lfr(fbank, lfr), cmvn.shift, cmvn.scale) if fbank.size else np.zeros((0, 560))
+        fbank = numpy_statement.fbank(row, opts)
+        expected = (
+            numpy_statement.apply_cmvn(numpy_statement.apply_lfr(fbank, lfr), cmvn.shift, cmvn.scale)
+            if fbank.size
+            else np.zeros((0, 560))
+        )
         assert features.shape == expected.shape
         if expected.size:
             assert np.abs(features - expected).max() <= 1e-3  # fbank error (<= 5e-4) times CMVN scale
@@ -117,9 +121,18 @@ def test_full_front_end_matches_the_python_pipeline(tmp_path):
     [
         ("<Nnet>\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n</Nnet>\n", "no <AddShift> component"),
         ("<Nnet>\n<AddShift> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n</Nnet>\n", "no <Rescale> component"),
-        ("<AddShift> 3 3\n<LearnRateCoef> 0 [ 1 x2 3 ]\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n", ":2: <AddShift> value 'x2'"),
-        ("<AddShift> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2\n", ":4: the <Rescale> vector opened here is never closed"),
-        ("<AddShift> 4 4\n<LearnRateCoef> 0 [ 1 2 3 ]\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n", ":2: <AddShift> declares 4 values but lists 3"),
+        (
+            "<AddShift> 3 3\n<LearnRateCoef> 0 [ 1 x2 3 ]\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n",
+            ":2: <AddShift> value 'x2'",
+        ),
+        (
+            "<AddShift> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2\n",
+            ":4: the <Rescale> vector opened here is never closed",
+        ),
+        (
+            "<AddShift> 4 4\n<LearnRateCoef> 0 [ 1 2 3 ]\n<Rescale> 3 3\n<LearnRateCoef> 0 [ 1 2 3 ]\n",
+            ":2: <AddShift> declares 4 values but lists 3",
+        ),
         ("<AddShift> three\n", ":1: <AddShift> should be followed by its dimensions"),
         ("", "no <AddShift> component"),
     ],
@@ -153,14 +166,16 @@ def test_cmvn_from_sherpa_onnx_metadata():
 
 def test_cmvn_dimension_must_match_the_features():
     with pytest.raises(BadInputError, match=r"has 80 values, but the features have 560 \(80 fbank x LFR m=7\)"):
-        frontend.build(frontend.FbankOptions.sensevoice(), frontend.LfrOptions(7, 6), frontend.Cmvn(np.zeros(80), np.ones(80)))
+        frontend.build(
+            frontend.FbankOptions.sensevoice(), frontend.LfrOptions(7, 6), frontend.Cmvn(np.zeros(80), np.ones(80))
+        )
 
 
 def test_zero_length_rows_give_empty_features():
     opts, lfr = frontend.FbankOptions.sensevoice(), frontend.LfrOptions.sensevoice()
-    ours, padded, counts = graph_features([np.zeros(0, np.float32), np.zeros(0, np.float32)], opts, lfr)
+    _, padded, counts = graph_features([np.zeros(0, np.float32), np.zeros(0, np.float32)], opts, lfr)
     assert padded.shape == (2, 0, 560) and counts.tolist() == [0, 0]
-    ours, padded, counts = graph_features([np.zeros(0, np.float32), audio.white_noise(0.1)], opts, lfr)
+    _, padded, counts = graph_features([np.zeros(0, np.float32), audio.white_noise(0.1)], opts, lfr)
     assert counts.tolist() == [0, 2] and np.all(padded[0] == 0)
 
 
@@ -168,7 +183,24 @@ def test_frontend_command(tmp_path, capsys):
     mvn = tmp_path / "am.mvn"
     mvn.write_text(_am_mvn(400))
     out = tmp_path / "fsmn_frontend.onnx"
-    assert main(["frontend", "-o", str(out), "--preset", "fsmn-vad", "--cmvn", str(mvn), "--opset", "14", "--lengths-dtype", "int64"]) == 0
+    assert (
+        main(
+            [
+                "frontend",
+                "-o",
+                str(out),
+                "--preset",
+                "fsmn-vad",
+                "--cmvn",
+                str(mvn),
+                "--opset",
+                "14",
+                "--lengths-dtype",
+                "int64",
+            ]
+        )
+        == 0
+    )
     model = svsurgery.load(out)
     assert model.opset_imports[""] == 14
     assert model.graph.outputs[0].shape[2] == 400 and model.graph.outputs[1].dtype == ir.DataType.INT64

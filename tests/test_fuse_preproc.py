@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from svsurgery.cli.main import main
 
 import svsurgery
+from svsurgery.cli.main import main
 from svsurgery.errors import BadInputError
-from svsurgery.frontend import LfrOptions, reference
+from svsurgery.frontend import LfrOptions, numpy_statement
 from svsurgery.frontend import knf as knf_reference
 from svsurgery.frontend.config import discover
 from svsurgery.fuse import fuse_preprocessing
@@ -81,7 +81,7 @@ def test_fused_model_signature_metadata_and_report(fused, folders, kind):
         assert model.metadata_props[key] == value  # the encoder's metadata is kept
     assert model.opset_imports[""] == source.opset_imports[""]
     if kind == "dynamo":
-        assert svsurgery.io.external_tensors(model), "a model with external data keeps it"
+        assert svsurgery.model_io.external_tensors(model), "a model with external data keeps it"
     if kind == "sherpa":
         assert report.sources["cmvn"].endswith("neg_mean/inv_stddev")
         assert "normalize_samples" in report.sources["input_scale"]
@@ -109,10 +109,14 @@ def test_fused_matches_two_step_and_kaldi_native_fbank_pipeline(fused, folders, 
     parity = compare("ctc_logits", fused_out["ctc_logits"], two_step["ctc_logits"])
     assert parity.max_abs <= MAX_ABS_FUSED_VS_TWO_STEP, parity
 
-    stacked = reference.apply_cmvn(
-        reference.apply_lfr(knf_reference.fbank(speech, config.fbank), config.lfr), config.cmvn.shift, config.cmvn.scale
+    stacked = numpy_statement.apply_cmvn(
+        numpy_statement.apply_lfr(knf_reference.fbank(speech, config.fbank), config.lfr),
+        config.cmvn.shift,
+        config.cmvn.scale,
     ).astype(np.float32)
-    pipeline = run(folders[kind], {feature_name: stacked[None], length_name: np.array([stacked.shape[0]], np.int32), **extra})
+    pipeline = run(
+        folders[kind], {feature_name: stacked[None], length_name: np.array([stacked.shape[0]], np.int32), **extra}
+    )
     parity = compare("ctc_logits", fused_out["ctc_logits"], pipeline["ctc_logits"])
     assert parity.argmax_agreement == 1.0 and parity.cosine >= MIN_COSINE_VS_KNF, parity
     np.testing.assert_array_equal(fused_out["encoder_out_lens"], pipeline["encoder_out_lens"])
@@ -170,7 +174,8 @@ def test_d_mismatch_names_both_numbers(folders):
 
 def test_encoder_without_feature_input_is_refused(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["ids"], ["out"])], "g",
+        [helper.make_node("Identity", ["ids"], ["out"])],
+        "g",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
         [helper.make_tensor_value_info("out", TensorProto.INT64, ["B", "T"])],
     )
@@ -188,7 +193,7 @@ def test_unreadable_am_mvn_and_missing_cmvn(folders, tmp_path):
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     shutil.copy(folders["funasr"], lonely / "model.onnx")
-    with pytest.raises(BadInputError, match="no CMVN found .* --no-cmvn"):
+    with pytest.raises(BadInputError, match=r"no CMVN found .* --no-cmvn"):
         fuse_preprocessing(lonely / "model.onnx")
     _, report = fuse_preprocessing(lonely / "model.onnx", use_cmvn=False)
     assert report.passed and report.sources["cmvn"] == "none (--no-cmvn)"
@@ -198,12 +203,19 @@ def test_generic_names_and_old_opset_encoder(tmp_path):
     """An opset-11 encoder with other input names: found by type and name, converted up to 13."""
     weight = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["feats", "w"], ["logits"]), helper.make_node("Identity", ["feats_lengths"], ["lens"])],
+        [
+            helper.make_node("MatMul", ["feats", "w"], ["logits"]),
+            helper.make_node("Identity", ["feats_lengths"], ["lens"]),
+        ],
         "tiny_encoder",
-        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["B", "T", 80]),
-         helper.make_tensor_value_info("feats_lengths", TensorProto.INT64, ["B"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", 8]),
-         helper.make_tensor_value_info("lens", TensorProto.INT64, ["B"])],
+        [
+            helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["B", "T", 80]),
+            helper.make_tensor_value_info("feats_lengths", TensorProto.INT64, ["B"]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", 8]),
+            helper.make_tensor_value_info("lens", TensorProto.INT64, ["B"]),
+        ],
         initializer=[onnx.numpy_helper.from_array(weight, "w")],
     )
     path = tmp_path / "encoder.onnx"
@@ -264,8 +276,12 @@ def test_encoder_runs_each_row_alone_inside_one_loop(folders):
     loops = [n for n in model.graph if n.op_type == "Loop"]
     assert len(loops) == 1
     body = loops[0].attributes["body"].value
-    assert sum(n.op_type == "MatMul" for n in body) == sum(n.op_type == "MatMul" for n in svsurgery.load(folders["funasr"]).graph)
-    assert not any(len(g.initializers) for g in model.graphs() if g is not model.graph), "weights stay in the outer graph"
+    assert sum(n.op_type == "MatMul" for n in body) == sum(
+        n.op_type == "MatMul" for n in svsurgery.load(folders["funasr"]).graph
+    )
+    assert not any(len(g.initializers) for g in model.graphs() if g is not model.graph), (
+        "weights stay in the outer graph"
+    )
     assert [v.name for v in model.graph.outputs[:2]] == ["ctc_logits", "encoder_out_lens"]
 
     session = inference_session(model, intra_op_threads=1)
@@ -276,14 +292,22 @@ def test_encoder_runs_each_row_alone_inside_one_loop(folders):
     for row, count in enumerate(frames):
         batch[row, :count] = rng.standard_normal((count, 560))
     ids = {"language": np.array([3], np.int32), "textnorm": np.array([14], np.int32)}
-    logits, lengths = session.run(["ctc_logits", "encoder_out_lens"], {"waveform": batch, "waveform_lengths": np.array(frames), **ids})
+    logits, lengths = session.run(
+        ["ctc_logits", "encoder_out_lens"], {"waveform": batch, "waveform_lengths": np.array(frames), **ids}
+    )
     assert logits.shape[:2] == (len(frames), max(frames) + 4)
     for row, count in enumerate(frames):
-        own_logits, own_lengths = encoder.run(None, {"speech": batch[row : row + 1, :count], "speech_lengths": np.array([count], np.int32), **ids})
+        own_logits, own_lengths = encoder.run(
+            None, {"speech": batch[row : row + 1, :count], "speech_lengths": np.array([count], np.int32), **ids}
+        )
         assert lengths[row] == own_lengths[0] == count + 4
-        np.testing.assert_array_equal(logits[row, : own_logits.shape[1]], own_logits[0])  # the same computation, bit for bit
+        np.testing.assert_array_equal(
+            logits[row, : own_logits.shape[1]], own_logits[0]
+        )  # the same computation, bit for bit
         assert not logits[row, own_logits.shape[1] :].any()
 
-    empty = session.run(["ctc_logits", "encoder_out_lens"], {"waveform": np.zeros((0, 5, 560), np.float32),
-                                                             "waveform_lengths": np.zeros(0, np.int64), **ids})  # fmt: skip
+    empty = session.run(
+        ["ctc_logits", "encoder_out_lens"],
+        {"waveform": np.zeros((0, 5, 560), np.float32), "waveform_lengths": np.zeros(0, np.int64), **ids},
+    )
     assert empty[0].shape == (0, 4, logits.shape[2]) and empty[1].shape == (0,)

@@ -22,10 +22,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import svsurgery
-from svsurgery.family import ApplyOptions, graph_fingerprint
-from svsurgery.inspect import summarize
 from svsurgery.precision import kept_in_float32
 from svsurgery.rules import CATALOG
+from svsurgery.rules.base import ApplyOptions, graph_fingerprint
+from svsurgery.summary import summarize
 
 DIM, STEPS, BATCH = 16, 4, 2
 FUNCTION = ("svs.test", "Pattern")
@@ -256,10 +256,13 @@ def walks_model(pattern: Callable, opset: int) -> onnx.ModelProto:
         [_value("/scan/out", None)],
     )  # scans x with one more axis in front, so its body sees [2, 4, 16] too
     function = helper.make_function(
-        FUNCTION[0], FUNCTION[1], ["fx", "fc"], ["fy", "fy_if"],
+        FUNCTION[0],
+        FUNCTION[1],
+        ["fx", "fc"],
+        ["fy", "fy_if"],
         [*pattern("fx", "fy", "/fn", opset), _if("fc", "fx", "fy_if", "/fn_if", pattern, opset)],
         [helper.make_opsetid("", opset)],
-    )  # fmt: skip
+    )
     nodes = [
         *pattern("x", "y_main", "/main", opset),
         _if("c", "x", "y_if", "/if", pattern, opset),
@@ -285,9 +288,11 @@ def walks_model(pattern: Callable, opset: int) -> onnx.ModelProto:
         ],
     )
     return helper.make_model(
-        graph, functions=[function], ir_version=10,
+        graph,
+        functions=[function],
+        ir_version=10,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(FUNCTION[0], 1)],
-    )  # fmt: skip
+    )
 
 
 def places(model: ir.Model) -> dict[str, ir.Graph | ir.Function]:

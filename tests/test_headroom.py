@@ -61,8 +61,13 @@ def _probe():
         numpy_helper.from_array(np.ones(3, np.float32), "scale"),
         numpy_helper.from_array(np.full(3, 0.5, np.float32), "bias"),
     ]
-    outputs = [_io("linear", [2, 3, 8]), _io("square", [2, 3, 400]), _io("sum_of_squares", [2, 3, 1]), _io("exp", [2, 3, 400]),
-               _io("normalized", [2, 3, 400])]  # fmt: skip
+    outputs = [
+        _io("linear", [2, 3, 8]),
+        _io("square", [2, 3, 400]),
+        _io("sum_of_squares", [2, 3, 1]),
+        _io("exp", [2, 3, 400]),
+        _io("normalized", [2, 3, 400]),
+    ]
     model = _model(nodes, [_io("x", [2, 3, 400])], outputs, initializers)
     x = (0.5 + rng.standard_normal((2, 3, 400))).astype(np.float32)
     return model, {"x": x}, numpy_helper.to_array(initializers[0]).astype(np.float64)
@@ -300,9 +305,12 @@ def _one_node(op_type, inputs, attributes=None, constants=(), opset=18):
     """A float16 model of one node; ``inputs`` are (name, array) fed at run time, ``constants`` initializers."""
     node = helper.make_node(op_type, [n for n, _ in inputs] + [n for n, _ in constants], ["y"], **(attributes or {}))
     graph = helper.make_graph(
-        [node], op_type, [_io(n, list(a.shape), TensorProto.FLOAT16) for n, a in inputs], [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
+        [node],
+        op_type,
+        [_io(n, list(a.shape), TensorProto.FLOAT16) for n, a in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
         initializer=[numpy_helper.from_array(a, n) for n, a in constants],
-    )  # fmt: skip
+    )
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9))
 
 

@@ -60,7 +60,7 @@ def test_loop_state_carries_and_scans_by_name():
         assert int(largest) == (max(values[:taken]) if taken else np.iinfo(np.int64).min)
         assert bool(seen_big) == any(v > 100 for v in values)
         assert float(unchanged) == 7.5 and unchanged.dtype == np.float64
-        assert history.tolist() == ([0, 0, 0] + values[:taken])[-3:]
+        assert history.tolist() == ([0, 0, 0, *values[:taken]])[-3:]
 
 
 def test_loop_state_refuses_mistakes():

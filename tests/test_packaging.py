@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_rules_and_cli_under_svsurgery_only(tmp_path):
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "tests", "bench", ".venv*"),
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,23 +75,41 @@ _WITHOUT_TORCH = textwrap.dedent(
 def test_inspect_and_fix_work_without_torch_and_torch_features_say_so(tmp_path, legacy_path):
     ok = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCH, "inspect", str(legacy_path), "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     fixed = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCH, "fix", str(legacy_path), "-o", str(tmp_path / "fixed.onnx")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert fixed.returncode == 0, fixed.stderr
     assert (tmp_path / "fixed.onnx").is_file() and "layer-norm" in fixed.stdout
     refused = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TORCH, "golden", str(legacy_path), "-o", str(tmp_path / "g.npz"), "--torch", "m.py:f"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            _WITHOUT_TORCH,
+            "golden",
+            str(legacy_path),
+            "-o",
+            str(tmp_path / "g.npz"),
+            "--torch",
+            "m.py:f",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2 and "needs torch" in refused.stderr
     refused = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCH, "example", "-o", str(tmp_path / "ex")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
@@ -120,7 +157,9 @@ def check_demo_output(out: str) -> None:
     flat = " ".join(out.split())  # the console wraps long lines at spaces
 
     profile = PROFILES[re.search(r"tolerance: ([\w-]+);", flat).group(1)]
-    final = re.search(r"final parity: max abs (\S+), max rel (\S+), cosine (\S+), argmax (\S+)% - within tolerance", flat)
+    final = re.search(
+        r"final parity: max abs (\S+), max rel (\S+), cosine (\S+), argmax (\S+)% - within tolerance", flat
+    )
     assert final, flat
     max_abs, max_rel, cosine, argmax = (float(figure) for figure in final.groups())
     assert max_rel <= profile.max_rel and cosine >= profile.min_cosine and argmax / 100 >= profile.min_argmax_agreement
@@ -128,8 +167,11 @@ def check_demo_output(out: str) -> None:
 
     rows = _fuse_table(out)
     assert [(r["vs"], r["output"][:10]) for r in rows] == [
-        ("two-step", "ctc_logits"), ("two-step", "encoder_ou"), ("reference", "ctc_logits"), ("reference", "encoder_ou"),
-    ]  # fmt: skip
+        ("two-step", "ctc_logits"),
+        ("two-step", "encoder_ou"),
+        ("reference", "ctc_logits"),
+        ("reference", "encoder_ou"),
+    ]
     for row in rows:
         strict = row["vs"] == "two-step"
         bounds = PROFILES["fp32-strict" if strict else "frontend"]

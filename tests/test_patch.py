@@ -236,33 +236,51 @@ def _model_with_subgraphs() -> ir.Model:
     """If, Loop and Scan bodies that each read an outer value."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
     then_branch = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["then_relu"], name="then_relu_node"),
-         helper.make_node("Mul", ["then_relu", "two"], ["then_out"], name="then_mul")],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [3])],
+        [
+            helper.make_node("Relu", ["x"], ["then_relu"], name="then_relu_node"),
+            helper.make_node("Mul", ["then_relu", "two"], ["then_out"], name="then_mul"),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [3])],
         initializer=[helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
     )
     else_branch = helper.make_graph(
         [helper.make_node("Neg", ["x"], ["else_out"], name="else_neg")],
-        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [3])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [3])],
     )
     loop_body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["acc_in", "x"], ["acc_out"], name="loop_add")],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "x"], ["acc_out"], name="loop_add"),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [3])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [3])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [3]),
+        ],
     )
     scan_body = helper.make_graph(
-        [helper.make_node("Add", ["sum_in", "elem"], ["sum_out"], name="scan_add"),
-         helper.make_node("Identity", ["sum_out"], ["scan_out"])],
+        [
+            helper.make_node("Add", ["sum_in", "elem"], ["sum_out"], name="scan_add"),
+            helper.make_node("Identity", ["sum_out"], ["scan_out"]),
+        ],
         "scan",
-        [helper.make_tensor_value_info("sum_in", TensorProto.FLOAT, []),
-         helper.make_tensor_value_info("elem", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("sum_out", TensorProto.FLOAT, []),
-         helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, [])],
+        [
+            helper.make_tensor_value_info("sum_in", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("elem", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("sum_out", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, []),
+        ],
     )
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="sum"),
@@ -272,10 +290,14 @@ def _model_with_subgraphs() -> ir.Model:
         helper.make_node("Scan", ["zero", "x"], ["final", "cumsum"], body=scan_body, num_scan_inputs=1, name="scan"),
     ]
     graph = helper.make_graph(
-        nodes, "main", [x],
+        nodes,
+        "main",
+        [x],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in ("branch", "looped", "cumsum")],
-        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-                     helper.make_tensor("trips", TensorProto.INT64, [], [3])],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("trips", TensorProto.INT64, [], [3]),
+        ],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(proto, full_check=True)

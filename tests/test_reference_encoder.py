@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import make_feeds
+
 from svsurgery.runtime import run
 
 MAX_ABS_EXPORT = 1e-5  # fp32 export vs eager torch

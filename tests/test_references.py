@@ -31,9 +31,12 @@ def test_shadow_computes_in_double_including_casts_to_float16_and_constants():
         helper.make_node("Cast", ["h"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["f", "k"], ["y"]),
     ]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-                   [numpy_helper.from_array(np.array(3.1, np.float32), "k")])  # fmt: skip
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.array(3.1, np.float32), "k")],
+    )
     x = np.array([0.1, 1.0, 333.3, -7.7], np.float32)
     shadow = float64_shadow(model)
     y = shadow.run({"x": x})["y"]
@@ -52,11 +55,14 @@ def test_shadow_runs_ops_without_double_kernels_in_float32_and_says_so():
         helper.make_node("Sin", ["e"], ["y"]),
     ]
     model = _model(
-        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5])],
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.full((2, 1, 3), 0.5, np.float32), "w"),
-         numpy_helper.from_array(np.array([1, 1, 2], np.float32), "scales")],
-    )  # fmt: skip
+        [
+            numpy_helper.from_array(np.full((2, 1, 3), 0.5, np.float32), "w"),
+            numpy_helper.from_array(np.array([1, 1, 2], np.float32), "scales"),
+        ],
+    )
     shadow = float64_shadow(model)
     assert set(shadow.float32_ops) == {"Conv", "Resize", "Erf"}
     assert "Conv" in shadow.describe() and "float32" in shadow.describe()
@@ -67,14 +73,22 @@ def test_shadow_runs_ops_without_double_kernels_in_float32_and_says_so():
 
 def test_shadow_reaches_into_subgraphs():
     branch = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("Cast", ["h"], ["out"], to=TensorProto.FLOAT)],
-        "branch", [], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])],
-    )  # fmt: skip
+        [
+            helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", ["h"], ["out"], to=TensorProto.FLOAT),
+        ],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])],
+    )
     model = _model(
         [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-    )  # fmt: skip
+    )
     x = np.array([1.0001, 3.14159], np.float32)
     y = float64_shadow(model).run({"x": x, "cond": np.array(True)})["y"]
     np.testing.assert_array_equal(y, x.astype(np.float64))
@@ -164,19 +178,27 @@ def test_generated_inputs_read_roles_from_graph_use_when_names_say_nothing():
     ]
     model = _model(
         nodes,
-        [_tensor("a", TensorProto.FLOAT, ["B", "N"]), _tensor("q", TensorProto.INT64, []),
-         _tensor("s", TensorProto.FLOAT, [1, "B", hidden]), _tensor("k", TensorProto.INT64, ["B", "T"]),
-         _tensor("ids", TensorProto.INT64, ["B", "T"])],
+        [
+            _tensor("a", TensorProto.FLOAT, ["B", "N"]),
+            _tensor("q", TensorProto.INT64, []),
+            _tensor("s", TensorProto.FLOAT, [1, "B", hidden]),
+            _tensor("k", TensorProto.INT64, ["B", "T"]),
+            _tensor("ids", TensorProto.INT64, ["B", "T"]),
+        ],
         [_tensor("state_out", TensorProto.FLOAT, None), _tensor("attention", TensorProto.FLOAT, None)],
         initializers,
-    )  # fmt: skip
+    )
     made = generate_inputs(model)
     feeds, how = made.feeds, made.how
     assert "a Conv reads it as a signal" in how["a"] and "at 8000 Hz ('q' is compared with 8000)" in how["a"]
     # 1 s at 8 kHz; a streaming model (it has state) first gets a 36 ms chunk: 288 samples, silero's 256 + 32
     assert feeds["a"].shape == (2, 288) and np.abs(feeds["a"]).max() > 0.05
     assert int(feeds["q"]) == 8000 and "compared with 8000" in how["q"]
-    assert feeds["s"].shape == (1, 2, hidden) and not feeds["s"].any() and "an LSTM reads it as its initial state" in how["s"]
+    assert (
+        feeds["s"].shape == (1, 2, hidden)
+        and not feeds["s"].any()
+        and "an LSTM reads it as its initial state" in how["s"]
+    )
     assert feeds["k"].tolist() == [[1] * 8, [1] * 5 + [0] * 3] and "reaches the attention scores" in how["k"]
     assert feeds["ids"].max() < 50 and np.all(feeds["ids"][1, 5:] == 0) and feeds["ids"][0].any()
     run(model, feeds)
@@ -194,10 +216,17 @@ def test_generated_inputs_tie_lengths_batch_and_fixed_dimensions():
             helper.make_node("Cast", ["waveform_lengths"], ["y_lengths"], to=TensorProto.FLOAT),
         ]
         return _model(
-            nodes, [_tensor("waveform", TensorProto.FLOAT, [batch, "N"]), _tensor("waveform_lengths", TensorProto.INT64, [batch])],
+            nodes,
+            [
+                _tensor("waveform", TensorProto.FLOAT, [batch, "N"]),
+                _tensor("waveform_lengths", TensorProto.INT64, [batch]),
+            ],
             [_tensor("y", TensorProto.FLOAT, None), _tensor("y_lengths", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.array([1], np.int64), "axis1"), numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "w")],
-        )  # fmt: skip
+            [
+                numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+                numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "w"),
+            ],
+        )
 
     made = generate_inputs(model("B"))
     wave, lengths = made.feeds["waveform"], made.feeds["waveform_lengths"]
@@ -232,7 +261,9 @@ def test_guessed_lengths_grow_until_the_model_runs_then_fail_in_one_line():
     with pytest.raises(BadInputError) as error:
         generate_inputs(padded("x", TensorProto.FLOAT, [0, 10**6, 0, 10**6]), "pad.onnx")
     message = str(error.value)
-    assert "\n" not in message and message.startswith("pad.onnx (also tried: 1 s of waveform) cannot run on these inputs")
+    assert "\n" not in message and message.startswith(
+        "pad.onnx (also tried: 1 s of waveform) cannot run on these inputs"
+    )
     assert "x [2, 64000] float32" in message and "--inputs" in message
 
 
@@ -243,10 +274,17 @@ def test_generated_inputs_take_the_rate_from_metadata_and_make_whisper_log_mel()
     from svsurgery.parity.waveforms import speech_like, whisper_log_mel
 
     wave = _model(
-        [helper.make_node("Unsqueeze", ["audio", "axis1"], ["a3"]), helper.make_node("Conv", ["a3", "w"], ["y"], kernel_shape=[4])],
-        [_tensor("audio", TensorProto.FLOAT, ["B", "N"])], [_tensor("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.array([1], np.int64), "axis1"), numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "w")],
-    )  # fmt: skip
+        [
+            helper.make_node("Unsqueeze", ["audio", "axis1"], ["a3"]),
+            helper.make_node("Conv", ["a3", "w"], ["y"], kernel_shape=[4]),
+        ],
+        [_tensor("audio", TensorProto.FLOAT, ["B", "N"])],
+        [_tensor("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "w"),
+        ],
+    )
     wave.metadata_props["sample_rate"] = "22050"
     made = generate_inputs(wave)
     assert made.feeds["audio"].shape == (2, 22050) and "at 22050 Hz (metadata 'sample_rate')" in made.how["audio"]
@@ -254,9 +292,10 @@ def test_generated_inputs_take_the_rate_from_metadata_and_make_whisper_log_mel()
 
     mel = _model(
         [helper.make_node("Conv", ["mel_in", "w"], ["y"], kernel_shape=[3], pads=[1, 1])],
-        [_tensor("mel_in", TensorProto.FLOAT, ["B", "F", "T"])], [_tensor("y", TensorProto.FLOAT, None)],
+        [_tensor("mel_in", TensorProto.FLOAT, ["B", "F", "T"])],
+        [_tensor("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.ones((4, 128, 3), np.float32), "w")],
-    )  # fmt: skip
+    )
     made = generate_inputs(mel)
     assert made.feeds["mel_in"].shape == (2, 128, 3000) and "log-mel" in made.how["mel_in"]
     assert "a Conv reads its 128 channels over time" in made.how["mel_in"]

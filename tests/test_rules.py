@@ -9,10 +9,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
-
-import svsurgery
 from conftest import make_feeds
 from graphs import LayerNormSpec, cast_chain_model, feeds_for, layer_norm_model
+
+import svsurgery
 from svsurgery import patch
 from svsurgery.parity.references import Float64Reference
 from svsurgery.runtime import run
@@ -27,9 +27,11 @@ def _ops(model: ir.Model) -> collections.Counter:
 def _identity_casts(model: ir.Model) -> list[str]:
     patch.infer_types(model)
     return [
-        n.name for g in patch.all_graphs(model) for n in g
+        n.name
+        for g in patch.all_graphs(model)
+        for n in g
         if n.op_type == "Cast" and n.inputs[0].dtype is not None and n.inputs[0].dtype == n.attributes["to"].value
-    ]  # fmt: skip
+    ]
 
 
 def _layer_norm_modules(module: torch.nn.Module) -> int:
@@ -50,9 +52,15 @@ def test_funasr_export_every_layer_norm_fused_every_identity_cast_removed(legacy
     fixed, report = svsurgery.fix(original, torch_module=torch_encoder, example_inputs=feeds, tolerance="fp32-strict")
 
     assert _status(report) == {
-        "layer-norm": "accepted", "casts": "accepted", "mask-fill": "accepted",  # -inf fills -> float32's minimum
-        "rms-norm": "no match", "instance-norm": "no match", "gelu": "no match",  # no such patterns
-        "softmax-fp32": "no match", "positional-fp32": "no match", "lossy-casts": "no match",  # float32 model
+        "layer-norm": "accepted",
+        "casts": "accepted",
+        "mask-fill": "accepted",  # -inf fills -> float32's minimum
+        "rms-norm": "no match",
+        "instance-norm": "no match",
+        "gelu": "no match",  # no such patterns
+        "softmax-fp32": "no match",
+        "positional-fp32": "no match",
+        "lossy-casts": "no match",  # float32 model
     }
     ops = _ops(fixed)
     assert ops["LayerNormalization"] == _layer_norm_modules(torch_encoder)
@@ -68,7 +76,10 @@ def test_funasr_export_every_layer_norm_fused_every_identity_cast_removed(legacy
     actual = run(fixed, unseen)["ctc_logits"]
     assert np.abs(actual.astype(np.float64) - expected).max() <= MAX_ABS_VS_TORCH
     svsurgery.validate(fixed)
-    applied = {entry["id"]: entry["status"] for entry in __import__("json").loads(fixed.metadata_props["svsurgery.rules_applied"])}
+    applied = {
+        entry["id"]: entry["status"]
+        for entry in __import__("json").loads(fixed.metadata_props["svsurgery.rules_applied"])
+    }
     assert applied == _status(report)
     assert "svsurgery.parity" in fixed.metadata_props and "svsurgery.versions" in fixed.metadata_props
     # the model passed in is untouched
@@ -101,7 +112,9 @@ FORMS = [
 ]
 
 
-@pytest.mark.parametrize("spec", FORMS, ids=lambda s: f"opset{s.opset}-{s.square}-{s.normalize}-{s.axes}-{s.scale}-{s.bias}-{s.dtype}")
+@pytest.mark.parametrize(
+    "spec", FORMS, ids=lambda s: f"opset{s.opset}-{s.square}-{s.normalize}-{s.axes}-{s.scale}-{s.bias}-{s.dtype}"
+)
 def test_every_exporter_form_fuses_with_epsilon_kept(spec):
     model = ir.from_proto(layer_norm_model(spec))
     feeds = feeds_for(spec)
@@ -152,13 +165,13 @@ def test_non_constant_epsilon_and_other_exponents_are_refused():
     feeds = feeds_for(spec)
     # the exponent 3: not a variance
     cubed = _with_constant(layer_norm_model(spec), "/ln/two", 3.0)
-    fixed, report = svsurgery.fix(ir.from_proto(cubed), "layer-norm", inputs=feeds)
+    fixed, _ = svsurgery.fix(ir.from_proto(cubed), "layer-norm", inputs=feeds)
     assert _ops(fixed)["LayerNormalization"] == 0 and _ops(fixed)["Pow"] == 1
     # epsilon a graph input: LayerNormalization's epsilon is an attribute, so it cannot be fused
     proto = _with_input_epsilon(layer_norm_model(spec))
     onnx.checker.check_model(proto, full_check=True)
     runtime = {**feeds, "/ln/eps": np.array(1e-5, np.float32)}
-    fixed, report = svsurgery.fix(ir.from_proto(proto), "layer-norm", inputs=runtime)
+    fixed, _report = svsurgery.fix(ir.from_proto(proto), "layer-norm", inputs=runtime)
     assert _ops(fixed)["LayerNormalization"] == 0 and _ops(fixed)["ReduceMean"] == 2
     assert [v.name for v in fixed.graph.inputs] == ["x", "/ln/eps"]
     # ... and the same model with the epsilon constant again does fuse: the refusal is about the epsilon
@@ -168,7 +181,9 @@ def test_non_constant_epsilon_and_other_exponents_are_refused():
 
 def test_float16_layer_norm_fuses_with_float32_statistics():
     spec = LayerNormSpec(dtype="float16", dim=32)
-    fixed, report = svsurgery.fix(ir.from_proto(layer_norm_model(spec)), "layer-norm", inputs=feeds_for(spec, spread=100.0))
+    fixed, report = svsurgery.fix(
+        ir.from_proto(layer_norm_model(spec)), "layer-norm", inputs=feeds_for(spec, spread=100.0)
+    )
     (node,) = [n for n in fixed.graph if n.op_type == "LayerNormalization"]
     assert node.inputs[0].dtype == ir.DataType.FLOAT16 and node.attributes["stash_type"].value == ir.DataType.FLOAT
     assert report.passed, report.final.failures()
@@ -189,7 +204,9 @@ def test_below_opset_17_with_keep_opset_float16_chains_compute_in_float32():
 
 def test_below_opset_17_with_keep_opset_float32_is_left_alone():
     spec = LayerNormSpec(opset=14)
-    fixed, report = svsurgery.fix(ir.from_proto(layer_norm_model(spec)), "layer-norm", inputs=feeds_for(spec), raise_opset=False)
+    fixed, report = svsurgery.fix(
+        ir.from_proto(layer_norm_model(spec)), "layer-norm", inputs=feeds_for(spec), raise_opset=False
+    )
     (step,) = report.steps
     assert step.status == "no match" and "kept the decomposed form" in step.notes[0]
     assert _ops(fixed) == _ops(ir.from_proto(layer_norm_model(spec)))
@@ -221,7 +238,7 @@ def _x(dtype="float32", seed=0, scale=100.0):
 def test_cast_chains_collapse_only_where_the_types_prove_it(chain, source, left):
     proto = cast_chain_model(chain, source_dtype=source)
     feeds = _x(source) if source.startswith("float") else {"x": np.arange(-8, 8, dtype=source).reshape(2, 8)}
-    fixed, report = svsurgery.fix(ir.from_proto(proto), "casts", inputs=feeds, tolerance="fp32-strict")
+    fixed, _report = svsurgery.fix(ir.from_proto(proto), "casts", inputs=feeds, tolerance="fp32-strict")
     assert _cast_targets(fixed) == left
     before = run(ir.from_proto(proto), feeds, optimize=False)["y"]
     np.testing.assert_array_equal(run(fixed, feeds, optimize=False)["y"], before)
@@ -260,9 +277,10 @@ def test_graph_output_names_survive_cast_removal():
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
-    )  # fmt: skip
+    )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    fixed, report = svsurgery.fix(model, "casts", inputs=_x())
+    fixed, _report = svsurgery.fix(model, "casts", inputs=_x())
     assert [v.name for v in fixed.graph.outputs] == ["y"] and _ops(fixed) == {"Relu": 1}

@@ -17,7 +17,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import svsurgery
-from svsurgery.family import Applied, RuleFamily
 from svsurgery.parity.float16 import Float16Evaluator
 from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM
 from svsurgery.parity.metrics import Tolerance, compare
@@ -25,6 +24,7 @@ from svsurgery.parity.references import ModelReference
 from svsurgery.parity.waveforms import speech_like
 from svsurgery.precision import convert_to_float16
 from svsurgery.rules import CATALOG
+from svsurgery.rules.base import Applied, RuleFamily
 
 MIN_COSINE = 0.9999  # svsurgery fp16 in true float16 against the float32 model / torch module
 FOCUSED = Tolerance("focused", max_rel=5e-2, min_cosine=0.9999, rel_floor=5e-2)  # outputs without a class axis
@@ -123,7 +123,7 @@ def test_instance_norm_rule_is_kept_for_headroom_on_inputs_that_do_not_overflow(
 
 
 def test_group_normalization_with_float32_statistics_is_left_alone():
-    fixed, report = _fp16(
+    _fixed, report = _fp16(
         _normalization("GroupNormalization-stash-float32", 21), _frames(spread=5.0), ["instance-norm"]
     )
     assert _statuses(report) == {"instance-norm": "no match"} and report.passed
@@ -159,10 +159,17 @@ def _wav2vec2():
     Wav2Vec2Config, Wav2Vec2Model = _wav2vec2_classes()
 
     config = Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32, 32),
-        conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), feat_extract_norm="group", num_conv_pos_embeddings=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 2, 2),
+        conv_kernel=(10, 3, 3),
+        feat_extract_norm="group",
+        num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return Wav2Vec2Model(config).eval()
 
@@ -197,8 +204,15 @@ def test_wav2vec2_holds_at_inputs_x10_in_true_float16(wav2vec2, tmp_path, dynamo
     x1, x10 = _waveform(1.0), _waveform(WAV2VEC2_SCALE)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wav2vec2, (torch.from_numpy(x1),), str(path), input_names=["input_values"],
-                          output_names=["last_hidden_state"], dynamo=dynamo, opset_version=18 if dynamo else 17)  # fmt: skip
+        torch.onnx.export(
+            wav2vec2,
+            (torch.from_numpy(x1),),
+            str(path),
+            input_names=["input_values"],
+            output_names=["last_hidden_state"],
+            dynamo=dynamo,
+            opset_version=18 if dynamo else 17,
+        )
         expected = wav2vec2(torch.from_numpy(x10)).numpy()
     model = svsurgery.load(path)
     assert any(n.op_type == "InstanceNormalization" for n in model.graph)
@@ -234,8 +248,9 @@ def _rms(opset: int, normalize: str = "reciprocal") -> ir.Model:
     """x [B, 64] -> x * Reciprocal(Sqrt(ReduceMean(Pow(x, 2)) + eps)) * w (or x / Sqrt(...) * w)."""
     reduce = (
         helper.make_node("ReduceMean", ["squared", "axes"], ["mean_square"], keepdims=1, name="/rms/ReduceMean")
-        if opset >= 18 else helper.make_node("ReduceMean", ["squared"], ["mean_square"], axes=[-1], keepdims=1, name="/rms/ReduceMean")
-    )  # fmt: skip
+        if opset >= 18
+        else helper.make_node("ReduceMean", ["squared"], ["mean_square"], axes=[-1], keepdims=1, name="/rms/ReduceMean")
+    )
     nodes = [
         helper.make_node("Pow", ["x", "two"], ["squared"], name="/rms/Pow"),
         reduce,
@@ -245,12 +260,18 @@ def _rms(opset: int, normalize: str = "reciprocal") -> ir.Model:
     if normalize == "div":
         nodes.append(helper.make_node("Div", ["x", "rms"], ["normalized"], name="/rms/Div"))
     else:
-        nodes += [helper.make_node("Reciprocal", ["rms"], ["inverse"], name="/rms/Reciprocal"),
-                  helper.make_node("Mul", ["x", "inverse"], ["normalized"], name="/rms/Mul")]  # fmt: skip
+        nodes += [
+            helper.make_node("Reciprocal", ["rms"], ["inverse"], name="/rms/Reciprocal"),
+            helper.make_node("Mul", ["x", "inverse"], ["normalized"], name="/rms/Mul"),
+        ]
     nodes.append(helper.make_node("Mul", ["normalized", "w"], ["y"], name="/rms/Mul_1"))
     rng = np.random.default_rng(0)
-    initializers = [_constant("two", 2.0), _constant("eps", 1e-6), _constant("w", 1 + 0.1 * rng.standard_normal(64)),
-                    numpy_helper.from_array(np.array([-1], np.int64), "axes")]  # fmt: skip
+    initializers = [
+        _constant("two", 2.0),
+        _constant("eps", 1e-6),
+        _constant("w", 1 + 0.1 * rng.standard_normal(64)),
+        numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+    ]
     return _model(
         nodes,
         [_io("x", ["batch", 64])],
@@ -340,8 +361,13 @@ def _gelu(opset: int, form: str = "erf") -> ir.Model:
             helper.make_node("Mul", ["shifted", "half"], ["gate"], name="/act/Mul_2"),
             helper.make_node("Mul", ["x", "gate"], ["y"], name="/act/Mul_3"),
         ]
-        constants = [_constant("three", 3.0), _constant("k", 0.044715), _constant("c", math.sqrt(2 / math.pi)),
-                     _constant("one", 1.0), _constant("half", 0.5)]  # fmt: skip
+        constants = [
+            _constant("three", 3.0),
+            _constant("k", 0.044715),
+            _constant("c", math.sqrt(2 / math.pi)),
+            _constant("one", 1.0),
+            _constant("half", 0.5),
+        ]
     return _model(nodes, [_io("x", ["n"])], [_io("y", ["n"])], constants, opset)
 
 

@@ -10,17 +10,25 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from graphs import (
+    ONNX_TYPES,
+    LayerNormSpec,
+    cast_chain_nodes,
+    feeds_for,
+    input_shape,
+    layer_norm_model,
+    layer_norm_nodes,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import svsurgery
-from graphs import ONNX_TYPES, LayerNormSpec, cast_chain_nodes, feeds_for, input_shape, layer_norm_model, layer_norm_nodes
-from svsurgery.family import ApplyOptions
 from svsurgery.parity.judge import Margin
 from svsurgery.parity.metrics import PROFILES, compare
 from svsurgery.parity.references import Float64Reference
 from svsurgery.rules import layer_norm
+from svsurgery.rules.base import ApplyOptions
 from svsurgery.runtime import run
 
 FLOAT_CHAIN_TYPES = ["float16", "float32", "float64", "int32", "int64", "int16", "int8", "uint8", "bool"]
@@ -53,7 +61,11 @@ def _with_cast_chain(spec: LayerNormSpec, chain: list[str]) -> onnx.ModelProto:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=layer_norm_specs, chain=st.lists(st.sampled_from(FLOAT_CHAIN_TYPES), min_size=1, max_size=4), offset=st.sampled_from([0.0, 3.0, 50.0]))
+@given(
+    spec=layer_norm_specs,
+    chain=st.lists(st.sampled_from(FLOAT_CHAIN_TYPES), min_size=1, max_size=4),
+    offset=st.sampled_from([0.0, 3.0, 50.0]),
+)
 def test_accepted_rewrites_stay_within_tolerance_of_the_float64_original(spec, chain, offset):
     if spec.keepdims == 0:  # only [1, D] inputs make keepdims=0 broadcast at all (then it computes something else)
         spec = dataclasses.replace(spec, rank=2)
@@ -72,7 +84,11 @@ def test_accepted_rewrites_stay_within_tolerance_of_the_float64_original(spec, c
             assert after.passed, (name, after.failures)
         ulp = np.finfo(outputs[name].dtype).eps if np.issubdtype(outputs[name].dtype, np.floating) else 0.0
         # no worse than the original beyond 25 % or 4 rounding steps of the output's type
-        assert after.max_abs <= before.max_abs + max(0.25 * before.max_abs, 4 * ulp * before.scale), (name, before, after)
+        assert after.max_abs <= before.max_abs + max(0.25 * before.max_abs, 4 * ulp * before.scale), (
+            name,
+            before,
+            after,
+        )
         assert after.nan_count + after.inf_count <= before.nan_count + before.inf_count
     fused = [n for n in fixed.graph if n.op_type == "LayerNormalization"]
     layer_norm_step = next(s for s in report.steps if s.family == "layer-norm")
@@ -119,31 +135,59 @@ def _control_flow_model(opset: int) -> onnx.ModelProto:
     then_nodes, then_inits = layer_norm_nodes(spec, "x", "then_out", prefix="/if/then/ln")
     else_nodes, else_inits = layer_norm_nodes(LayerNormSpec(opset=opset, seed=1), "x", "else_ln", prefix="/if/else/ln")
     else_nodes.append(helper.make_node("Add", ["else_ln", "else_ln"], ["else_out"], name="/if/else/double"))
-    then_branch = helper.make_graph(then_nodes, "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, shape)], initializer=then_inits)
-    else_branch = helper.make_graph(else_nodes, "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, shape)], initializer=else_inits)
+    then_branch = helper.make_graph(
+        then_nodes,
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, shape)],
+        initializer=then_inits,
+    )
+    else_branch = helper.make_graph(
+        else_nodes,
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, shape)],
+        initializer=else_inits,
+    )
 
-    loop_nodes, loop_inits = layer_norm_nodes(LayerNormSpec(opset=opset, seed=2, cast_front=True), "acc_in", "acc_ln", prefix="/loop/ln")
+    loop_nodes, loop_inits = layer_norm_nodes(
+        LayerNormSpec(opset=opset, seed=2, cast_front=True), "acc_in", "acc_ln", prefix="/loop/ln"
+    )
     loop_nodes += [
         helper.make_node("Add", ["acc_in", "acc_ln"], ["acc_out"], name="/loop/residual"),
         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
     ]
     loop_body = helper.make_graph(
-        loop_nodes, "loop_body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, shape)],
+        loop_nodes,
+        "loop_body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, shape),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, shape),
+        ],
         initializer=loop_inits,
-    )  # fmt: skip
+    )
 
     scan_spec = LayerNormSpec(opset=opset, rank=2, seed=3)
     scan_nodes, scan_inits = layer_norm_nodes(scan_spec, "row", "row_ln", prefix="/scan/ln")
     scan_nodes.append(helper.make_node("Identity", ["state_in"], ["state_out"], name="/scan/state"))
     scan_body = helper.make_graph(
-        scan_nodes, "scan_body",
-        [helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1]), helper.make_tensor_value_info("row", TensorProto.FLOAT, [3, 16])],
-        [helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1]), helper.make_tensor_value_info("row_ln", TensorProto.FLOAT, [3, 16])],
+        scan_nodes,
+        "scan_body",
+        [
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("row", TensorProto.FLOAT, [3, 16]),
+        ],
+        [
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("row_ln", TensorProto.FLOAT, [3, 16]),
+        ],
         initializer=scan_inits,
-    )  # fmt: skip
+    )
 
     nodes = [
         helper.make_node("If", ["cond"], ["if_out"], then_branch=then_branch, else_branch=else_branch, name="/if"),
@@ -151,13 +195,19 @@ def _control_flow_model(opset: int) -> onnx.ModelProto:
         helper.make_node("Constant", [], ["true"], value=helper.make_tensor("true", TensorProto.BOOL, [], [True])),
         helper.make_node("Loop", ["trips", "true", "if_out"], ["loop_out"], body=loop_body, name="/loop"),
         helper.make_node("Constant", [], ["state0"], value=helper.make_tensor("state0", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("Scan", ["state0", "loop_out"], ["state", "y"], body=scan_body, num_scan_inputs=1, name="/scan"),
+        helper.make_node(
+            "Scan", ["state0", "loop_out"], ["state", "y"], body=scan_body, num_scan_inputs=1, name="/scan"
+        ),
     ]
     graph = helper.make_graph(
-        nodes, "control_flow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        nodes,
+        "control_flow",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
@@ -167,7 +217,9 @@ def test_rules_apply_inside_if_loop_and_scan_bodies(opset):
     onnx.checker.check_model(proto, full_check=True)
     rng = np.random.default_rng(0)
     x = (2.0 + 3.0 * rng.standard_normal((2, 3, 16))).astype(np.float32)
-    fixed, report = svsurgery.fix(ir.from_proto(proto), inputs={"x": x, "cond": np.array(True)}, tolerance="fp32-strict")
+    fixed, report = svsurgery.fix(
+        ir.from_proto(proto), inputs={"x": x, "cond": np.array(True)}, tolerance="fp32-strict"
+    )
     statuses = {s.family: (s.status, s.matches) for s in report.steps}
     assert statuses["casts"] == ("accepted", 2) and statuses["layer-norm"] == ("accepted", 4), statuses
     bodies = list(fixed.graph.subgraphs())
@@ -188,21 +240,29 @@ def test_rules_apply_inside_model_local_functions():
     body, weights = layer_norm_nodes(spec, "x", "y", prefix="/block/ln")
     constants = [helper.make_node("Constant", [], [w.name], value=w) for w in weights]  # functions hold no initializers
     function = helper.make_function(
-        "svs.test", "Block", ["x"], ["y"], constants + body,
+        "svs.test",
+        "Block",
+        ["x"],
+        ["y"],
+        constants + body,
         opset_imports=[helper.make_opsetid("", 17)],
-    )  # fmt: skip
+    )
     nodes = [
         helper.make_node("Block", ["x"], ["h"], domain="svs.test", name="/block0"),
         helper.make_node("Block", ["h"], ["y"], domain="svs.test", name="/block1"),
     ]
     graph = helper.make_graph(
-        nodes, "with_functions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16])],
+        nodes,
+        "with_functions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 16])],
-    )  # fmt: skip
+    )
     proto = helper.make_model(
-        graph, functions=[function], ir_version=8,
+        graph,
+        functions=[function],
+        ir_version=8,
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("svs.test", 1)],
-    )  # fmt: skip
+    )
     onnx.checker.check_model(proto, full_check=True)
     feeds = feeds_for(spec)
     fixed, report = svsurgery.fix(ir.from_proto(proto), inputs=feeds, tolerance="fp32-strict")

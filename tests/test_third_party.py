@@ -82,7 +82,10 @@ EXPECTED_HOW = {
     },
     "fsmn-vad": {
         "speech": ("LFR 5,1", "CMVN from am.mvn", "one row of 4.0 s"),
-        **{f"in_cache{i}": (f"zeros (recurrent state: returned as output 'out_cache{i}'; its fixed dimensions kept)",) for i in range(4)},
+        **{
+            f"in_cache{i}": (f"zeros (recurrent state: returned as output 'out_cache{i}'; its fixed dimensions kept)",)
+            for i in range(4)
+        },
     },
 }
 
@@ -181,8 +184,12 @@ def test_whisper_log_mel_is_hugging_faces():
 
     waveform = speech_like(4.0, seed=0)
     for bins in (80, 128):
-        theirs = WhisperFeatureExtractor(feature_size=bins)(waveform, sampling_rate=16000, return_tensors="np").input_features[0]
+        theirs = WhisperFeatureExtractor(feature_size=bins)(
+            waveform, sampling_rate=16000, return_tensors="np"
+        ).input_features[0]
         ours = whisper_log_mel(waveform, bins)
         assert ours.shape == theirs.shape == (bins, 3000)
         assert np.abs(ours - theirs).max() < 1e-4
-        np.testing.assert_allclose(ours[:, 410:], ours.max() - 2.0)  # past 4 s: silence, floored 8 (log10) below the peak
+        np.testing.assert_allclose(
+            ours[:, 410:], ours.max() - 2.0
+        )  # past 4 s: silence, floored 8 (log10) below the peak

@@ -16,7 +16,7 @@ from svsurgery.errors import BadInputError
 from svsurgery.runtime import inference_session
 from svsurgery.testing import vad_corpus
 from svsurgery.testing.audio import read_wav
-from svsurgery.vad import reference
+from svsurgery.vad import numpy_statement as vad_statement
 from svsurgery.vad.energy import energy_flags
 from svsurgery.vad.mode import VadGraph, VadMode, VadReference
 from svsurgery.vad.segment import flags_to_segments, merge_spans, split_long
@@ -32,7 +32,9 @@ MIN_F1_CLEAN = 0.98  # the issue's bar for the energy mode on clean speech
 def energy_session():
     options = vad.EnergyVadOptions()
     wave = ir.val("w", ir.DataType.FLOAT, ["n"])
-    return probe_session(lambda g, w: (flags := energy_flags(g, w, options), flags_to_segments(g, flags, options.frame_ms)), [wave])
+    return probe_session(
+        lambda g, w: (flags := energy_flags(g, w, options), flags_to_segments(g, flags, options.frame_ms)), [wave]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +57,9 @@ def test_energy_vad_graph_matches_its_numpy_statement_and_the_labels(energy_sess
     for path in RECORDINGS:
         waveform = read_wav(path)
         flags, found = energy_session.run(None, {"w": waveform})
-        expected = reference.energy_vad(waveform, options)
+        expected = vad_statement.energy_vad(waveform, options)
         np.testing.assert_array_equal(flags, expected)
-        np.testing.assert_array_equal(found, reference.segments(expected, options.frame_ms))
+        np.testing.assert_array_equal(found, vad_statement.segments(expected, options.frame_ms))
         scores.append(_f1(flags, np.load(path.with_name(path.stem + ".labels.npz"))["env"]))
     assert min(scores) >= MIN_F1_CLEAN, scores
 
@@ -70,21 +72,23 @@ def test_energy_vad_graph_matches_its_numpy_statement_and_the_labels(energy_sess
         np.zeros(16000, np.float32),  # digital silence
         (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32),  # all "speech"
         np.concatenate([np.zeros(8000), np.sin(np.arange(8000) * 0.05) * 0.3]).astype(np.float32),  # speech to the end
-        np.concatenate([np.sin(np.arange(3000) * 0.05) * 0.3, np.zeros(12000), np.sin(np.arange(200) * 0.05)]).astype(np.float32),
+        np.concatenate([np.sin(np.arange(3000) * 0.05) * 0.3, np.zeros(12000), np.sin(np.arange(200) * 0.05)]).astype(
+            np.float32
+        ),
     ],
     ids=["empty", "short", "silence", "noise", "to-the-end", "island"],
 )
 def test_energy_vad_edge_cases(energy_session, waveform):
     flags, found = energy_session.run(None, {"w": waveform})
-    expected = reference.energy_vad(waveform, vad.EnergyVadOptions())
+    expected = vad_statement.energy_vad(waveform, vad.EnergyVadOptions())
     np.testing.assert_array_equal(flags, expected)
-    assert found.shape == (len(reference.segments(expected, 10)), 2)
+    assert found.shape == (len(vad_statement.segments(expected, 10)), 2)
 
 
 def test_merge_vad_reproduces_funasr_quirks():
-    assert reference.merge_vad(np.zeros((0, 2)), 15000).shape == (0, 2)
-    np.testing.assert_array_equal(reference.merge_vad([[2000, 3000]], 15000), [[2000, 3000]])  # one: unchanged
-    spans = reference.merge_vad([[500, 4000], [6000, 14000], [15500, 20000], [21000, 23000]], 15000)
+    assert vad_statement.merge_vad(np.zeros((0, 2)), 15000).shape == (0, 2)
+    np.testing.assert_array_equal(vad_statement.merge_vad([[2000, 3000]], 15000), [[2000, 3000]])  # one: unchanged
+    spans = vad_statement.merge_vad([[500, 4000], [6000, 14000], [15500, 20000], [21000, 23000]], 15000)
     assert spans[0, 0] == 0  # the first span starts at 0 ms
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous: silence between is decoded
     np.testing.assert_array_equal(spans, [[0, 14000], [14000, 23000]])
@@ -98,8 +102,8 @@ def test_merge_and_split_graphs_match_numpy_on_random_segments(spans_session):
         if trial % 7 == 0 and count:
             found[-1, 1] = found[-1, 0] + 75_000  # one long segment: cut into pieces
         merged, pieces = spans_session.run(None, {"s": found.astype(np.int64)})
-        np.testing.assert_array_equal(merged, reference.merge_vad(found, 15000), err_msg=str(found.tolist()))
-        np.testing.assert_array_equal(pieces, reference.split_long(found, 30000), err_msg=str(found.tolist()))
+        np.testing.assert_array_equal(merged, vad_statement.merge_vad(found, 15000), err_msg=str(found.tolist()))
+        np.testing.assert_array_equal(pieces, vad_statement.split_long(found, 30000), err_msg=str(found.tolist()))
 
 
 def test_rows_are_cut_as_funasr_slices_them():
@@ -115,7 +119,7 @@ def test_rows_are_cut_as_funasr_slices_them():
         starts = np.sort(rng.integers(0, 3000, int(rng.integers(0, 6))))
         found = np.stack([starts, starts + rng.integers(0, 900, starts.size)], axis=1).astype(np.int64).reshape(-1, 2)
         rows, lengths = session.run(None, {"w": waveform, "s": found})
-        expected = reference.cut_rows(waveform, found)
+        expected = vad_statement.cut_rows(waveform, found)
         assert rows.shape == (len(expected), max([e.size for e in expected], default=0)), trial
         assert lengths.tolist() == [e.size for e in expected], trial
         for row, piece in zip(rows, expected):
@@ -130,12 +134,18 @@ def test_vad_frontend_cuts_rows_and_gives_each_its_own_features(merge):
     session = inference_session(vad.build_vad_frontend(options, segmentation, fbank, lfr))
     alone = inference_session(frontend.build(fbank, lfr), intra_op_threads=1)
     waveform = read_wav(RECORDINGS[0]) if RECORDINGS else _synthetic_speech()
-    features, lengths, spans = session.run(VAD_OUTPUTS, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
-    expected_spans = reference.segment(reference.segments(reference.energy_vad(waveform, options), 10), segmentation)
+    features, lengths, spans = session.run(
+        VAD_OUTPUTS, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])}
+    )
+    expected_spans = vad_statement.segment(
+        vad_statement.segments(vad_statement.energy_vad(waveform, options), 10), segmentation
+    )
     np.testing.assert_array_equal(spans, expected_spans)
     assert len(spans) >= 2 and features.shape[0] == lengths.shape[0] == len(spans)
-    for row, piece in enumerate(reference.cut_rows(waveform, spans)):
-        own, own_length = alone.run(FEATURE_OUTPUTS, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
+    for row, piece in enumerate(vad_statement.cut_rows(waveform, spans)):
+        own, own_length = alone.run(
+            FEATURE_OUTPUTS, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])}
+        )
         assert lengths[row] == own_length[0]
         np.testing.assert_allclose(features[row, : lengths[row]], own[0, : own_length[0]], atol=1e-5, rtol=0)
         assert not features[row, lengths[row] :].any()
@@ -144,7 +154,9 @@ def test_vad_frontend_cuts_rows_and_gives_each_its_own_features(merge):
 def test_no_speech_gives_well_formed_empty_outputs():
     session = inference_session(vad.build_vad_frontend(vad.EnergyVadOptions(), lfr=frontend.LfrOptions(7, 6)))
     for waveform in (np.zeros(16000, np.float32), np.zeros(0, np.float32)):
-        features, lengths, spans = session.run(VAD_OUTPUTS, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])})
+        features, lengths, spans = session.run(
+            VAD_OUTPUTS, {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size])}
+        )
         assert features.shape == (0, 0, 560) and lengths.shape == (0,) and spans.shape == (0, 2)
 
 
@@ -191,9 +203,12 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
     logits within 1e-4."""
     from svsurgery.testing.third_party import silero_model
 
-    options = {"energy": vad.EnergyVadOptions, "silero": vad.SileroVadOptions,
-               "silero-streaming": lambda: vad.SileroVadOptions(model=str(silero_model("silero_vad.onnx"))),
-               "fsmn": lambda: vad.FsmnVadOptions(str(request.getfixturevalue("fsmn_folder")))}[name]()  # fmt: skip
+    options = {
+        "energy": vad.EnergyVadOptions,
+        "silero": vad.SileroVadOptions,
+        "silero-streaming": lambda: vad.SileroVadOptions(model=str(silero_model("silero_vad.onnx"))),
+        "fsmn": lambda: vad.FsmnVadOptions(str(request.getfixturevalue("fsmn_folder"))),
+    }[name]()
     import svsurgery
     from svsurgery.frontend.config import discover
     from svsurgery.fuse import fuse_preprocessing
@@ -209,13 +224,20 @@ def test_fused_vad_model_equals_the_pipeline_run_step_by_step(funasr_folder, tmp
     encoder = inference_session(funasr_folder)
     waveform = read_wav(RECORDINGS[1]) if RECORDINGS else _synthetic_speech()
     ids = {"language": np.array([4], np.int32), "textnorm": np.array([15], np.int32)}
-    logits, lengths, spans = fused.run(["ctc_logits", "encoder_out_lens", "segments"], {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids})
-    expected = reference.segment(options.reference().segments(waveform), segmentation)
+    logits, lengths, spans = fused.run(
+        ["ctc_logits", "encoder_out_lens", "segments"],
+        {"waveform": waveform[None], "waveform_lengths": np.array([waveform.size]), **ids},
+    )
+    expected = vad_statement.segment(options.reference().segments(waveform), segmentation)
     np.testing.assert_array_equal(spans, expected)
     assert len(spans) >= 3 and (merge or (spans[:, 1] - spans[:, 0]).max() <= 5000)
-    for row, piece in enumerate(reference.cut_rows(waveform, spans)):
-        features, feature_lengths = frontend_alone.run(FEATURE_OUTPUTS, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])})
-        own_logits, own_lengths = encoder.run(None, {"speech": features[:, : feature_lengths[0]], "speech_lengths": feature_lengths, **ids})
+    for row, piece in enumerate(vad_statement.cut_rows(waveform, spans)):
+        features, feature_lengths = frontend_alone.run(
+            FEATURE_OUTPUTS, {"waveform": piece[None], "waveform_lengths": np.array([piece.size])}
+        )
+        own_logits, own_lengths = encoder.run(
+            None, {"speech": features[:, : feature_lengths[0]], "speech_lengths": feature_lengths, **ids}
+        )
         assert lengths[row] == own_lengths[0]
         assert np.abs(logits[row, : own_logits.shape[1]] - own_logits[0]).max() <= 1e-4
 
@@ -245,8 +267,12 @@ def test_fused_vad_model_without_speech_gives_empty_outputs(funasr_folder, tmp_p
     assert main(["fuse-preproc", str(funasr_folder), "-o", str(out), "--vad", "energy", "--no-merge"]) == 0
     assert "segments" in capsys.readouterr().out
     session = inference_session(out)
-    feeds = {"waveform": np.zeros((1, 32000), np.float32), "waveform_lengths": np.array([32000]),
-             "language": np.array([0], np.int32), "textnorm": np.array([15], np.int32)}  # fmt: skip
+    feeds = {
+        "waveform": np.zeros((1, 32000), np.float32),
+        "waveform_lengths": np.array([32000]),
+        "language": np.array([0], np.int32),
+        "textnorm": np.array([15], np.int32),
+    }
     logits, lengths, spans = session.run(["ctc_logits", "encoder_out_lens", "segments"], feeds)
     assert logits.shape[0] == lengths.shape[0] == spans.shape[0] == 0 and spans.shape == (0, 2)
 
@@ -257,14 +283,33 @@ def test_cli_vad_modes_and_bad_mode(funasr_folder, fsmn_folder, tmp_path, capsys
     from svsurgery.cli.main import main
 
     out, report = tmp_path / "fused.onnx", tmp_path / "report.json"
-    assert main(["fuse-preproc", str(funasr_folder), "-o", str(out), "--vad", f"fsmn:{fsmn_folder}", "--static-silence",
-                 "--max-single-segment-ms", "30000", "--report", str(report)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse-preproc",
+                str(funasr_folder),
+                "-o",
+                str(out),
+                "--vad",
+                f"fsmn:{fsmn_folder}",
+                "--static-silence",
+                "--max-single-segment-ms",
+                "30000",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     recorded = json.loads(report.read_text())["frontend"]["vad"]
     assert recorded["mode"] == "fsmn" and recorded["dynamic_silence"] is False
     assert recorded["state_machine"]["max_single_segment_time"] == 30000
     assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "x.onnx"), "--vad", "webrtc"]) == 2
     assert "expected silero, fsmn:DIR or energy" in capsys.readouterr().err
-    assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "y.onnx"), "--vad", f"fsmn:{tmp_path / 'nope'}"]) == 2
+    assert (
+        main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "y.onnx"), "--vad", f"fsmn:{tmp_path / 'nope'}"])
+        == 2
+    )
     assert "no such folder" in capsys.readouterr().err
 
 
@@ -334,10 +379,29 @@ def test_a_new_mode_is_one_class_and_a_registry_line(whole_registered, funasr_fo
     assert vad_modes.usage() == "silero, fsmn:DIR, energy or whole"
     assert "'whole' (the whole recording as one segment)" in vad_modes.cli_help()
     out, report = tmp_path / "fused.onnx", tmp_path / "report.json"
-    assert main(["fuse-preproc", str(funasr_folder), "-o", str(out), "--vad", "whole", "--whole-min-ms", "250",
-                 "--report", str(report)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fuse-preproc",
+                str(funasr_folder),
+                "-o",
+                str(out),
+                "--vad",
+                "whole",
+                "--whole-min-ms",
+                "250",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     recorded = json.loads(report.read_text())
-    assert recorded["passed"] and recorded["frontend"]["vad"] == {"mode": "whole", "min_ms": 250.0, "samp_freq": 16000.0}
+    assert recorded["passed"] and recorded["frontend"]["vad"] == {
+        "mode": "whole",
+        "min_ms": 250.0,
+        "samp_freq": 16000.0,
+    }
     assert "VAD segments checked against the whole recording, in numpy" in recorded["notices"]
     session = inference_session(out)
     ids = {"language": np.array([0], np.int32), "textnorm": np.array([15], np.int32)}
@@ -349,5 +413,19 @@ def test_a_new_mode_is_one_class_and_a_registry_line(whole_registered, funasr_fo
     assert PythonVad(options).segments(np.zeros(16000, np.float32)).tolist() == [[0, 1000]]
     assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "x.onnx"), "--vad", "whole:x"]) == 2
     assert "expected silero, fsmn:DIR, energy or whole" in capsys.readouterr().err
-    assert main(["fuse-preproc", str(funasr_folder), "-o", str(tmp_path / "y.onnx"), "--vad", "whole", "--whole-min-ms", "-1"]) == 2
+    assert (
+        main(
+            [
+                "fuse-preproc",
+                str(funasr_folder),
+                "-o",
+                str(tmp_path / "y.onnx"),
+                "--vad",
+                "whole",
+                "--whole-min-ms",
+                "-1",
+            ]
+        )
+        == 2
+    )
     assert "--whole-min-ms -1.0: must be >= 0" in capsys.readouterr().err

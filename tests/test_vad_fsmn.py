@@ -22,7 +22,7 @@ pytest.importorskip("torch", reason="the random-weight FSMN is built with torch"
 funasr_reference = pytest.importorskip("svsurgery.vad.funasr_reference")
 try:
     funasr_reference.e2e_vad_module()
-except Exception as error:  # noqa: BLE001
+except Exception as error:
     pytest.skip(
         f"funasr-onnx's E2EVadModel is the reference (pip install --no-deps funasr-onnx): {error}",
         allow_module_level=True,
@@ -126,7 +126,10 @@ def fsmn_sessions(folder):
     for dynamic in (True, False):
         vad = load_fsmn_vad(FsmnVadOptions(str(folder), dynamic_silence=dynamic))
         waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
-        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [waveform]))
+        sessions[dynamic] = (
+            vad,
+            probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [waveform]),
+        )
     return sessions
 
 
@@ -190,7 +193,7 @@ def test_fsmn_folder_errors(tmp_path):
 
     with pytest.raises(BadInputError, match="no such folder"):
         load_fsmn_vad(FsmnVadOptions(str(tmp_path / "missing")))
-    with pytest.raises(BadInputError, match="model.onnx"):
+    with pytest.raises(BadInputError, match=r"model\.onnx"):
         load_fsmn_vad(FsmnVadOptions(str(tmp_path)))
 
 
@@ -252,7 +255,10 @@ def official_sessions():
     for dynamic in (True, False):
         vad = load_fsmn_vad(FsmnVadOptions(str(OFFICIAL), dynamic_silence=dynamic))
         waveform = ir.val("w", ir.DataType.FLOAT, ["n"])
-        sessions[dynamic] = (vad, probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [waveform]))
+        sessions[dynamic] = (
+            vad,
+            probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [waveform]),
+        )
     return sessions
 
 
@@ -311,7 +317,7 @@ def test_other_networks_are_grafted_as_they_are(folder, tmp_path):
     layer by layer; the fsmn mode grafts it and gets the same scores."""
     import shutil
 
-    from svsurgery.io import load
+    from svsurgery.model_io import load
     from svsurgery.vad.fsmn import _fsmn_layers
 
     changed = tmp_path / "changed"
@@ -331,6 +337,9 @@ def test_other_networks_are_grafted_as_they_are(folder, tmp_path):
     scores = []
     for path in (folder, changed):
         vad = load_fsmn_vad(FsmnVadOptions(str(path)))
-        session = probe_session(lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)), [ir.val("w", ir.DataType.FLOAT, ["n"])])
+        session = probe_session(
+            lambda g, w, vad=vad: _scores_and_segments(fsmn_segments(g, w, vad)),
+            [ir.val("w", ir.DataType.FLOAT, ["n"])],
+        )
         scores.append(session.run(None, {"w": waveform})[0])
     assert np.max(np.abs(scores[0] - scores[1])) <= 5e-5

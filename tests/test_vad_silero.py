@@ -15,7 +15,9 @@ from vad_support import probe_session
 from svsurgery.testing import vad_corpus
 from svsurgery.vad.silero import FRAME, SileroVadOptions, silero_python_timestamps, silero_segments, speech_timestamps
 
-silero_vad = pytest.importorskip("silero_vad", reason="the silero reference is a test dependency (pip install silero-vad)")
+silero_vad = pytest.importorskip(
+    "silero_vad", reason="the silero reference is a test dependency (pip install silero-vad)"
+)
 torch = pytest.importorskip("torch")
 
 PROBABILITY_TOLERANCE = 1e-5  # the issue's bar against silero's Python chunk loop
@@ -38,22 +40,38 @@ def _sequences(rng: np.random.Generator) -> list[np.ndarray]:
         long_speech[start : start + length] = 0.2
     near = np.full(300, 0.5, np.float32)  # exactly at the threshold
     near[::7] = np.nextafter(np.float32(0.35), np.float32(0))
-    return [flicker, bursts, long_speech, near, np.zeros(50, np.float32), np.ones(120, np.float32),
-            np.array([0.9], np.float32), np.zeros(0, np.float32)]  # fmt: skip
+    return [
+        flicker,
+        bursts,
+        long_speech,
+        near,
+        np.zeros(50, np.float32),
+        np.ones(120, np.float32),
+        np.array([0.9], np.float32),
+        np.zeros(0, np.float32),
+    ]
 
 
 OPTION_SETS = {
     "defaults": SileroVadOptions(),
-    "unbounded-odd": SileroVadOptions(threshold=0.3, neg_threshold=0.25, speech_pad_ms=45.5, min_silence_duration_ms=33,
-                                      min_speech_duration_ms=97.3),
+    "unbounded-odd": SileroVadOptions(
+        threshold=0.3, neg_threshold=0.25, speech_pad_ms=45.5, min_silence_duration_ms=33, min_speech_duration_ms=97.3
+    ),
     "unbounded-no-min-silence": SileroVadOptions(min_silence_duration_ms=0, min_speech_duration_ms=0),
-    "unbounded-equal-thresholds": SileroVadOptions(threshold=0.5, neg_threshold=0.5, min_silence_duration_ms=64,
-                                                   use_max_poss_sil_at_max_speech=False),
+    "unbounded-equal-thresholds": SileroVadOptions(
+        threshold=0.5, neg_threshold=0.5, min_silence_duration_ms=64, use_max_poss_sil_at_max_speech=False
+    ),
     "max-speech-longest-silence": SileroVadOptions(max_speech_duration_s=3.0),
     "max-speech-legacy-cut": SileroVadOptions(max_speech_duration_s=2.5, use_max_poss_sil_at_max_speech=False),
     "no-min-silence": SileroVadOptions(min_silence_duration_ms=0, min_speech_duration_ms=0, max_speech_duration_s=1.5),
-    "odd-durations": SileroVadOptions(threshold=0.3, neg_threshold=0.25, speech_pad_ms=45.5, min_silence_duration_ms=33,
-                                      min_speech_duration_ms=97.3, max_speech_duration_s=4.2),
+    "odd-durations": SileroVadOptions(
+        threshold=0.3,
+        neg_threshold=0.25,
+        speech_pad_ms=45.5,
+        min_silence_duration_ms=33,
+        min_speech_duration_ms=97.3,
+        max_speech_duration_s=4.2,
+    ),
 }
 
 
@@ -83,11 +101,24 @@ def test_loop_free_timestamps_equal_the_loop_and_silero_on_random_sequences():
         assert loop_free(options)
         probabilities = ir.val("p", ir.DataType.FLOAT, ["frames"])
         count = ir.val("n", ir.DataType.INT64, [1])
-        session = probe_session(lambda g, p, n, options=options: (speech_timestamps(g, p, n, options, loop=False),
-                                                                  speech_timestamps(g, p, n, options, loop=True)),
-                                [probabilities, count])  # fmt: skip
-        levels = np.array([0.05, options.resolved_neg_threshold, np.nextafter(np.float32(options.resolved_neg_threshold), 0),
-                           options.threshold, np.nextafter(np.float32(options.threshold), 0), 0.95], np.float32)  # fmt: skip
+        session = probe_session(
+            lambda g, p, n, options=options: (
+                speech_timestamps(g, p, n, options, loop=False),
+                speech_timestamps(g, p, n, options, loop=True),
+            ),
+            [probabilities, count],
+        )
+        levels = np.array(
+            [
+                0.05,
+                options.resolved_neg_threshold,
+                np.nextafter(np.float32(options.resolved_neg_threshold), 0),
+                options.threshold,
+                np.nextafter(np.float32(options.threshold), 0),
+                0.95,
+            ],
+            np.float32,
+        )
         segments = 0
         for trial in range(150):
             size = int(rng.integers(0, 300))
@@ -161,7 +192,9 @@ def test_silero_mode_matches_python_pipeline_on_corpus(silero_session, kind, snr
         expected = silero_python_timestamps(reference, waveform.size, SileroVadOptions()).tolist()
         assert timestamps.tolist() == expected, f"{recording.name} {kind} {snr}"
         assert len(expected) > 0
-        assert np.array_equal(segments[:, 0], timestamps[:, 0] // 16) and np.array_equal(segments[:, 1], -(-timestamps[:, 1] // 16))
+        assert np.array_equal(segments[:, 0], timestamps[:, 0] // 16) and np.array_equal(
+            segments[:, 1], -(-timestamps[:, 1] // 16)
+        )
 
 
 def test_silero_edge_waveforms(silero_session):
@@ -205,7 +238,9 @@ def test_stock_streaming_model_runs_as_one_loop_equal_to_silero_onnx_wrapper(fil
     loops = [n for n in model.graph if n.op_type == "Loop"]
     assert len(loops) == 1, "one Loop over the chunks (the timestamps are loop-free with the default options)"
     assert sum(n.op_type == "Conv" for n in loops[0].attributes["body"].value) == 6, "the network is the Loop's body"
-    assert not any(len(g.initializers) for g in model.graphs() if g is not model.graph), "weights stay in the outer graph"
+    assert not any(len(g.initializers) for g in model.graphs() if g is not model.graph), (
+        "weights stay in the outer graph"
+    )
     assert options.metadata()["network"] == "streaming"
     session = inference_session(model, intra_op_threads=1)
     reference = options.reference()
@@ -223,7 +258,9 @@ def test_stock_streaming_model_runs_as_one_loop_equal_to_silero_onnx_wrapper(fil
             else:  # ... elsewhere its state machine on the probabilities just computed (what it runs inside)
                 samples = silero_python_timestamps(expected, waveform.size, options)
                 expected_segments = np.stack([samples[:, 0] // 16, -(-samples[:, 1] // 16)], axis=1).reshape(-1, 2)
-            np.testing.assert_array_equal(segments, expected_segments, err_msg=f"{filename} {recording.name} {kind} {snr}")
+            np.testing.assert_array_equal(
+                segments, expected_segments, err_msg=f"{filename} {recording.name} {kind} {snr}"
+            )
             assert len(segments) > 0
 
 
@@ -262,9 +299,13 @@ def _escaping(path):
     from onnx import helper, numpy_helper
 
     weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [weight])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     tensor = model.graph.initializer[0]
     tensor.ClearField("raw_data")
@@ -297,6 +338,7 @@ def test_bad_silero_model_is_one_line_before_onnxruntime_sees_it(bad_silero_mode
     it in one line naming the file (exit 2), before onnxruntime (silero's reference, the
     graph's session) reads it, and nothing is written."""
     import onnxruntime
+
     from svsurgery.cli.main import main
 
     encoder = _tiny_encoder(tmp_path / "encoder.onnx")
@@ -320,8 +362,12 @@ def _tiny_encoder(path):
     from onnx import helper, numpy_helper
 
     weight = numpy_helper.from_array(np.zeros((560, 8), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["speech", "w"], ["logits"])], "tiny_encoder",
-                              [helper.make_tensor_value_info("speech", onnx.TensorProto.FLOAT, ["B", "T", 560])],
-                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["B", "T", 8])], [weight])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["speech", "w"], ["logits"])],
+        "tiny_encoder",
+        [helper.make_tensor_value_info("speech", onnx.TensorProto.FLOAT, ["B", "T", 560])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["B", "T", 8])],
+        [weight],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path

@@ -49,10 +49,14 @@ def group_figures(rows: list[dict]) -> dict:
         "boundary_ms_mean": _mean(boundaries),
         "boundary_ms_max": max(boundaries) if boundaries else None,
         "tokens_differ": sum(bool(r["tokens_differ"]) for r in with_tokens),
-        "tokens_differ_share": (sum(bool(r["tokens_differ"]) for r in with_tokens) / len(with_tokens)) if with_tokens else None,
+        "tokens_differ_share": (sum(bool(r["tokens_differ"]) for r in with_tokens) / len(with_tokens))
+        if with_tokens
+        else None,
         "token_error_rate_mean": _mean(r["token_error_rate"] for r in with_tokens),
         "token_error_rate_max": max((r["token_error_rate"] for r in with_tokens), default=None),
-        "token_error_rate_corpus": (edits / reference_tokens) if reference_tokens else (float(edits > 0) if with_tokens else None),
+        "token_error_rate_corpus": (edits / reference_tokens)
+        if reference_tokens
+        else (float(edits > 0) if with_tokens else None),
         "cosine_mean": _mean(cosines),
         "cosine_min": min(cosines) if cosines else None,
         "cosine_p01": _quantile(cosines, 0.01),
@@ -65,16 +69,17 @@ def group_figures(rows: list[dict]) -> dict:
 
 
 def _buckets(rows: list[dict], column: str, order: list[str] | None = None) -> list[dict]:
-    keys = sorted({r[column] for r in rows if r["status"] == "ok" and r[column] is not None},
-                  key=(lambda k: order.index(k) if order and k in order else len(order or []))
-                  if order else str)  # fmt: skip
+    keys = sorted(
+        {r[column] for r in rows if r["status"] == "ok" and r[column] is not None},
+        key=(lambda k: order.index(k) if order and k in order else len(order or [])) if order else str,
+    )
     return [{"bucket": key, **group_figures([r for r in rows if r[column] == key])} for key in keys]
 
 
 def _bucket_order(edges, unit: str, below: bool) -> list[str]:
     labels = [f"<{edges[0]:g} {unit}"] if below else []
     labels += [f"{a:g}-{b:g} {unit}" for a, b in itertools.pairwise(edges)]
-    return labels + [f">={edges[-1]:g} {unit}"]
+    return [*labels, f">={edges[-1]:g} {unit}"]
 
 
 def cosine_histogram(rows: list[dict]) -> dict:
@@ -87,7 +92,11 @@ def cosine_histogram(rows: list[dict]) -> dict:
 def badness(row: dict) -> tuple:
     """Sort key, worst first: token error rate, then segments that differ, then the smallest cosine."""
     rate = row["token_error_rate"] if row["token_error_rate"] is not None else 0.0
-    cosine = row["cosine_min"] if row["cosine_min"] is not None else (-2.0 if row["spans_compared"] == 0 and row["spans_reference"] else 1.0)
+    cosine = (
+        row["cosine_min"]
+        if row["cosine_min"] is not None
+        else (-2.0 if row["spans_compared"] == 0 and row["spans_reference"] else 1.0)
+    )
     error = row["max_abs"] if row["max_abs"] is not None else math.inf if row["nonfinite"] else 0.0
     return (-rate, bool(row["segments_identical"]), cosine, -error, row["index"])
 
@@ -98,15 +107,24 @@ MIN_COSINE = 0.99999  # the "frontend" tolerance profile's: a faithful pipeline 
 def diverges(row: dict) -> bool:
     """Beyond tolerance: tokens or segments differ, NaN/Inf appear, or a span's cosine is below MIN_COSINE."""
     cosine = row["cosine_min"]
-    return bool(row["tokens_differ"] or not row["segments_identical"] or row["nonfinite"]
-                or (cosine is not None and cosine < MIN_COSINE) or row["integers_equal"] is False)  # fmt: skip
+    return bool(
+        row["tokens_differ"]
+        or not row["segments_identical"]
+        or row["nonfinite"]
+        or (cosine is not None and cosine < MIN_COSINE)
+        or row["integers_equal"] is False
+    )
 
 
 def worst_rows(rows: list[dict], count: int) -> list[dict]:
     """The ``count`` worst audited utterances that differ at all (token, segment, or not bit-equal)."""
     ok = [r for r in rows if r["status"] == "ok"]
     ranked = sorted(ok, key=badness)
-    differing = [r for r in ranked if r["tokens_differ"] or not r["segments_identical"] or (r["max_abs"] or 0) > 0 or r["nonfinite"]]
+    differing = [
+        r
+        for r in ranked
+        if r["tokens_differ"] or not r["segments_identical"] or (r["max_abs"] or 0) > 0 or r["nonfinite"]
+    ]
     return differing[:count]
 
 
@@ -125,7 +143,11 @@ def summarize(rows: list[dict]) -> dict:
             "language": _buckets(rows, "language"),
         },
         "cosine_histogram": cosine_histogram(rows),
-        "bad_entries": [{"index": r["index"], "id": r["id"], "path": r["path"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
+        "bad_entries": [
+            {"index": r["index"], "id": r["id"], "path": r["path"], "reason": r["reason"]}
+            for r in rows
+            if r["status"] != "ok"
+        ],
         "timing": {
             "model_ms_per_audio_s": 1000 * model_time / audio if audio else None,
             "reference_ms_per_audio_s": 1000 * reference_time / audio if audio else None,

@@ -94,7 +94,9 @@ def compare_with_baseline(current: dict, baseline: dict, thresholds: dict[str, f
     now, before = current["totals"], baseline["totals"]
     for figure, threshold in thresholds.items():
         if figure == "cosine_distribution":
-            found = _ks(baseline.get("cosine_histogram", {"counts": []}), current.get("cosine_histogram", {"counts": []}))
+            found = _ks(
+                baseline.get("cosine_histogram", {"counts": []}), current.get("cosine_histogram", {"counts": []})
+            )
             if found is None:
                 continue
             distance, shift = found
@@ -109,9 +111,15 @@ def compare_with_baseline(current: dict, baseline: dict, thresholds: dict[str, f
     notes = []
     for key, label in (("model_sha256", "model"), ("reference_sha256", "reference")):
         if baseline.get("audit", {}).get(key) != current.get("audit", {}).get(key):
-            notes.append(f"the {label} differs from the baseline's ({str(baseline.get('audit', {}).get(key))[:12]} -> "
-                         f"{str(current.get('audit', {}).get(key))[:12]})")  # fmt: skip
+            notes.append(
+                f"the {label} differs from the baseline's ({str(baseline.get('audit', {}).get(key))[:12]} -> "
+                f"{str(current.get('audit', {}).get(key))[:12]})"
+            )
     if before.get("utterances") != now.get("utterances"):
         notes.append(f"the corpus differs in size ({before.get('utterances')} -> {now.get('utterances')} utterances)")
-    return {"checks": [dataclasses.asdict(c) for c in checks], "drift": any(c.drift for c in checks), "notes": notes,
-            "thresholds": thresholds}  # fmt: skip
+    return {
+        "checks": [dataclasses.asdict(c) for c in checks],
+        "drift": any(c.drift for c in checks),
+        "notes": notes,
+        "thresholds": thresholds,
+    }

@@ -108,7 +108,9 @@ def _manifest(path: Path) -> Corpus:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            entries.append(Entry(index, f"line-{number}", None, problem=f"manifest line {number}: not JSON ({error.msg})"))
+            entries.append(
+                Entry(index, f"line-{number}", None, problem=f"manifest line {number}: not JSON ({error.msg})")
+            )
             continue
         if not isinstance(record, dict):
             entries.append(Entry(index, f"line-{number}", None, problem=f"manifest line {number}: not a JSON object"))
@@ -117,16 +119,30 @@ def _manifest(path: Path) -> Corpus:
         key = next((str(record[k]) for k in ID_KEYS if record.get(k) is not None), None)
         language = next((str(record[k]) for k in LANGUAGE_KEYS if record.get(k) is not None), None)
         if audio is None:
-            entries.append(Entry(index, key or f"line-{number}", None, language,
-                                 problem=f"manifest line {number}: no audio path (keys {', '.join(AUDIO_KEYS)})"))  # fmt: skip
+            entries.append(
+                Entry(
+                    index,
+                    key or f"line-{number}",
+                    None,
+                    language,
+                    problem=f"manifest line {number}: no audio path (keys {', '.join(AUDIO_KEYS)})",
+                )
+            )
             continue
         audio_path = Path(audio)
         if not audio_path.is_absolute():
             audio_path = path.parent / audio_path  # relative to the manifest, as datasets ship them
         key = key or audio_path.with_suffix("").name
         if key in seen:
-            entries.append(Entry(index, f"{key}@line-{number}", str(audio_path.absolute()), language,
-                                 problem=f"manifest line {number}: id '{key}' is used by an earlier line"))  # fmt: skip
+            entries.append(
+                Entry(
+                    index,
+                    f"{key}@line-{number}",
+                    str(audio_path.absolute()),
+                    language,
+                    problem=f"manifest line {number}: id '{key}' is used by an earlier line",
+                )
+            )
             continue
         seen.add(key)
         entries.append(Entry(index, key, str(audio_path.absolute()), language))
@@ -230,7 +246,9 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     elif tag == _FLOAT and bits in (32, 64) and block == channels * width:
         samples = np.frombuffer(raw, "<f4" if bits == 32 else "<f8").astype(np.float32)
     else:
-        raise AudioProblem(f"unreadable: WAVE format {tag} with {bits} bits is not supported (PCM 8/16/24/32, float 32/64)")
+        raise AudioProblem(
+            f"unreadable: WAVE format {tag} with {bits} bits is not supported (PCM 8/16/24/32, float 32/64)"
+        )
     return np.ascontiguousarray(samples.reshape(-1, channels)[:, 0]), int(rate)
 
 

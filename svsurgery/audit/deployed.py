@@ -23,7 +23,10 @@ WAVEFORM, WAVEFORM_LENGTHS, SEGMENTS = "waveform", "waveform_lengths", "segments
 
 def fused_feeds(spec: AuditSpec, waveform: np.ndarray) -> dict[str, np.ndarray]:
     """A fused model's inputs for one recording (its other inputs zeros)."""
-    feeds = {WAVEFORM: np.ascontiguousarray(waveform, np.float32)[None], WAVEFORM_LENGTHS: np.array([waveform.size], np.int64)}
+    feeds = {
+        WAVEFORM: np.ascontiguousarray(waveform, np.float32)[None],
+        WAVEFORM_LENGTHS: np.array([waveform.size], np.int64),
+    }
     feeds.update({o.name: o.zeros() for o in spec.others})
     return feeds
 

@@ -37,8 +37,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_shards(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, *, engine: str = "local",
-               workers: int | None = None, ray_address: str | None = None, notes: list[str] | None = None) -> dict:  # fmt: skip
+def run_shards(
+    spec: AuditSpec,
+    shards: list[Shard],
+    on_shard: OnShard,
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    notes: list[str] | None = None,
+) -> dict:
     """Compute ``shards``, calling ``on_shard`` as each finishes; returns what ran (engine, workers)."""
     if engine == "ray":
         return _ray(spec, shards, on_shard, workers, ray_address, notes if notes is not None else [])
@@ -58,8 +66,15 @@ def run_shards(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, *, engin
 # ----------------------------------------------------------------------------- local
 
 _WORKER = None
-PRELOAD = ["svsurgery.audit.worker", "svsurgery.audit.reference", "svsurgery.audit.deployed", "onnxruntime",
-           "silero_vad.sequence_vad", "silero_vad.utils_vad", "kaldi_native_fbank"]  # fmt: skip
+PRELOAD = [
+    "svsurgery.audit.worker",
+    "svsurgery.audit.reference",
+    "svsurgery.audit.deployed",
+    "onnxruntime",
+    "silero_vad.sequence_vad",
+    "silero_vad.utils_vad",
+    "kaldi_native_fbank",
+]
 
 
 def _start_worker(spec: AuditSpec) -> None:
@@ -122,7 +137,11 @@ class RayShardWorker:
             shards.append(int(index))
             texts.append(dump_rows(rows))
             counts.append(len(rows))
-        return {"shard": np.array(shards, np.int64), "rows": np.array(texts, dtype=object), "count": np.array(counts, np.int64)}
+        return {
+            "shard": np.array(shards, np.int64),
+            "rows": np.array(texts, dtype=object),
+            "count": np.array(counts, np.int64),
+        }
 
 
 def import_ray(address: str | None):
@@ -136,11 +155,15 @@ def import_ray(address: str | None):
         import ray
         import ray.data
     except ImportError:
-        raise MissingDependencyError("--engine ray needs Ray, which is not installed (pip install 'svsurgery[ray]')") from None
+        raise MissingDependencyError(
+            "--engine ray needs Ray, which is not installed (pip install 'svsurgery[ray]')"
+        ) from None
     return ray
 
 
-def _ray(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, workers: int | None, address: str | None, notes: list[str]) -> dict:
+def _ray(
+    spec: AuditSpec, shards: list[Shard], on_shard: OnShard, workers: int | None, address: str | None, notes: list[str]
+) -> dict:
     ray = import_ray(address)
     import dataclasses
     import logging
@@ -162,15 +185,24 @@ def _ray(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, workers: int |
             context.print_on_execution_start = False
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             by_index = {shard.index: shard for shard in shards}
-            items = [{"shard": s.index, "entries": json.dumps([dataclasses.asdict(e) for e in s.entries])} for s in shards]
+            items = [
+                {"shard": s.index, "entries": json.dumps([dataclasses.asdict(e) for e in s.entries])} for s in shards
+            ]
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
             results = dataset.map_batches(
-                RayShardWorker, fn_constructor_args=(spec,), batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-            )  # fmt: skip
+                RayShardWorker,
+                fn_constructor_args=(spec,),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=1,
+            )
             for row in results.iter_rows():
                 on_shard(by_index[int(row["shard"])], str(row["rows"]), int(row["count"]))
-        return {"engine": "ray", "workers": workers, "ray_address": address or ("this process's Ray" if not started else "local")}
+        return {
+            "engine": "ray",
+            "workers": workers,
+            "ray_address": address or ("this process's Ray" if not started else "local"),
+        }
     finally:
         if started:
             ray.shutdown()

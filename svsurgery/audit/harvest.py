@@ -84,7 +84,12 @@ def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folde
             plan.write(target, "worst-utterance golden file")
         if entry.golden:
             stored = golden.load(entry.path)
-            golden.save(target, stored.inputs, stored.outputs, source=f"{stored.meta.get('source', 'golden')} (worst in an audit)")
+            golden.save(
+                target,
+                stored.inputs,
+                stored.outputs,
+                source=f"{stored.meta.get('source', 'golden')} (worst in an audit)",
+            )
         else:
             if pipeline is None:
                 from svsurgery.audit.reference import ReferencePipeline
@@ -94,12 +99,22 @@ def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folde
             inputs, outputs, _ = golden_arrays(spec, pipeline, waveform, row)
             if not outputs:
                 continue
-            source = (f"svsurgery audit: the reference pipeline ({spec.reference.describe()}; "
-                      f"front end {pipeline.frontend_description}; VAD {pipeline.vad.description if pipeline.vad else 'none'}) "
-                      f"on utterance {entry.id} ({entry.path})")  # fmt: skip
+            source = (
+                f"svsurgery audit: the reference pipeline ({spec.reference.describe()}; "
+                f"front end {pipeline.frontend_description}; VAD {pipeline.vad.description if pipeline.vad else 'none'}) "
+                f"on utterance {entry.id} ({entry.path})"
+            )
             golden.save(target, inputs, outputs, source=source)
         if plan is not None:
             plan.written(target)
-        written.append({"rank": rank, "id": entry.id, "path": str(target), "token_error_rate": row["token_error_rate"],
-                        "cosine_min": row["cosine_min"], "segments_identical": row["segments_identical"]})  # fmt: skip
+        written.append(
+            {
+                "rank": rank,
+                "id": entry.id,
+                "path": str(target),
+                "token_error_rate": row["token_error_rate"],
+                "cosine_min": row["cosine_min"],
+                "segments_identical": row["segments_identical"],
+            }
+        )
     return written

@@ -53,10 +53,14 @@ def _f(value, digits: int = 4) -> str:
 def _table(headers: list[str], rows: list[list], left: int = 1) -> str:
     head = "".join(f"<th class='{'l' if i < left else ''}'>{_e(h)}</th>" for i, h in enumerate(headers))
     body = "".join(
-        "<tr>" + "".join(f"<td class='{'l' if i < left else ''}'>{cell if isinstance(cell, _Raw) else _f(cell)}</td>"
-                         for i, cell in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td class='{'l' if i < left else ''}'>{cell if isinstance(cell, _Raw) else _f(cell)}</td>"
+            for i, cell in enumerate(row)
+        )
+        + "</tr>"
         for row in rows
-    )  # fmt: skip
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -99,9 +103,15 @@ def _plots(rows: list[dict], summary: dict) -> str:
     figures.append(_svg(figure))
     plt.close(figure)
 
-    for column, label, colour in (("duration_s", "duration (s)", PLOT_COLOURS["duration"]),
-                                  ("snr_db", "estimated SNR (dB)", PLOT_COLOURS["snr"])):  # fmt: skip
-        points = [(r[column], r["token_error_rate"]) for r in ok if r[column] is not None and r["token_error_rate"] is not None]
+    for column, label, colour in (
+        ("duration_s", "duration (s)", PLOT_COLOURS["duration"]),
+        ("snr_db", "estimated SNR (dB)", PLOT_COLOURS["snr"]),
+    ):
+        points = [
+            (r[column], r["token_error_rate"])
+            for r in ok
+            if r[column] is not None and r["token_error_rate"] is not None
+        ]
         figure, axis = plt.subplots(figsize=(5.2, 3.4), dpi=96)
         if points:
             x, y = zip(*points)
@@ -120,18 +130,27 @@ def _plots(rows: list[dict], summary: dict) -> str:
 
 
 _GROUP_COLUMNS = [
-    ("utterances", "utterances"), ("ok", "ok"), ("audio_s", "audio s"), ("segments_identical_share", "identical segments"),
-    ("tokens_differ_share", "tokens differ"), ("token_error_rate_mean", "TER mean"), ("token_error_rate_max", "TER max"),
-    ("token_error_rate_corpus", "TER corpus"), ("cosine_mean", "cosine mean"), ("cosine_min", "cosine worst"),
-    ("max_abs_max", "max abs"), ("boundary_ms_max", "boundary ms max"),
-]  # fmt: skip
+    ("utterances", "utterances"),
+    ("ok", "ok"),
+    ("audio_s", "audio s"),
+    ("segments_identical_share", "identical segments"),
+    ("tokens_differ_share", "tokens differ"),
+    ("token_error_rate_mean", "TER mean"),
+    ("token_error_rate_max", "TER max"),
+    ("token_error_rate_corpus", "TER corpus"),
+    ("cosine_mean", "cosine mean"),
+    ("cosine_min", "cosine worst"),
+    ("max_abs_max", "max abs"),
+    ("boundary_ms_max", "boundary ms max"),
+]
 
 
 def _groups(title: str, groups: list[dict]) -> str:
     if not groups:
         return ""
-    return f"<h3>{_e(title)}</h3>" + _table(["bucket", *(h for _, h in _GROUP_COLUMNS)],
-                                            [[g["bucket"], *(g[k] for k, _ in _GROUP_COLUMNS)] for g in groups])  # fmt: skip
+    return f"<h3>{_e(title)}</h3>" + _table(
+        ["bucket", *(h for _, h in _GROUP_COLUMNS)], [[g["bucket"], *(g[k] for k, _ in _GROUP_COLUMNS)] for g in groups]
+    )
 
 
 def render_html(summary: dict, rows: list[dict]) -> str:
@@ -147,13 +166,39 @@ def render_html(summary: dict, rows: list[dict]) -> str:
     drift = summary.get("baseline")
     verdict = ""
     if drift is not None:
-        verdict = "<span class='bad'>DRIFT against the baseline</span>" if drift["drift"] else "<span class='good'>no drift against the baseline</span>"
-    parts.append(_table(
-        ["identical segments", "tokens differ", "TER corpus", "cosine worst", "cosine p01", "max abs", "model ms/audio-s", "reference ms/audio-s"],
-        [[totals["segments_identical_share"], totals["tokens_differ_share"], totals["token_error_rate_corpus"], totals["cosine_min"],
-          totals["cosine_p01"], totals["max_abs_max"], summary["timing"]["model_ms_per_audio_s"], summary["timing"]["reference_ms_per_audio_s"]]],
-        left=0,
-    ) + verdict)  # fmt: skip
+        verdict = (
+            "<span class='bad'>DRIFT against the baseline</span>"
+            if drift["drift"]
+            else "<span class='good'>no drift against the baseline</span>"
+        )
+    parts.append(
+        _table(
+            [
+                "identical segments",
+                "tokens differ",
+                "TER corpus",
+                "cosine worst",
+                "cosine p01",
+                "max abs",
+                "model ms/audio-s",
+                "reference ms/audio-s",
+            ],
+            [
+                [
+                    totals["segments_identical_share"],
+                    totals["tokens_differ_share"],
+                    totals["token_error_rate_corpus"],
+                    totals["cosine_min"],
+                    totals["cosine_p01"],
+                    totals["max_abs_max"],
+                    summary["timing"]["model_ms_per_audio_s"],
+                    summary["timing"]["reference_ms_per_audio_s"],
+                ]
+            ],
+            left=0,
+        )
+        + verdict
+    )
     parts.append("<h2>plots</h2>" + _plots(rows, summary))
     parts.append("<h2>by bucket</h2>")
     for key, title in (("duration", "duration"), ("snr", "estimated SNR"), ("language", "language")):
@@ -161,39 +206,88 @@ def render_html(summary: dict, rows: list[dict]) -> str:
     parts.append("<h2>worst utterances</h2>")
     worst = summary.get("worst") or []
     if worst:
-        parts.append(_table(["rank", "id", "TER", "cosine worst", "segments identical", "golden file"],
-                            [[w["rank"], w["id"], w["token_error_rate"], w["cosine_min"], w["segments_identical"], w["path"]] for w in worst],
-                            left=2))  # fmt: skip
+        parts.append(
+            _table(
+                ["rank", "id", "TER", "cosine worst", "segments identical", "golden file"],
+                [
+                    [w["rank"], w["id"], w["token_error_rate"], w["cosine_min"], w["segments_identical"], w["path"]]
+                    for w in worst
+                ],
+                left=2,
+            )
+        )
     else:
-        parts.append("<p class='note'>none harvested (--worst 0, or no utterance differs from the reference at all)</p>")
+        parts.append(
+            "<p class='note'>none harvested (--worst 0, or no utterance differs from the reference at all)</p>"
+        )
     localization = summary.get("diff")
     if localization:
         parts.append("<h2>where the worst utterance diverges</h2>")
         culprit = localization.get("culprit")
         if culprit:
             where = culprit.get("module") or culprit.get("value")
-            constants = "".join(f"<br>reads constant {_e(c['name'])} {c['shape']} that differs from the reference's (max abs {_f(c['max_abs_difference'])})"
-                                for c in culprit.get("constants_differing", []))  # fmt: skip
-            parts.append(f"<p>first value that introduces the divergence ({_e(culprit['step'])}): <b>{_e(where)}</b> — node "
-                         f"{_e(culprit['node'])} ({_e(culprit['op_type'])}), value {_e(culprit['value'])}: "
-                         f"{_e('; '.join(culprit['failures']))}{constants}</p>")  # fmt: skip
+            constants = "".join(
+                f"<br>reads constant {_e(c['name'])} {c['shape']} that differs from the reference's (max abs {_f(c['max_abs_difference'])})"
+                for c in culprit.get("constants_differing", [])
+            )
+            parts.append(
+                f"<p>first value that introduces the divergence ({_e(culprit['step'])}): <b>{_e(where)}</b> — node "
+                f"{_e(culprit['node'])} ({_e(culprit['op_type'])}), value {_e(culprit['value'])}: "
+                f"{_e('; '.join(culprit['failures']))}{constants}</p>"
+            )
         for note in localization.get("notes", []):
             parts.append(f"<p class='note'>{_e(note)}</p>")
     matrix = summary.get("runtime_matrix")
     if matrix:
-        parts.append(f"<h2>runtime matrix</h2><p class='note'>{len(matrix['utterances'])} utterances, "
-                     f"{_f(matrix['audio_s'])} s of audio, each setting against the reference setting ({_e(matrix['reference_setting'])})</p>")  # fmt: skip
-        parts.append(_table(
-            ["setting", "bit-identical", "max abs", "cosine worst", "identical segments", "tokens differ", "TER corpus", "ms/audio-s"],
-            [[s["label"], _Raw(_e(s["error"])) if "error" in s else s["bit_identical"], s.get("max_abs"), s.get("cosine_min"),
-              s.get("segments_identical_share"), s.get("tokens_differ"), s.get("token_error_rate_corpus"), s.get("ms_per_audio_s")]
-             for s in matrix["settings"]],
-        ))  # fmt: skip
+        parts.append(
+            f"<h2>runtime matrix</h2><p class='note'>{len(matrix['utterances'])} utterances, "
+            f"{_f(matrix['audio_s'])} s of audio, each setting against the reference setting ({_e(matrix['reference_setting'])})</p>"
+        )
+        parts.append(
+            _table(
+                [
+                    "setting",
+                    "bit-identical",
+                    "max abs",
+                    "cosine worst",
+                    "identical segments",
+                    "tokens differ",
+                    "TER corpus",
+                    "ms/audio-s",
+                ],
+                [
+                    [
+                        s["label"],
+                        _Raw(_e(s["error"])) if "error" in s else s["bit_identical"],
+                        s.get("max_abs"),
+                        s.get("cosine_min"),
+                        s.get("segments_identical_share"),
+                        s.get("tokens_differ"),
+                        s.get("token_error_rate_corpus"),
+                        s.get("ms_per_audio_s"),
+                    ]
+                    for s in matrix["settings"]
+                ],
+            )
+        )
     if drift is not None:
         parts.append("<h2>baseline</h2>")
-        parts.append(_table(["figure", "baseline", "now", "change", "threshold", "drift"],
-                            [[c["figure"], c["baseline"], c["current"], c["change"], c["threshold"],
-                              _Raw("<span class='bad'>yes</span>" if c["drift"] else "no")] for c in drift["checks"]]))  # fmt: skip
+        parts.append(
+            _table(
+                ["figure", "baseline", "now", "change", "threshold", "drift"],
+                [
+                    [
+                        c["figure"],
+                        c["baseline"],
+                        c["current"],
+                        c["change"],
+                        c["threshold"],
+                        _Raw("<span class='bad'>yes</span>" if c["drift"] else "no"),
+                    ]
+                    for c in drift["checks"]
+                ],
+            )
+        )
         for note in drift["notes"]:
             parts.append(f"<p class='note'>{_e(note)}</p>")
     bad = summary["bad_entries"]

@@ -8,8 +8,8 @@ encoder the first value, that introduces the divergence.
    reference features. Stages are found by structure (the CMVN is ``Mul(Add(x, shift), scale)``
    with [D] constants), not by generated value names, which change between svsurgery versions.
 2. **encoder**: the encoder inside the deployed model (cut out of the fused graph, weights and
-   node names as they are) against the reference encoder -- :func:`svsurgery.layerwise.diff_models`
-   for the original ONNX, :func:`svsurgery.layerwise.diff` for the torch module -- on the
+   node names as they are) against the reference encoder -- :func:`svsurgery.divergence.diff_models`
+   for the original ONNX, :func:`svsurgery.divergence.diff` for the torch module -- on the
    reference front end's features of the worst span, naming the module or value that
    introduces the error (and the constants its node reads that differ from the reference's).
 """
@@ -50,8 +50,13 @@ class Localization:
             data.pop("rows", None)  # every compared value: kept out of summary.json (the diff JSON has them)
             return data
 
-        return {"utterance": self.utterance, "span": self.span, "culprit": self.culprit, "notes": self.notes,
-                "encoder": brief(self.encoder)}
+        return {
+            "utterance": self.utterance,
+            "span": self.span,
+            "culprit": self.culprit,
+            "notes": self.notes,
+            "encoder": brief(self.encoder),
+        }
 
 
 # ----------------------------------------------------------------------------- the encoder inside a fused model
@@ -65,7 +70,9 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
     graph = proto.graph
     if "waveform" not in {i.name for i in graph.input}:
         return None
-    loop = next((n for n in graph.node if n.op_type == "Loop" and _body(n) is not None and _body(n).name == PER_ROW_BODY), None)
+    loop = next(
+        (n for n in graph.node if n.op_type == "Loop" and _body(n) is not None and _body(n).name == PER_ROW_BODY), None
+    )
     others = [i for i in graph.input if i.name not in ("waveform", "waveform_lengths")]
     outer_types = {v.name: v for v in (*graph.input, *graph.output, *graph.value_info)}
     if loop is not None:
@@ -81,7 +88,11 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
         features = nodes[start].output[0]
         cut = start
         lengths = None
-        if start + 1 < len(nodes) and nodes[start + 1].op_type == "Gather" and nodes[start + 1].input[0] not in produced:
+        if (
+            start + 1 < len(nodes)
+            and nodes[start + 1].op_type == "Gather"
+            and nodes[start + 1].input[0] not in produced
+        ):
             lengths, cut = nodes[start + 1].output[0], start + 1
         encoder_nodes = nodes[cut + 1 :]
         outputs = [n.input[0] for n in encoder_nodes if n.op_type == "Squeeze" and n.input[0].startswith(ROWS_PREFIX)]
@@ -99,8 +110,12 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
         lengths = next((v for v in cut_values if _rank(types.get(v)) == 1), None)
         if features is None:
             return None
-        outputs = [o.name for o in graph.output if o.name not in ("waveform_nonfinite", "waveform_clipped", "waveform_lengths_used",
-                                                                  "features", "feature_lengths")]  # fmt: skip
+        outputs = [
+            o.name
+            for o in graph.output
+            if o.name
+            not in ("waveform_nonfinite", "waveform_clipped", "waveform_lengths_used", "features", "feature_lengths")
+        ]
         renames = {}
         input_types = [types.get(features), types.get(lengths) if lengths else None]
     if input_types[0] is None or (lengths and input_types[1] is None):
@@ -108,14 +123,23 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
     needed = _backwards(encoder_nodes, outputs)
     reads = {i for n in needed for i in _all_inputs(n)}
     initializers = [t for t in graph.initializer if t.name in reads]
-    known = {i.name for i in initializers} | {o for n in needed for o in n.output} | {features, lengths} | {o.name for o in others}
+    known = (
+        {i.name for i in initializers}
+        | {o for n in needed for o in n.output}
+        | {features, lengths}
+        | {o.name for o in others}
+    )
     if any(name and name not in known for n in needed for name in n.input):
         return None  # the encoder reads something computed outside it: not a cut we understand
     inputs = [_retyped(input_types[0], features), *([_retyped(input_types[1], lengths)] if lengths else []), *others]
     out_infos = []
     for name in outputs:
         info = outer_types.get(renames.get(name, name))
-        out_infos.append(_retyped(info, renames.get(name, name)) if info is not None else onnx.helper.make_empty_tensor_value_info(renames.get(name, name)))
+        out_infos.append(
+            _retyped(info, renames.get(name, name))
+            if info is not None
+            else onnx.helper.make_empty_tensor_value_info(renames.get(name, name))
+        )
     renamed_nodes = []
     for node in needed:
         copy = onnx.NodeProto()
@@ -157,7 +181,11 @@ def _all_inputs(node: onnx.NodeProto) -> list[str]:
     names = [i for i in node.input if i]
     for attribute in node.attribute:
         for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            inner = (
+                {o for n in sub.node for o in n.output}
+                | {i.name for i in sub.input}
+                | {t.name for t in sub.initializer}
+            )
             names += [i for n in sub.node for i in _all_inputs(n) if i not in inner]
     return names
 
@@ -206,13 +234,15 @@ def find_cmvn(model: ir.Model, dim: int) -> tuple[ir.Node, ir.Node, np.ndarray, 
     return None
 
 
-def _frontend_stages(spec: AuditSpec, waveform: np.ndarray, reference_run, k: int, pipeline, notes: list[str]) -> dict | None:
+def _frontend_stages(
+    spec: AuditSpec, waveform: np.ndarray, reference_run, k: int, pipeline, notes: list[str]
+) -> dict | None:
     """The deployed front end against the reference's, stage by stage on the worst span: the
     segments, fbank + LFR (the value CMVN reads), the CMVN constants, the features. Returns the
     culprit, or None when the front end agrees (the encoder is next)."""
     from svsurgery import patch
     from svsurgery.audit.deployed import SEGMENTS, fused_feeds
-    from svsurgery.io import load
+    from svsurgery.model_io import load
     from svsurgery.parity.metrics import PROFILES, compare
     from svsurgery.runtime import run
 
@@ -229,11 +259,19 @@ def _frontend_stages(spec: AuditSpec, waveform: np.ndarray, reference_run, k: in
     if spec.model_kind == FUSED_VAD:
         segments = np.asarray(outputs[SEGMENTS], np.int64).reshape(-1, 2)
         if not np.array_equal(segments, reference_run.spans):
-            return {"step": "VAD", "value": SEGMENTS, "node": "(the VAD and segmentation)", "op_type": "-", "module": "VAD / segmentation",
-                    "failures": [f"segments {segments.tolist()} ms != the reference's {reference_run.spans.tolist()} ms"],
-                    "constants_differing": []}  # fmt: skip
+            return {
+                "step": "VAD",
+                "value": SEGMENTS,
+                "node": "(the VAD and segmentation)",
+                "op_type": "-",
+                "module": "VAD / segmentation",
+                "failures": [f"segments {segments.tolist()} ms != the reference's {reference_run.spans.tolist()} ms"],
+                "constants_differing": [],
+            }
     if found is None:
-        notes.append("the front end's CMVN could not be found in the graph; front end compared only through the encoder's outputs")
+        notes.append(
+            "the front end's CMVN could not be found in the graph; front end compared only through the encoder's outputs"
+        )
         return None
     tolerance = PROFILES["frontend"]
     stacked = pipeline.stacked(reference_run.pieces[k])
@@ -241,32 +279,57 @@ def _frontend_stages(spec: AuditSpec, waveform: np.ndarray, reference_run, k: in
     parity = compare("fbank + LFR", before, stacked, class_axis=False).check(tolerance)
     if not parity.passed:
         producer = add.inputs[0].producer()
-        return {"step": "front end", "value": add.inputs[0].name, "node": producer.name if producer else "?",
-                "op_type": producer.op_type if producer else "?", "module": "fbank / LFR",
-                "failures": [f"fbank + LFR against {pipeline.frontend_description.split(' + ')[0]}: " + "; ".join(parity.failures)],
-                "constants_differing": []}  # fmt: skip
+        return {
+            "step": "front end",
+            "value": add.inputs[0].name,
+            "node": producer.name if producer else "?",
+            "op_type": producer.op_type if producer else "?",
+            "module": "fbank / LFR",
+            "failures": [
+                f"fbank + LFR against {pipeline.frontend_description.split(' + ')[0]}: " + "; ".join(parity.failures)
+            ],
+            "constants_differing": [],
+        }
     differing = []
-    for label, node, mine, theirs in (("shift", add, shift, config.cmvn.shift), ("scale", mul, scale, config.cmvn.scale)):
+    for label, node, mine, theirs in (
+        ("shift", add, shift, config.cmvn.shift),
+        ("scale", mul, scale, config.cmvn.scale),
+    ):
         difference = np.abs(mine.astype(np.float64) - np.asarray(theirs, np.float64))
         if float(difference.max()) > 1e-6 * max(1.0, float(np.abs(theirs).max())):
-            differing.append({"name": f"CMVN {label} ({node.inputs[1].name})", "shape": list(mine.shape),
-                              "max_abs_difference": float(difference.max())})  # fmt: skip
+            differing.append(
+                {
+                    "name": f"CMVN {label} ({node.inputs[1].name})",
+                    "shape": list(mine.shape),
+                    "max_abs_difference": float(difference.max()),
+                }
+            )
     after = np.asarray(outputs[exposed[1].name])[k][: stacked.shape[0]]
     features = compare("features", after, reference_run.features[k], class_axis=False).check(tolerance)
     if differing or not features.passed:
-        return {"step": "front end", "value": mul.outputs[0].name, "node": f"{add.name} / {mul.name}", "op_type": "Add/Mul",
-                "module": "CMVN", "failures": [f"against {config.cmvn.source}: " + ("; ".join(features.failures) or "features within tolerance")],
-                "constants_differing": differing}  # fmt: skip
+        return {
+            "step": "front end",
+            "value": mul.outputs[0].name,
+            "node": f"{add.name} / {mul.name}",
+            "op_type": "Add/Mul",
+            "module": "CMVN",
+            "failures": [
+                f"against {config.cmvn.source}: " + ("; ".join(features.failures) or "features within tolerance")
+            ],
+            "constants_differing": differing,
+        }
     return None
 
 
 # ----------------------------------------------------------------------------- the diff of the worst
 
 
-def localize(spec: AuditSpec, entry_id: str, waveform: np.ndarray, k: int | None, reference_run, pipeline) -> Localization:
+def localize(
+    spec: AuditSpec, entry_id: str, waveform: np.ndarray, k: int | None, reference_run, pipeline
+) -> Localization:
     """Both steps on one utterance (see the module docstring); ``k``: the reference span to look at."""
-    from svsurgery.io import load
-    from svsurgery.layerwise import diff, diff_models
+    from svsurgery.divergence import diff, diff_models
+    from svsurgery.model_io import load
 
     notes: list[str] = []
     encoder_report = None
@@ -294,17 +357,28 @@ def localize(spec: AuditSpec, entry_id: str, waveform: np.ndarray, k: int | None
             if encoder_report is not None:
                 first = encoder_report.first or encoder_report.first_nonfinite
                 if first is not None:
-                    culprit = _culprit("encoder", first, model, load(spec.reference.path) if spec.reference.kind == "onnx" else None)
+                    culprit = _culprit(
+                        "encoder", first, model, load(spec.reference.path) if spec.reference.kind == "onnx" else None
+                    )
                 else:
-                    notes.append("the encoder inside the model agrees with the reference encoder value by value on this span")
+                    notes.append(
+                        "the encoder inside the model agrees with the reference encoder value by value on this span"
+                    )
     return Localization(entry_id, span, culprit, encoder_report, notes)
 
 
 def _culprit(step: str, row, model: ir.Model, reference: ir.Model | None) -> dict:
     """The first value introducing the divergence, and the constants its node reads that differ
     from the reference's of the same name (a planted weight)."""
-    found = {"step": step, "value": row.value, "node": row.node, "op_type": row.op_type, "module": row.module,
-             "failures": list(row.own.failures), "constants_differing": []}  # fmt: skip
+    found = {
+        "step": step,
+        "value": row.value,
+        "node": row.node,
+        "op_type": row.op_type,
+        "module": row.module,
+        "failures": list(row.own.failures),
+        "constants_differing": [],
+    }
     if reference is None:
         return found
     node = next((n for n in model.graph if n.name == row.node), None)
@@ -317,7 +391,12 @@ def _culprit(step: str, row, model: ir.Model, reference: ir.Model | None) -> dic
             continue
         if mine.shape != other.shape or not np.array_equal(mine, other):
             found["constants_differing"].append(
-                {"name": value.name, "shape": list(mine.shape),
-                 "max_abs_difference": float(np.max(np.abs(mine.astype(np.float64) - other.astype(np.float64)))) if mine.shape == other.shape else None}
-            )  # fmt: skip
+                {
+                    "name": value.name,
+                    "shape": list(mine.shape),
+                    "max_abs_difference": float(np.max(np.abs(mine.astype(np.float64) - other.astype(np.float64))))
+                    if mine.shape == other.shape
+                    else None,
+                }
+            )
     return found

@@ -55,21 +55,43 @@ def runtime_matrix(spec: AuditSpec, entries, waveforms, *, progress=None) -> dic
             start = time.perf_counter()
             runs = [model.run(w, r) for w, r in zip(waveforms, reference_runs or [None] * len(waveforms))]
             seconds = time.perf_counter() - start
-        except Exception as error:  # noqa: BLE001 - a provider that cannot run the model is a row too
-            results.append({"setting": dataclasses.asdict(setting), "label": setting.label, "error": str(error).splitlines()[0][:200]})
+        except Exception as error:
+            results.append(
+                {
+                    "setting": dataclasses.asdict(setting),
+                    "label": setting.label,
+                    "error": str(error).splitlines()[0][:200],
+                }
+            )
             continue
-        rows = [compare_sides(e, run, b, spec.outputs, duration_s=w.size / spec.sample_rate, snr_db=None)
-                for e, run, b, w in zip(entries, runs, base_runs, waveforms)]  # fmt: skip
+        rows = [
+            compare_sides(e, run, b, spec.outputs, duration_s=w.size / spec.sample_rate, snr_db=None)
+            for e, run, b, w in zip(entries, runs, base_runs, waveforms)
+        ]
         figures = group_figures(rows)
-        results.append({
-            "setting": dataclasses.asdict(setting), "label": setting.label, "reference_setting": setting == spec.setting,
-            "utterances": len(rows), "max_abs": figures["max_abs_max"], "cosine_min": figures["cosine_min"],
-            "segments_identical_share": figures["segments_identical_share"], "tokens_differ": figures["tokens_differ"],
-            "token_error_rate_corpus": figures["token_error_rate_corpus"],
-            "bit_identical": all((r["max_abs"] == 0.0 and r["segments_identical"] and r["integers_equal"]) for r in rows),
-            "ms_per_audio_s": 1000 * seconds / audio if audio else None,
-        })  # fmt: skip
+        results.append(
+            {
+                "setting": dataclasses.asdict(setting),
+                "label": setting.label,
+                "reference_setting": setting == spec.setting,
+                "utterances": len(rows),
+                "max_abs": figures["max_abs_max"],
+                "cosine_min": figures["cosine_min"],
+                "segments_identical_share": figures["segments_identical_share"],
+                "tokens_differ": figures["tokens_differ"],
+                "token_error_rate_corpus": figures["token_error_rate_corpus"],
+                "bit_identical": all(
+                    (r["max_abs"] == 0.0 and r["segments_identical"] and r["integers_equal"]) for r in rows
+                ),
+                "ms_per_audio_s": 1000 * seconds / audio if audio else None,
+            }
+        )
         if progress is not None:
             progress()
-    return {"reference_setting": spec.setting.label, "cpus": cpus, "utterances": [e.id for e in entries],
-            "audio_s": audio, "settings": results}  # fmt: skip
+    return {
+        "reference_setting": spec.setting.label,
+        "cpus": cpus,
+        "utterances": [e.id for e in entries],
+        "audio_s": audio,
+        "settings": results,
+    }

@@ -87,7 +87,9 @@ def bad_row(entry, reason: str, **figures) -> dict:
 
 def primary_output(names, reference_row: dict[str, np.ndarray] | None = None) -> str:
     """The output the figures are about: the first CTC/logit-like float output, else the first float one."""
-    floats = [n for n in names if reference_row is None or np.issubdtype(np.asarray(reference_row[n]).dtype, np.floating)]
+    floats = [
+        n for n in names if reference_row is None or np.issubdtype(np.asarray(reference_row[n]).dtype, np.floating)
+    ]
     for name in floats:
         if _CTC.search(name) or re.search(r"logit", name, re.IGNORECASE):
             return name
@@ -135,8 +137,9 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def compare_sides(entry, deployed: SideRun, reference: SideRun, outputs: tuple[str, ...], *,
-                  duration_s: float, snr_db: float | None) -> dict:  # fmt: skip
+def compare_sides(
+    entry, deployed: SideRun, reference: SideRun, outputs: tuple[str, ...], *, duration_s: float, snr_db: float | None
+) -> dict:
     """The audit's row for one utterance."""
     from svsurgery.audit.corpus import duration_bucket, snr_bucket
 
@@ -160,7 +163,9 @@ def compare_sides(entry, deployed: SideRun, reference: SideRun, outputs: tuple[s
         for output in outputs:
             actual, expected = _trim(np.asarray(deployed.rows[j][output]), np.asarray(reference.rows[k][output]))
             if not np.issubdtype(expected.dtype, np.floating):
-                integers_equal = integers_equal and actual.shape == expected.shape and bool(np.array_equal(actual, expected))
+                integers_equal = (
+                    integers_equal and actual.shape == expected.shape and bool(np.array_equal(actual, expected))
+                )
                 continue
             if output != name:
                 continue

@@ -25,7 +25,14 @@ from svsurgery.errors import BadInputError
 
 __all__ = ["prepare", "vad_from_metadata"]
 
-FUSED_EXTRA_OUTPUTS = ("segments", "waveform_nonfinite", "waveform_clipped", "waveform_lengths_used", "features", "feature_lengths")
+FUSED_EXTRA_OUTPUTS = (
+    "segments",
+    "waveform_nonfinite",
+    "waveform_clipped",
+    "waveform_lengths_used",
+    "features",
+    "feature_lengths",
+)
 
 
 def _other(value: ir.Value) -> OtherInput:
@@ -76,7 +83,7 @@ def prepare(
     from svsurgery.audit.localize import encoder_inside
     from svsurgery.compose import find_encoder_inputs
     from svsurgery.frontend.config import discover
-    from svsurgery.io import load
+    from svsurgery.model_io import load
     from svsurgery.vad.options import SegmentOptions
 
     notes: list[str] = []
@@ -124,7 +131,11 @@ def prepare(
             notes.append(f"outputs the reference does not have are not compared: {', '.join(missing)}")
             outputs = [name for name in outputs if name in theirs]
         ours = {o.name for o in others}
-        extra = [v for v in original.graph.inputs if v is not binding.features and v is not binding.lengths and v.name not in ours]
+        extra = [
+            v
+            for v in original.graph.inputs
+            if v is not binding.features and v is not binding.lengths and v.name not in ours
+        ]
         if extra:
             raise BadInputError(
                 f"--reference-model {reference_model}: inputs {', '.join(v.name for v in extra)} are not inputs of the model"
@@ -165,12 +176,20 @@ def prepare(
         vad.validate()
     sample_rate = int(frontend.fbank.frame_opts.samp_freq) if frontend is not None else 16000
     spec = AuditSpec(
-        model=model_path, model_kind=kind, reference=reference, frontend=frontend, vad=vad,
-        segmentation=(segmentation or SegmentOptions()).validate(), sample_rate=sample_rate,
-        deployed_inputs=deployed_inputs, deployed_length_dtype=deployed_length_dtype,
-        reference_inputs=reference_inputs, reference_length_dtype=reference_length_dtype,
-        others=tuple(_other(v) for v in others), outputs=tuple(outputs),
-    )  # fmt: skip
+        model=model_path,
+        model_kind=kind,
+        reference=reference,
+        frontend=frontend,
+        vad=vad,
+        segmentation=(segmentation or SegmentOptions()).validate(),
+        sample_rate=sample_rate,
+        deployed_inputs=deployed_inputs,
+        deployed_length_dtype=deployed_length_dtype,
+        reference_inputs=reference_inputs,
+        reference_length_dtype=reference_length_dtype,
+        others=tuple(_other(v) for v in others),
+        outputs=tuple(outputs),
+    )
     if frontend is not None:
         notes.extend(frontend.notices)
     return spec, notes, digests

@@ -25,6 +25,11 @@ import time
 import numpy as np
 
 from svsurgery.audit.spec import AuditSpec
+from svsurgery.frontend import knf
+from svsurgery.frontend import numpy_statement as frontend_statement
+from svsurgery.parity.references import TorchReference
+from svsurgery.torchspec import load_module
+from svsurgery.vad import numpy_statement as vad_statement
 
 __all__ = ["PythonVad", "ReferencePipeline", "SideRun", "whole_span"]
 
@@ -72,51 +77,40 @@ class ReferencePipeline:
         if reference.kind == "onnx":
             self.session = spec.setting.session(reference.path)
         elif reference.kind == "torch":
-            import torch
-
-            from svsurgery.parity.references import TorchReference
-            from svsurgery.torchspec import load_module
+            import torch  # optional: only a torch reference needs it
 
             torch.set_num_threads(1)
             features, lengths = spec.reference_inputs
             names = [features, *([lengths] if lengths else []), *(o.name for o in spec.others)]
             self.module = TorchReference(load_module(reference.torch, reference.weights), spec.outputs, names)
-        from svsurgery.frontend import knf
-
         self.use_knf = knf.available()
 
     @property
     def frontend_description(self) -> str:
-        from svsurgery.frontend import knf
-
-        return (knf.version() if self.use_knf else "the float64 Kaldi fbank statement (kaldi-native-fbank not installed)") + " + LFR + CMVN in numpy"
+        return (
+            knf.version() if self.use_knf else "the float64 Kaldi fbank statement (kaldi-native-fbank not installed)"
+        ) + " + LFR + CMVN in numpy"
 
     def spans(self, waveform: np.ndarray) -> np.ndarray:
         """The encoder rows' [start_ms, end_ms]: the VAD's segments, merged or cut as FunASR does."""
         if self.vad is None:
             return whole_span(waveform.size, self.spec.sample_rate)
-        from svsurgery.vad import reference
-
-        return reference.segment(self.vad.segments(waveform), self.spec.segmentation)
+        return vad_statement.segment(self.vad.segments(waveform), self.spec.segmentation)
 
     def stacked(self, piece: np.ndarray) -> np.ndarray:
         """[T, D]: kaldi-native-fbank + LFR of one span's samples (before CMVN)."""
-        from svsurgery.frontend import knf, reference
-
         config = self.spec.frontend
         if piece.size == 0:
             return np.zeros((0, config.fbank.feature_dim * config.lfr.m), np.float32)
-        fbank = knf.fbank(piece, config.fbank) if self.use_knf else reference.fbank(piece, config.fbank)
-        return reference.apply_lfr(fbank, config.lfr)
+        fbank = knf.fbank(piece, config.fbank) if self.use_knf else frontend_statement.fbank(piece, config.fbank)
+        return frontend_statement.apply_lfr(fbank, config.lfr)
 
     def features(self, piece: np.ndarray) -> np.ndarray:
         """[T, D] float32: kaldi-native-fbank + LFR + CMVN of one span's samples."""
-        from svsurgery.frontend import reference
-
         config = self.spec.frontend
         stacked = self.stacked(piece)
         if config.cmvn is not None:
-            stacked = reference.apply_cmvn(stacked, config.cmvn.shift, config.cmvn.scale)
+            stacked = frontend_statement.apply_cmvn(stacked, config.cmvn.shift, config.cmvn.scale)
         return stacked.astype(np.float32)
 
     def encoder(self, features: np.ndarray) -> dict[str, np.ndarray]:
@@ -134,11 +128,9 @@ class ReferencePipeline:
         return {k: np.asarray(v)[0] if np.ndim(v) else np.asarray(v) for k, v in values.items()}
 
     def run(self, waveform: np.ndarray) -> SideRun:
-        from svsurgery.vad import reference
-
         start = time.perf_counter()
         spans = self.spans(waveform)
-        pieces = reference.cut_rows(waveform, spans, self.spec.sample_rate) if self.vad is not None else [waveform]
+        pieces = vad_statement.cut_rows(waveform, spans, self.spec.sample_rate) if self.vad is not None else [waveform]
         features = [self.features(piece) for piece in pieces]
         rows = [self.encoder(f) for f in features]
         return SideRun(spans, rows, time.perf_counter() - start, features, pieces)

@@ -28,7 +28,17 @@ def versions() -> dict[str, str | None]:
     from importlib import metadata
 
     found = {}
-    for package in ("svsurgery", "onnxruntime", "onnx", "numpy", "torch", "kaldi-native-fbank", "silero-vad", "ray", "pyarrow"):
+    for package in (
+        "svsurgery",
+        "onnxruntime",
+        "onnx",
+        "numpy",
+        "torch",
+        "kaldi-native-fbank",
+        "silero-vad",
+        "ray",
+        "pyarrow",
+    ):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -56,11 +66,19 @@ class AuditReport(Report):
 
         s = self.summary
         audit, totals = s["audit"], s["totals"]
-        console.print(f"[bold]audit[/bold] {escape(audit['model'])} ({audit['model_kind']}) against {escape(audit['reference'])}")
-        console.print(f"  corpus {escape(audit['corpus'])}: {totals['utterances']} utterances, {totals['bad']} bad, "
-                      f"{totals['audio_s']:.1f} s of audio; {audit['shards']} shards ({audit['shards_reused']} reused), "
-                      f"engine {audit['engine']} x {audit['workers']}")  # fmt: skip
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="per group (segs =: share with identical segments; tokens ≠: share whose tokens differ; TER: token error rate)")
+        console.print(
+            f"[bold]audit[/bold] {escape(audit['model'])} ({audit['model_kind']}) against {escape(audit['reference'])}"
+        )
+        console.print(
+            f"  corpus {escape(audit['corpus'])}: {totals['utterances']} utterances, {totals['bad']} bad, "
+            f"{totals['audio_s']:.1f} s of audio; {audit['shards']} shards ({audit['shards_reused']} reused), "
+            f"engine {audit['engine']} x {audit['workers']}"
+        )
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            title="per group (segs =: share with identical segments; tokens ≠: share whose tokens differ; TER: token error rate)",
+        )
         table.add_column("group", no_wrap=True)
         for column in ("n", "segs =", "tokens ≠", "TER", "TER max", "cos worst", "max abs"):
             table.add_column(column, justify="right", no_wrap=True)
@@ -70,15 +88,21 @@ class AuditReport(Report):
                 table.add_row(f"{label} {escape(str(bucket['bucket']))}", *_cells(bucket))
         console.print(table)
         timing = s["timing"]
-        console.print(f"  time per audio-second: model {_fmt(timing['model_ms_per_audio_s'])} ms, reference "
-                      f"{_fmt(timing['reference_ms_per_audio_s'])} ms; {_fmt(timing.get('utterances_per_s'))} utterances/s")  # fmt: skip
+        console.print(
+            f"  time per audio-second: model {_fmt(timing['model_ms_per_audio_s'])} ms, reference "
+            f"{_fmt(timing['reference_ms_per_audio_s'])} ms; {_fmt(timing.get('utterances_per_s'))} utterances/s"
+        )
         for worst in s.get("worst", []):
-            console.print(f"  worst {worst['rank']}: {escape(worst['id'])} TER {_fmt(worst['token_error_rate'])}, cosine "
-                          f"{_cosine(worst['cosine_min'])}, segments identical {worst['segments_identical']} -> {escape(worst['path'])}")  # fmt: skip
+            console.print(
+                f"  worst {worst['rank']}: {escape(worst['id'])} TER {_fmt(worst['token_error_rate'])}, cosine "
+                f"{_cosine(worst['cosine_min'])}, segments identical {worst['segments_identical']} -> {escape(worst['path'])}"
+            )
         culprit = (s.get("diff") or {}).get("culprit")
         if culprit:
-            console.print(f"  [red]first divergence[/red] ({culprit['step']}): {escape(str(culprit.get('module') or culprit['value']))} "
-                          f"(node {escape(culprit['node'])}, {culprit['op_type']}): {escape('; '.join(culprit['failures']))}")  # fmt: skip
+            console.print(
+                f"  [red]first divergence[/red] ({culprit['step']}): {escape(str(culprit.get('module') or culprit['value']))} "
+                f"(node {escape(culprit['node'])}, {culprit['op_type']}): {escape('; '.join(culprit['failures']))}"
+            )
         for entry in s["bad_entries"][:20]:
             console.print(f"  [yellow]bad[/yellow] {escape(entry['id'])}: {escape(entry['reason'])}")
         if len(s["bad_entries"]) > 20:
@@ -93,21 +117,35 @@ class AuditReport(Report):
                 if "error" in row:
                     table.add_row(escape(row["label"]), escape(row["error"][:60]), "", "", "", "")
                 else:
-                    table.add_row(escape(row["label"]), str(row["bit_identical"]), _fmt(row["max_abs"]), _cosine(row["cosine_min"]),
-                                  str(row["tokens_differ"]), _fmt(row["ms_per_audio_s"]))  # fmt: skip
+                    table.add_row(
+                        escape(row["label"]),
+                        str(row["bit_identical"]),
+                        _fmt(row["max_abs"]),
+                        _cosine(row["cosine_min"]),
+                        str(row["tokens_differ"]),
+                        _fmt(row["ms_per_audio_s"]),
+                    )
             console.print(table)
         baseline = s.get("baseline")
         if baseline is not None:
             for check in baseline["checks"]:
                 mark = "[red]DRIFT[/red]" if check["drift"] else "ok"
-                console.print(f"  baseline {check['figure']}: {_fmt(check['baseline'])} -> {_fmt(check['current'])} "
-                              f"(change {_fmt(check['change'])}, threshold {check['threshold']:g}) {mark}")  # fmt: skip
+                console.print(
+                    f"  baseline {check['figure']}: {_fmt(check['baseline'])} -> {_fmt(check['current'])} "
+                    f"(change {_fmt(check['change'])}, threshold {check['threshold']:g}) {mark}"
+                )
             for note in baseline["notes"]:
                 console.print(f"  [yellow]note[/yellow]: {escape(note)}")
-            console.print("[red]drift beyond the thresholds[/red]" if baseline["drift"] else "[green]no drift against the baseline[/green]")
+            console.print(
+                "[red]drift beyond the thresholds[/red]"
+                if baseline["drift"]
+                else "[green]no drift against the baseline[/green]"
+            )
         for note in s.get("notes", []):
             console.print(f"  [yellow]note[/yellow]: {escape(note)}")
-        console.print(f"[green]wrote[/green] {escape(self.output_dir)}/ (summary.json, rows.parquet, rows.jsonl, report.html)")
+        console.print(
+            f"[green]wrote[/green] {escape(self.output_dir)}/ (summary.json, rows.parquet, rows.jsonl, report.html)"
+        )
 
 
 def _fmt(value) -> str:
@@ -123,9 +161,15 @@ def _cosine(value) -> str:
 
 
 def _cells(group: dict) -> list[str]:
-    return [str(group["ok"]), _fmt(group["segments_identical_share"]), _fmt(group["tokens_differ_share"]),
-            _fmt(group["token_error_rate_corpus"]), _fmt(group["token_error_rate_max"]), _cosine(group["cosine_min"]),
-            _fmt(group["max_abs_max"])]  # fmt: skip
+    return [
+        str(group["ok"]),
+        _fmt(group["segments_identical_share"]),
+        _fmt(group["tokens_differ_share"]),
+        _fmt(group["token_error_rate_corpus"]),
+        _fmt(group["token_error_rate_max"]),
+        _cosine(group["cosine_min"]),
+        _fmt(group["max_abs_max"]),
+    ]
 
 
 def audit(
@@ -180,11 +224,23 @@ def audit(
 
         import_ray(ray_address)
     baseline_data = load_baseline(baseline) if baseline else None
-    spec, notes, digests = prepare(model, reference_model=reference_model, torch_spec=torch_spec, weights=weights,
-                                   golden_dir=golden_dir, vad=vad, segmentation=segmentation, config=config, cmvn=cmvn)  # fmt: skip
+    spec, notes, digests = prepare(
+        model,
+        reference_model=reference_model,
+        torch_spec=torch_spec,
+        weights=weights,
+        golden_dir=golden_dir,
+        vad=vad,
+        segmentation=segmentation,
+        config=config,
+        cmvn=cmvn,
+    )
     corpus = list_corpus(audio, golden_dir)
     out.mkdir(exist_ok=True)
-    targets = {name: plan.write(out / name, f"audit {name}") for name in ("summary.json", "rows.jsonl", "rows.parquet", "report.html")}
+    targets = {
+        name: plan.write(out / name, f"audit {name}")
+        for name in ("summary.json", "rows.jsonl", "rows.parquet", "report.html")
+    }
 
     fingerprint = spec.fingerprint(digests)
     shards = store.shards_of(corpus.entries, shard_size, fingerprint)
@@ -223,8 +279,16 @@ def audit(
                 TimeRemainingColumn,
             )
 
-            bar = Progress(TextColumn("audit"), BarColumn(), MofNCompleteColumn(), TextColumn("utterances"),
-                           TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=progress_console)  # fmt: skip
+            bar = Progress(
+                TextColumn("audit"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("utterances"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=progress_console,
+            )
             task = bar.add_task("audit", total=total, completed=total - sum(len(s.entries) for s in todo))
             bar.start()
         try:
@@ -246,25 +310,42 @@ def audit(
 
     summary = {"kind": SUMMARY_KIND, "format": 1}
     summary["audit"] = {
-        "model": spec.model, "model_kind": spec.model_kind, "model_sha256": digests["model"],
-        "reference": spec.reference.describe(), "reference_kind": spec.reference.kind,
-        "reference_sha256": digests.get("reference"), "digests": digests,
-        "frontend": _describe_frontend(spec), "vad": _describe_vad(spec), "segmentation": dataclasses.asdict(spec.segmentation),
-        "outputs": list(spec.outputs), "setting": spec.setting.label,
-        "corpus": corpus.source, "corpus_kind": corpus.kind, "engine": ran["engine"], "workers": ran["workers"],
-        "shard_size": shard_size, "shards": len(shards), "shards_reused": len(shards) - len(todo),
-        "shards_computed": len(todo), "fingerprint": fingerprint, "rows_sha256": store.rows_digest(rows),
-    }  # fmt: skip
+        "model": spec.model,
+        "model_kind": spec.model_kind,
+        "model_sha256": digests["model"],
+        "reference": spec.reference.describe(),
+        "reference_kind": spec.reference.kind,
+        "reference_sha256": digests.get("reference"),
+        "digests": digests,
+        "frontend": _describe_frontend(spec),
+        "vad": _describe_vad(spec),
+        "segmentation": dataclasses.asdict(spec.segmentation),
+        "outputs": list(spec.outputs),
+        "setting": spec.setting.label,
+        "corpus": corpus.source,
+        "corpus_kind": corpus.kind,
+        "engine": ran["engine"],
+        "workers": ran["workers"],
+        "shard_size": shard_size,
+        "shards": len(shards),
+        "shards_reused": len(shards) - len(todo),
+        "shards_computed": len(todo),
+        "fingerprint": fingerprint,
+        "rows_sha256": store.rows_digest(rows),
+    }
     summary["versions"] = versions()
     summary.update(aggregate.summarize(rows))
     steady = engine_seconds - first.get("seconds", engine_seconds)
-    summary["timing"].update({
-        "engine_s": engine_seconds, "utterances_computed": computed,
-        "utterances_per_s": computed / engine_seconds if computed and engine_seconds > 0 else None,
-        # after the first shard came back (start-up of processes / actors excluded)
-        "first_shard_s": first.get("seconds"),
-        "steady_utterances_per_s": (computed - first["utterances"]) / steady if first and steady > 0 else None,
-    })  # fmt: skip
+    summary["timing"].update(
+        {
+            "engine_s": engine_seconds,
+            "utterances_computed": computed,
+            "utterances_per_s": computed / engine_seconds if computed and engine_seconds > 0 else None,
+            # after the first shard came back (start-up of processes / actors excluded)
+            "first_shard_s": first.get("seconds"),
+            "steady_utterances_per_s": (computed - first["utterances"]) / steady if first and steady > 0 else None,
+        }
+    )
 
     worst_rows = aggregate.worst_rows(rows, worst)
     entries = {e.index: e for e in corpus.entries}
@@ -275,7 +356,9 @@ def audit(
         if localize_worst and aggregate.diverges(worst_rows[0]):
             summary["diff"] = _localize(spec, worst_rows[0], entries[worst_rows[0]["index"]], out, plan)
         elif localize_worst:
-            notes.append("no utterance diverges beyond tolerance (tokens, segments, cosine >= 0.99999): no diff of the worst")
+            notes.append(
+                "no utterance diverges beyond tolerance (tokens, segments, cosine >= 0.99999): no diff of the worst"
+            )
     else:
         summary["worst"] = []
     if matrix:
@@ -316,14 +399,23 @@ def _localize(spec, row: dict, entry, out: Path, plan) -> dict:
     from svsurgery.files import write_text_atomically
 
     if entry.golden or spec.reference.kind == "golden":
-        return {"utterance": entry.id, "culprit": None, "notes": ["no value-by-value diff against stored golden outputs"]}
+        return {
+            "utterance": entry.id,
+            "culprit": None,
+            "notes": ["no value-by-value diff against stored golden outputs"],
+        }
     waveform = read_audio(entry, spec.sample_rate)
     pipeline = ReferencePipeline(spec)
     reference = pipeline.run(waveform)
     found = localize(spec, entry.id, waveform, worst_span(row), reference, pipeline)
     target = plan.write(out / "worst" / "diff.json", "diff of the worst utterance")
-    full = {"utterance": entry.id, "span": found.span, "culprit": found.culprit, "notes": found.notes,
-            "encoder": found.encoder.to_dict() if found.encoder is not None else None}  # fmt: skip
+    full = {
+        "utterance": entry.id,
+        "span": found.span,
+        "culprit": found.culprit,
+        "notes": found.notes,
+        "encoder": found.encoder.to_dict() if found.encoder is not None else None,
+    }
     write_text_atomically(target, dumps(full, indent=1))
     plan.written(target)
     data = found.to_dict()

@@ -136,7 +136,9 @@ def _describe_frontend(config) -> dict | None:
 
     described = frontend_metadata(config.fbank, config.lfr, config.cmvn)
     if config.cmvn is not None:  # the values, not only where they came from
-        digest = hashlib.sha256(np.asarray(config.cmvn.shift, np.float64).tobytes() + np.asarray(config.cmvn.scale, np.float64).tobytes())
+        digest = hashlib.sha256(
+            np.asarray(config.cmvn.shift, np.float64).tobytes() + np.asarray(config.cmvn.scale, np.float64).tobytes()
+        )
         described["cmvn_sha256"] = digest.hexdigest()
     return json.loads(json.dumps(described, default=str))
 
@@ -151,7 +153,7 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def model_digest(path: str | os.PathLike) -> str:
     """sha256 of a model file and, in name order, its external data files."""
-    from svsurgery.io import SOURCE_FILES_KEY, load
+    from svsurgery.model_io import SOURCE_FILES_KEY, load
 
     path = Path(path)
     files = sorted(load(path).meta.get(SOURCE_FILES_KEY, ()) or [str(path.absolute())])

@@ -62,7 +62,9 @@ def _plain(value):
 
 def dump_row(row: dict) -> str:
     """One row as one JSON line, columns in :data:`COLUMNS` order (the same bytes on every engine)."""
-    return json.dumps({k: _plain(row.get(k)) for k in COLUMNS}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return json.dumps(
+        {k: _plain(row.get(k)) for k in COLUMNS}, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
 
 
 def dump_rows(rows: list[dict]) -> str:
@@ -71,7 +73,9 @@ def dump_rows(rows: list[dict]) -> str:
 
 def rows_digest(rows: list[dict]) -> str:
     """sha256 of the rows without their timing columns: equal for two runs that computed the same."""
-    text = "\n".join(json.dumps(comparable(json.loads(dump_row(r))), separators=(",", ":"), ensure_ascii=False) for r in rows)
+    text = "\n".join(
+        json.dumps(comparable(json.loads(dump_row(r))), separators=(",", ":"), ensure_ascii=False) for r in rows
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -88,7 +92,11 @@ class ShardStore:
             rows = [json.loads(line) for line in lines[1:]]
         except (OSError, IndexError, ValueError):
             return None
-        if header.get("fingerprint") != shard.fingerprint or header.get("rows") != len(shard.entries) or len(rows) != len(shard.entries):
+        if (
+            header.get("fingerprint") != shard.fingerprint
+            or header.get("rows") != len(shard.entries)
+            or len(rows) != len(shard.entries)
+        ):
             return None
         if [r.get("index") for r in rows] != [e.index for e in shard.entries]:
             return None
@@ -96,13 +104,17 @@ class ShardStore:
 
     def save(self, shard: Shard, rows: list[dict]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        header = json.dumps({"shard": shard.index, "fingerprint": shard.fingerprint, "rows": len(rows)}, separators=(",", ":"))
+        header = json.dumps(
+            {"shard": shard.index, "fingerprint": shard.fingerprint, "rows": len(rows)}, separators=(",", ":")
+        )
         return write_text_atomically(self.folder / shard.name, header + ("\n" + dump_rows(rows) if rows else ""))
 
     def save_text(self, shard: Shard, rows_text: str, count: int) -> Path:
         """A shard whose rows come serialized (by a Ray actor, with :func:`dump_rows`)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        header = json.dumps({"shard": shard.index, "fingerprint": shard.fingerprint, "rows": count}, separators=(",", ":"))
+        header = json.dumps(
+            {"shard": shard.index, "fingerprint": shard.fingerprint, "rows": count}, separators=(",", ":")
+        )
         return write_text_atomically(self.folder / shard.name, header + ("\n" + rows_text if count else ""))
 
 
@@ -114,10 +126,14 @@ def arrow_schema():
     import pyarrow as pa
 
     types = {
-        "int64": pa.int64(), "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_(),
-        "list<int64>": pa.list_(pa.int64()), "list<float64>": pa.list_(pa.float64()),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "string": pa.string(),
+        "bool": pa.bool_(),
+        "list<int64>": pa.list_(pa.int64()),
+        "list<float64>": pa.list_(pa.float64()),
         "list<list<int64>>": pa.list_(pa.list_(pa.int64())),
-    }  # fmt: skip
+    }
     return pa.schema([(name, types[kind]) for name, kind in COLUMNS.items()])
 
 

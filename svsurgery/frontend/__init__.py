@@ -1,8 +1,8 @@
 """The Kaldi fbank + LFR + CMVN front end as an ONNX graph authored with onnxscript.
 
-    from svsurgery import frontend
-    model = frontend.build(frontend.FbankOptions.sensevoice(), frontend.LfrOptions(7, 6),
-                           frontend.Cmvn.from_am_mvn("am.mvn"))
+from svsurgery import frontend
+model = frontend.build(frontend.FbankOptions.sensevoice(), frontend.LfrOptions(7, 6),
+                       frontend.Cmvn.from_am_mvn("am.mvn"))
 """
 
 from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFORM_LENGTHS, build

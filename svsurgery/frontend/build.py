@@ -40,7 +40,11 @@ __all__ = [
 WAVEFORM, WAVEFORM_LENGTHS = "waveform", "waveform_lengths"
 FEATURES, FEATURE_LENGTHS = "features", "feature_lengths"
 # what the entry did to each row (int64 [B]), see sanitize_waveform
-WAVEFORM_NONFINITE, WAVEFORM_CLIPPED, WAVEFORM_LENGTHS_USED = "waveform_nonfinite", "waveform_clipped", "waveform_lengths_used"
+WAVEFORM_NONFINITE, WAVEFORM_CLIPPED, WAVEFORM_LENGTHS_USED = (
+    "waveform_nonfinite",
+    "waveform_clipped",
+    "waveform_lengths_used",
+)
 INPUT_REPORT = (WAVEFORM_NONFINITE, WAVEFORM_CLIPPED, WAVEFORM_LENGTHS_USED)
 FULL_SCALE = 32768.0  # int16 full scale, in the front end's units (after input_scale)
 NAME_PREFIX = "svs/frontend/"
@@ -70,7 +74,9 @@ def build(
     g = GraphOps(graph, opset)
     clean, used, report = sanitize_waveform(g, waveform, waveform_lengths, clip_limit(fbank))
     features, lengths = frontend_values(g, clean, used, fbank, lfr, cmvn, length_dtype)
-    return finish_frontend_model(graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn), extra_outputs=report)
+    return finish_frontend_model(
+        graph, opset, features, lengths, dim, frontend_metadata(fbank, lfr, cmvn), extra_outputs=report
+    )
 
 
 def clip_limit(fbank: FbankOptions) -> float:
@@ -112,9 +118,11 @@ def sanitize_waveform(
     total = op.ReduceSum(op.Reshape(waveform, g.i64(-1)), g.i64(0), keepdims=0)
     suspect = op.Or(
         op.Not(op.Less(op.Abs(total), g.f32(np.inf))),
-        op.Or(op.Greater(g.reduce("ReduceMax", waveform, [0, 1], keepdims=False), g.f32(limit)),
-              op.Less(g.reduce("ReduceMin", waveform, [0, 1], keepdims=False), g.f32(-limit))),
-    )  # fmt: skip
+        op.Or(
+            op.Greater(g.reduce("ReduceMax", waveform, [0, 1], keepdims=False), g.f32(limit)),
+            op.Less(g.reduce("ReduceMin", waveform, [0, 1], keepdims=False), g.f32(-limit)),
+        ),
+    )
     zeros = op.Expand(g.i64(0), op.Shape(used))
 
     def exact(bop):
@@ -131,12 +139,20 @@ def sanitize_waveform(
         clean = bop.Where(bop.And(valid, finite), bop.Clip(waveform, g.f32(-limit), g.f32(limit)), g.f32(0.0))
         return clean, count(bop.Not(finite)), count(large)
 
-    outputs = [subgraph_value("clean", ir.DataType.FLOAT, list(waveform.shape)), subgraph_value("nonfinite", ir.DataType.INT64, [None]),
-               subgraph_value("clipped", ir.DataType.INT64, [None])]  # fmt: skip
-    as_given = g.builder.subgraph(lambda bop: (bop.Identity(waveform), bop.Identity(zeros), bop.Identity(zeros)),
-                                  inputs=[], outputs=outputs, name="clean_waveform")  # fmt: skip
-    cleaned = g.builder.subgraph(exact, inputs=[], outputs=[subgraph_value(v.name, v.dtype, v.shape) for v in outputs],
-                                 name="sanitized_waveform")  # fmt: skip
+    outputs = [
+        subgraph_value("clean", ir.DataType.FLOAT, list(waveform.shape)),
+        subgraph_value("nonfinite", ir.DataType.INT64, [None]),
+        subgraph_value("clipped", ir.DataType.INT64, [None]),
+    ]
+    as_given = g.builder.subgraph(
+        lambda bop: (bop.Identity(waveform), bop.Identity(zeros), bop.Identity(zeros)),
+        inputs=[],
+        outputs=outputs,
+        name="clean_waveform",
+    )
+    cleaned = g.builder.subgraph(
+        exact, inputs=[], outputs=[subgraph_value(v.name, v.dtype, v.shape) for v in outputs], name="sanitized_waveform"
+    )
     clean, nonfinite, clipped = op.If(suspect, then_branch=cleaned, else_branch=as_given, _outputs=3)
     clean.dtype, clean.shape = ir.DataType.FLOAT, waveform.shape
     lengths_used = op.Identity(used)
@@ -153,7 +169,9 @@ def checked_options(
     if lfr is not None:
         lfr.validate()
     if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
-        raise BadInputError(f"opset {opset}: the front end can be built for ai.onnx {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+        raise BadInputError(
+            f"opset {opset}: the front end can be built for ai.onnx {MIN_OPSET}..{onnx.defs.onnx_opset_version()}"
+        )
     if length_dtype not in (ir.DataType.INT32, ir.DataType.INT64):
         raise BadInputError(f"length dtype {length_dtype}: expected INT32 or INT64")
     dim = fbank.feature_dim * (lfr.m if lfr else 1)

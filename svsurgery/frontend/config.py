@@ -64,7 +64,9 @@ def options_from_funasr_conf(
                 top["input_scale"] = 32768.0 if value else 1.0
             elif key == "dither":
                 if float(value) != 0.0:
-                    notices.append(f"{where}: dither {value} ignored; the graph is deterministic (dither 0, as at inference)")
+                    notices.append(
+                        f"{where}: dither {value} ignored; the graph is deterministic (dither 0, as at inference)"
+                    )
             elif key == "lfr_m":
                 lfr = dataclasses.replace(lfr, m=int(value))
             elif key == "lfr_n":

@@ -426,7 +426,7 @@ def _features(g: GraphOps, signal: ir.Value, dims: _Dims, plan: FbankPlan) -> ir
     steps = [op.Sub(_frames_of(g, firsts, q, dims), level) if q else op.Sub(level, level) for q in range(plan.phases)]
 
     low, mean, totals = _low_bins(g, relative, steps, firsts, dims, plan)
-    extras = steps[1:] + [mean if frame.remove_dc_offset else level]
+    extras = [*steps[1:], mean if frame.remove_dc_offset else level]
     emphasised = relative
     if frame.preemph_coeff != 0.0:
         previous = op.Pad(op.Slice(relative, g.i64(0), g.i64(-1), g.i64(2)), g.i64(0, 0, 1, 0, 0, 0))

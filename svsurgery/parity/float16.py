@@ -27,7 +27,7 @@ from onnx.reference.op_run import OpRun
 from onnx.reference.ops import load_op
 
 from svsurgery import patch
-from svsurgery.io import to_proto
+from svsurgery.model_io import to_proto
 from svsurgery.parity.headroom import Headroom, measure
 
 __all__ = ["SEMANTICS", "Float16Evaluator"]
@@ -41,10 +41,23 @@ SEMANTICS = (
 
 # ops whose GPU kernels accumulate or compute internally in float32, rounding only the result
 _FLOAT32_INSIDE = (
-    "MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum",
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp",
-    "Softmax", "LogSoftmax", "BatchNormalization", "LayerNormalization", "RMSNormalization",
-)  # fmt: skip
+    "MatMul",
+    "Gemm",
+    "Conv",
+    "ConvTranspose",
+    "Einsum",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "ReduceL1",
+    "ReduceLogSumExp",
+    "Softmax",
+    "LogSoftmax",
+    "BatchNormalization",
+    "LayerNormalization",
+    "RMSNormalization",
+)
 _STASHED = frozenset({"LayerNormalization", "RMSNormalization"})  # statistics in their stash_type (1: float32)
 
 
@@ -69,7 +82,9 @@ def _accumulating_in_float32(op_type: str) -> type[OpRun]:
         if not low:
             return self._standard.run(*inputs, **context)
         outputs = self._standard.run(*(_widen(x) for x in inputs), **context)
-        return tuple(o.astype(np.float16) if isinstance(o, np.ndarray) and o.dtype == np.float32 else o for o in outputs)
+        return tuple(
+            o.astype(np.float16) if isinstance(o, np.ndarray) and o.dtype == np.float32 else o for o in outputs
+        )
 
     def _run(self, *inputs, **attributes):  # never called: run() delegates whole
         raise NotImplementedError

@@ -84,7 +84,9 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
     # Types decide what widens and which inputs a float32 op must narrow back. They are
     # inferred on the model itself (types only, semantics unchanged) when it lacks them, so
     # the copies the engine makes of it later come typed too, instead of inferring again.
-    patch.infer_types(model, only_if_missing=[v for node in ir.traversal.RecursiveGraphIterator(model.graph) for v in node.outputs])
+    patch.infer_types(
+        model, only_if_missing=[v for node in ir.traversal.RecursiveGraphIterator(model.graph) for v in node.outputs]
+    )
     shadow = patch.clone(model)
     for graph in patch.all_graphs(shadow):
         _widen_graph(graph)
@@ -95,10 +97,12 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
         try:
             session = inference_session(shadow, optimize=False)  # the graph as written, in double
             return Float64Shadow(shadow, session, float32_ops)
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        except Exception as error:
             op_type = _refused_op(str(error))
             if op_type is None or op_type in float32_ops:
-                raise CheckFailedError(f"the float64 evaluation of the model cannot be loaded: {_first_line(error)}") from None
+                raise CheckFailedError(
+                    f"the float64 evaluation of the model cannot be loaded: {_first_line(error)}"
+                ) from None
         float32_ops.append(op_type)
         _narrow_op(shadow, op_type)
     raise CheckFailedError(f"the float64 evaluation of the model still fails after keeping {float32_ops} in float32")
@@ -119,7 +123,9 @@ def _ops_without_double_kernels(model: ir.Model) -> list[str]:
     opset = model.opset_imports
     for graph in patch.all_graphs(model):
         for node in graph:
-            if node.op_type in refused or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            if node.op_type in refused or any(
+                a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()
+            ):
                 continue
             types = tuple(v.dtype if v is not None else None for v in node.inputs)
             if ir.DataType.DOUBLE not in types or any(t is None for t, v in zip(types, node.inputs) if v is not None):
@@ -132,7 +138,7 @@ def _ops_without_double_kernels(model: ir.Model) -> list[str]:
                 try:
                     ort.InferenceSession(probe, sess_options=options, providers=["CPUExecutionProvider"])
                     _KERNEL_PROBES[key] = True
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:
                     _KERNEL_PROBES[key] = "Could not find an implementation" not in str(error)
             if not _KERNEL_PROBES[key]:
                 refused.append(node.op_type)
@@ -168,7 +174,13 @@ def _narrow_op(model: ir.Model, op_type: str) -> None:
             prefix = f"svs/fp64/{node.name or op_type}_{count}"
             for index, value in enumerate(node.inputs):
                 if value is not None and value.dtype == double:
-                    cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", single)], name=f"{prefix}/to_float32_{index}")
+                    cast = ir.Node(
+                        "",
+                        "Cast",
+                        [value],
+                        attributes=[ir.AttrInt64("to", single)],
+                        name=f"{prefix}/to_float32_{index}",
+                    )
                     cast.outputs[0].dtype, cast.outputs[0].shape = single, value.shape
                     cast.outputs[0].name = f"{prefix}/input_{index}"
                     graph.insert_before(node, cast)
@@ -176,7 +188,9 @@ def _narrow_op(model: ir.Model, op_type: str) -> None:
             for index, value in enumerate(node.outputs):
                 if value.dtype != double:
                     continue
-                back = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", double)], name=f"{prefix}/to_float64_{index}")
+                back = ir.Node(
+                    "", "Cast", [value], attributes=[ir.AttrInt64("to", double)], name=f"{prefix}/to_float64_{index}"
+                )
                 back.outputs[0].dtype, back.outputs[0].shape = double, value.shape
                 graph.insert_after(node, back)
                 value.replace_all_uses_with(back.outputs[0], replace_graph_outputs=True)

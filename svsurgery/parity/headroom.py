@@ -44,9 +44,19 @@ import onnx_ir as ir
 from svsurgery.precision import convert_to_float16, model_precision
 
 __all__ = [
-    "DEFAULT_MIN_HEADROOM", "FLOAT16_MAX", "PROFILE_CAP", "Headroom", "Site", "compare", "format_headroom", "headroom_of", "measure",
-    "measure_model", "measure_sites", "scale_degrees",
-]  # fmt: skip
+    "DEFAULT_MIN_HEADROOM",
+    "FLOAT16_MAX",
+    "PROFILE_CAP",
+    "Headroom",
+    "Site",
+    "compare",
+    "format_headroom",
+    "headroom_of",
+    "measure",
+    "measure_model",
+    "measure_sites",
+    "scale_degrees",
+]
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 EXP_LIMIT = math.log(FLOAT16_MAX)  # Exp(a) overflows float16 beyond a = 11.09
@@ -55,13 +65,50 @@ PROFILE_CAP = 1000.0  # values with more headroom than this do not matter for fl
 _FILLED = FLOAT16_MAX / 2  # in values computed from a fill constant, entries beyond this are masked positions
 _KEPT_LOWEST = 5
 
-_BOUNDED = frozenset({
-    "Sigmoid", "Tanh", "Erf", "Sin", "Cos", "Softmax", "HardSigmoid", "Softsign", "Sign", "Exp", "Log",
-    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization", "LpNormalization",
-    "MeanVarianceNormalization", "IsNaN", "IsInf", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-    "Not", "And", "Or", "Xor", "Shape", "Size", "Range", "ConstantOfShape", "EyeLike", "RandomNormal",
-    "RandomUniform", "RandomNormalLike", "RandomUniformLike", "ArgMax", "ArgMin", "NonZero",
-})  # fmt: skip
+_BOUNDED = frozenset(
+    {
+        "Sigmoid",
+        "Tanh",
+        "Erf",
+        "Sin",
+        "Cos",
+        "Softmax",
+        "HardSigmoid",
+        "Softsign",
+        "Sign",
+        "Exp",
+        "Log",
+        "LayerNormalization",
+        "InstanceNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        "LpNormalization",
+        "MeanVarianceNormalization",
+        "IsNaN",
+        "IsInf",
+        "Equal",
+        "Less",
+        "Greater",
+        "LessOrEqual",
+        "GreaterOrEqual",
+        "Not",
+        "And",
+        "Or",
+        "Xor",
+        "Shape",
+        "Size",
+        "Range",
+        "ConstantOfShape",
+        "EyeLike",
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "ArgMax",
+        "ArgMin",
+        "NonZero",
+    }
+)
 _PRODUCTS = frozenset({"Mul", "MatMul", "Einsum", "MatMulInteger", "QLinearMatMul"})
 _WEIGHTED = frozenset({"Gemm", "Conv", "ConvTranspose"})  # x . W (+ bias)
 _STATISTICS_IN_INPUT_TYPE = frozenset({"InstanceNormalization", "GroupNormalization"})
@@ -81,8 +128,11 @@ class Site:
     headroom: float  # the input scale at which it passes float16's range
 
     def describe(self) -> str:
-        growth = {0.0: "does not grow with the inputs", 1.0: "grows with the input scale",
-                  2.0: "grows with the input scale squared"}.get(self.degree, f"grows as the input scale ** {self.degree:g}")  # fmt: skip
+        growth = {
+            0.0: "does not grow with the inputs",
+            1.0: "grows with the input scale",
+            2.0: "grows with the input scale squared",
+        }.get(self.degree, f"grows as the input scale ** {self.degree:g}")
         where = f"{self.op_type} {self.node}" if self.node else self.op_type
         if self.what == "argument of Exp":
             size = f"its argument reaches {self.magnitude:.3g} (Exp overflows beyond {EXP_LIMIT:.2f})"
@@ -439,7 +489,7 @@ def _would_be_magnitude(node: ir.Node, values: Mapping[str, np.ndarray], opsets)
         return top
     try:
         outputs = _run_in_float32(node, values, opsets)
-    except Exception:  # noqa: BLE001 - an op onnx.reference cannot rerun alone: the overflow stays unquantified
+    except Exception:
         return math.inf
     tops = [_finite_max(np.asarray(o))[0] for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f"]
     return max(tops, default=math.inf)

@@ -64,7 +64,9 @@ __all__ = ["ParityInputs", "check_feeds", "generate_inputs", "load_inputs", "run
 _BATCH = 2
 _SEQUENCE_LADDER = (8, 64)  # tokens and other symbolic dimensions nothing else decides, tried in turn
 _WAVEFORM_LADDER = (1.0, 4.0)  # seconds per waveform row, tried in turn
-_CHUNK_SECONDS = 0.036  # a streaming model's first try: silero's wrapper feeds 512 + 64 samples at 16 kHz (256 + 32 at 8 kHz)
+_CHUNK_SECONDS = (
+    0.036  # a streaming model's first try: silero's wrapper feeds 512 + 64 samples at 16 kHz (256 + 32 at 8 kHz)
+)
 _SHORT_ROW = 0.6  # where a mask or a length input says rows differ, the second row's share of the length
 _FEATURE_ROWS = (4.0, 2.3)  # seconds of speech per row of speech features and log-mel
 _SMALL_INTEGERS = 4  # integers with no range in the graph get 0 .. _SMALL_INTEGERS - 1
@@ -78,24 +80,64 @@ _WHISPER_MELS = (80, 128)
 _WHISPER_FRAMES = 3000  # 30 s at a 10 ms hop: what Whisper's feature extractor always pads to
 
 # names are hints; the graph decides where it can
-_WAVEFORM_NAMES = frozenset({
-    "input_values", "waveform", "waveforms", "wav", "wavs", "audio", "audios", "audio_signal", "audio_values",
-    "speech", "x", "input", "samples", "signal", "pcm", "raw_audio", "raw_speech",
-})  # fmt: skip
+_WAVEFORM_NAMES = frozenset(
+    {
+        "input_values",
+        "waveform",
+        "waveforms",
+        "wav",
+        "wavs",
+        "audio",
+        "audios",
+        "audio_signal",
+        "audio_values",
+        "speech",
+        "x",
+        "input",
+        "samples",
+        "signal",
+        "pcm",
+        "raw_audio",
+        "raw_speech",
+    }
+)
 _LOG_MEL_NAMES = frozenset({"input_features", "mel", "mels", "log_mel", "log_mel_spectrogram", "mel_spectrogram"})
-_STATE_NAMES = frozenset({"state", "states", "h", "c", "h0", "c0", "hx", "cx", "hidden", "hidden_state", "memory", "mems"})
+_STATE_NAMES = frozenset(
+    {"state", "states", "h", "c", "h0", "c0", "hx", "cx", "hidden", "hidden_state", "memory", "mems"}
+)
 _STATE_WORDS = ("cache", "state", "hidden", "past_")
 _RATE_NAMES = frozenset({"sr", "sample_rate", "sampling_rate", "samplerate", "fs", "sample_rate_hz"})
 _SIGNAL_READERS = frozenset({"Conv", "ConvTranspose", "STFT", "DFT", "Pad"})
-_SIGNAL_THROUGH = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Mul", "Div", "Add", "Sub", "Concat", "Slice"})
+_SIGNAL_THROUGH = frozenset(
+    {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Mul", "Div", "Add", "Sub", "Concat", "Slice"}
+)
 _RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
-_STATE_THROUGH = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Gather", "Slice", "Split", "Transpose", "Concat"})
+_STATE_THROUGH = frozenset(
+    {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Gather", "Slice", "Split", "Transpose", "Concat"}
+)
 _COMPARISONS = frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"})
 # a mask's way to the scores: anything but reading it as weights' partner, an index or a shape
-_MASK_STOPS = frozenset({
-    "MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "QLinearMatMul", "Shape", "Size", "ConstantOfShape",
-    "Range", "LSTM", "GRU", "RNN", "Loop", "Scan", "NonZero", "TopK",
-})  # fmt: skip
+_MASK_STOPS = frozenset(
+    {
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "ConvTranspose",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "Shape",
+        "Size",
+        "ConstantOfShape",
+        "Range",
+        "LSTM",
+        "GRU",
+        "RNN",
+        "Loop",
+        "Scan",
+        "NonZero",
+        "TopK",
+    }
+)
 _INDEX_OPS = frozenset({"Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "OneHot"})
 
 
@@ -114,14 +156,15 @@ class ParityInputs:
 def runs_on(inputs: ParityInputs, label: str) -> Iterator[None]:
     """Within the block, a model (or reference) that fails to run on ``inputs`` is one line
     naming the inputs, how they were made, and how to give others (``--inputs``)."""
-    from svsurgery.io import describe_onnx_error
+    from svsurgery.model_io import describe_onnx_error
     from svsurgery.runtime import onnxruntime_errors
 
     try:
         yield
     except onnxruntime_errors() as error:
         shapes = "; ".join(
-            f"{name} {list(array.shape)} {array.dtype} ({inputs.how.get(name, 'given')})" for name, array in inputs.feeds.items()
+            f"{name} {list(array.shape)} {array.dtype} ({inputs.how.get(name, 'given')})"
+            for name, array in inputs.feeds.items()
         )
         raise BadInputError(
             f"{label} cannot run on these inputs: {describe_onnx_error(error)} -- inputs: {shapes}; "
@@ -156,7 +199,12 @@ def generate_inputs(model: ir.Model, model_path: str | os.PathLike | None = None
             session = _probe_session(model)
             if session is False:
                 return inputs  # onnxruntime cannot load it; the validity gate says why, later
-        tried.append(", ".join(f"{steps[kind]:g} s of waveform" if kind == "waveform" else f"{steps[kind]} tokens" for kind in sorted(guessed)))
+        tried.append(
+            ", ".join(
+                f"{steps[kind]:g} s of waveform" if kind == "waveform" else f"{steps[kind]} tokens"
+                for kind in sorted(guessed)
+            )
+        )
         if level == levels - 1:
             earlier = f" (also tried: {'; '.join(tried[:-1])})" if len(tried) > 1 else ""
             with runs_on(inputs, f"{label}{earlier}"):
@@ -209,9 +257,11 @@ def _roles(model: ir.Model, graph_inputs: list[ir.Value]) -> dict[str, _Role]:
     except BadInputError:
         binding = None
     if (
-        binding is not None and binding.features.name not in roles
-        and isinstance(binding.feature_dim, int) and binding.feature_dim % _FBANK_BINS == 0
-    ):  # fmt: skip
+        binding is not None
+        and binding.features.name not in roles
+        and isinstance(binding.feature_dim, int)
+        and binding.feature_dim % _FBANK_BINS == 0
+    ):
         roles[binding.features.name] = _Role("features", binding.how)
         if binding.lengths is not None:
             roles[binding.lengths.name] = _Role("feature-lengths", binding.how)
@@ -270,7 +320,12 @@ def _log_mel_evidence(value: ir.Value) -> tuple[str, int | None]:
     shape = value.shape
     if not value.dtype.is_floating_point() or len(shape) != 3 or (isinstance(shape[2], int) and shape[2] < 8):
         return "", None
-    conv = _reaches(value, lambda node, idx: node.op_type == "Conv" and idx == 0, lambda node, idx: node.op_type in _PASS_THROUGH, depth=3)
+    conv = _reaches(
+        value,
+        lambda node, idx: node.op_type == "Conv" and idx == 0,
+        lambda node, idx: node.op_type in _PASS_THROUGH,
+        depth=3,
+    )
     weight = conv.inputs[1] if conv is not None and len(conv.inputs) > 1 else None
     channels = weight.shape[1] if weight is not None and weight.shape is not None and len(weight.shape) == 3 else None
     mels = shape[1] if isinstance(shape[1], int) else channels
@@ -288,8 +343,11 @@ def _waveform_evidence(value: ir.Value) -> str:
     if len(shape) not in (1, 2):
         return ""
     reader = _reaches(
-        value, lambda node, idx: node.op_type in _SIGNAL_READERS and idx == 0, lambda node, idx: node.op_type in _SIGNAL_THROUGH, depth=4
-    )  # fmt: skip
+        value,
+        lambda node, idx: node.op_type in _SIGNAL_READERS and idx == 0,
+        lambda node, idx: node.op_type in _SIGNAL_THROUGH,
+        depth=4,
+    )
     if reader is not None:
         return f"a {reader.op_type} reads it as a signal"
     if value.name.lower() in _WAVEFORM_NAMES and not isinstance(shape[-1], int):
@@ -304,14 +362,20 @@ def _state_evidence(value: ir.Value, outputs: list[ir.Value]) -> str:
         partners.add("out_" + name[3:])
     if name.startswith("past"):
         partners.add("present" + name[4:])
-    paired = next((o for o in outputs if o.name.lower() in partners and (o.shape is None or len(o.shape) == len(value.shape))), None)
+    paired = next(
+        (o for o in outputs if o.name.lower() in partners and (o.shape is None or len(o.shape) == len(value.shape))),
+        None,
+    )
     if paired is not None:
         return f"returned as output '{paired.name}'"
     if name in _STATE_NAMES or (any(word in name for word in _STATE_WORDS) and "hidden_states" not in name):
         return f"its name '{value.name}'"
     reader = _reaches(
-        value, lambda node, idx: node.op_type in _RECURRENT and idx in (5, 6), lambda node, idx: node.op_type in _STATE_THROUGH, depth=6
-    )  # fmt: skip
+        value,
+        lambda node, idx: node.op_type in _RECURRENT and idx in (5, 6),
+        lambda node, idx: node.op_type in _STATE_THROUGH,
+        depth=6,
+    )
     if reader is not None:
         return f"an {reader.op_type} reads it as its initial state"
     return ""
@@ -464,7 +528,11 @@ def _batch_size(graph_inputs: list[ir.Value], roles: dict[str, _Role]) -> int:
     """2, or what a data input fixes its axis 0 to (rank >= 2 first: a [2] input may be a pair, not a batch)."""
     for min_rank in (2, 1):
         for value in graph_inputs:
-            if _batch_axes(value, roles[value.name]) == [0] and len(value.shape) >= min_rank and isinstance(value.shape[0], int):
+            if (
+                _batch_axes(value, roles[value.name]) == [0]
+                and len(value.shape) >= min_rank
+                and isinstance(value.shape[0], int)
+            ):
                 return value.shape[0]
     return _BATCH
 
@@ -474,7 +542,9 @@ def _row_lengths(size: int, rows: int) -> list[int]:
     return [size if row % 2 == 0 else max(1, round(size * _SHORT_ROW)) for row in range(rows)]
 
 
-def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict, seed: int) -> tuple[ParityInputs, set[str]]:
+def _make(
+    model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict, seed: int
+) -> tuple[ParityInputs, set[str]]:
     """One set of inputs at the lengths in ``steps``; also which guessed lengths it used."""
     from svsurgery.parity.waveforms import speech_like
 
@@ -519,7 +589,8 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
                 guessed.add("waveform")
 
     shapes = {
-        v.name: _concrete_shape(v, dims, sizes, _batch_axes(v, roles[v.name]), batch, steps["sequence"], guessed) for v in graph_inputs
+        v.name: _concrete_shape(v, dims, sizes, _batch_axes(v, roles[v.name]), batch, steps["sequence"], guessed)
+        for v in graph_inputs
     }
     # rows of different lengths wherever a mask or a length input says which are valid
     for value in graph_inputs:
@@ -544,7 +615,10 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
         elif role.kind == "state":
             fixed = "; its fixed dimensions kept" if any(isinstance(d, int) for d in value.shape) else ""
             tie = f"; batch {batch} as the other inputs" if _batch_axes(value, role) else ""
-            feeds[value.name], how[value.name] = np.zeros(shape, dtype), f"zeros (recurrent state: {role.why}{fixed}{tie})"
+            feeds[value.name], how[value.name] = (
+                np.zeros(shape, dtype),
+                f"zeros (recurrent state: {role.why}{fixed}{tie})",
+            )
         elif role.kind == "rate":
             feeds[value.name] = np.full(shape, rate.rate, dtype)
             how[value.name] = f"{rate.rate} (a sample rate: {role.why}; the rate the waveform is made at)"
@@ -560,7 +634,9 @@ def _make(model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict
             feeds[value.name], how[value.name] = _fill(value, shape, role, rng)
         if keyed and role.kind in ("ids", "floats", "integers"):
             feeds[value.name] = _pad_rows(feeds[value.name], keyed)
-            how[value.name] += f"; 0 after each row's valid length {next(iter(keyed.values()))} (the padding a mask or length input marks)"
+            how[value.name] += (
+                f"; 0 after each row's valid length {next(iter(keyed.values()))} (the padding a mask or length input marks)"
+            )
     ordered = ParityInputs({v.name: feeds[v.name] for v in graph_inputs}, {v.name: how[v.name] for v in graph_inputs})
     return ordered, guessed
 
@@ -589,9 +665,14 @@ def _decide(value: ir.Value, axis: int, size: int, dims: dict[str, int], sizes: 
 
 
 def _concrete_shape(
-    value: ir.Value, dims: dict[str, int], sizes: dict[tuple[str, int], int], batch_axes: list[int], batch: int, sequence: int,
+    value: ir.Value,
+    dims: dict[str, int],
+    sizes: dict[tuple[str, int], int],
+    batch_axes: list[int],
+    batch: int,
+    sequence: int,
     guessed: set[str],
-) -> tuple[int, ...]:  # fmt: skip
+) -> tuple[int, ...]:
     shape = []
     for axis, dim in enumerate(value.shape):
         if isinstance(dim, int):
@@ -615,14 +696,18 @@ def _fill(value: ir.Value, shape: tuple[int, ...], role: _Role, rng) -> tuple[np
     if role.kind == "bools":
         return rng.random(shape) < 0.5, "seeded random booleans"
     if role.kind == "ids":
-        return rng.integers(0, role.bound, size=shape).astype(dtype.numpy()), f"random ids in [0, {role.bound}) (it indexes a table of {role.bound} rows)"
+        return rng.integers(0, role.bound, size=shape).astype(
+            dtype.numpy()
+        ), f"random ids in [0, {role.bound}) (it indexes a table of {role.bound} rows)"
     if role.kind == "integers":
         values = rng.integers(0, _SMALL_INTEGERS, size=shape).astype(dtype.numpy())
         return values, f"small non-negative values 0..{_SMALL_INTEGERS - 1} (no valid range found in the graph)"
     return rng.standard_normal(shape).astype(dtype.numpy()), "seeded standard-normal values"
 
 
-def _waveform(value, shape, role: _Role, rate: _SampleRate, keyed: dict[int, list[int]], speech_like) -> tuple[np.ndarray, str]:
+def _waveform(
+    value, shape, role: _Role, rate: _SampleRate, keyed: dict[int, list[int]], speech_like
+) -> tuple[np.ndarray, str]:
     from svsurgery.parity.waveforms import loudest_window
 
     rows = shape[0] if len(shape) == 2 else 1
@@ -638,7 +723,9 @@ def _waveform(value, shape, role: _Role, rate: _SampleRate, keyed: dict[int, lis
         else:
             signal = speech_like(length / rate.rate, seed=row, rate=rate.rate)[:length]
             out[row, : len(signal)] = signal
-    text = f"the built-in speech-like waveform at {rate.rate} Hz ({rate.source}): {_durations(lengths[:rows], rate.rate)}"
+    text = (
+        f"the built-in speech-like waveform at {rate.rate} Hz ({rate.source}): {_durations(lengths[:rows], rate.rate)}"
+    )
     if chunked:
         text += " (chunks cut from the loudest part of 1 s of it, as a streaming model is fed)"
     if len(set(lengths[:rows])) > 1:
@@ -650,6 +737,7 @@ def _waveform(value, shape, role: _Role, rate: _SampleRate, keyed: dict[int, lis
 
 def _durations(lengths: list[int], rate: int) -> str:
     """'2 rows of 1 s', '2 rows: 1 s and 0.6 s', '1 row of 36 ms'."""
+
     def text(samples: int) -> str:
         seconds = samples / rate
         return f"{seconds * 1000:.4g} ms" if seconds < 0.1 else f"{seconds:.4g} s"
@@ -661,7 +749,9 @@ def _durations(lengths: list[int], rate: int) -> str:
 
 
 def _mask(value, shape, role: _Role, lengths: list[int]) -> tuple[np.ndarray, str]:
-    inverted = value.dtype == ir.DataType.BOOL and ("padding_mask" in value.name.lower() or "pad_mask" in value.name.lower())
+    inverted = value.dtype == ir.DataType.BOOL and (
+        "padding_mask" in value.name.lower() or "pad_mask" in value.name.lower()
+    )
     valid = np.zeros(shape, dtype=bool)
     for row, length in enumerate(lengths[: shape[0]] if len(shape) > 1 else lengths[:1]):
         index = (row, ..., slice(0, length)) if len(shape) > 1 else (slice(0, length),)
@@ -712,9 +802,11 @@ def _index_bound(value: ir.Value) -> int | None:
     return min(bounds) if bounds else None
 
 
-def _speech_features(model: ir.Model, model_path, dim: int, rows: int, frames: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _speech_features(
+    model: ir.Model, model_path, dim: int, rows: int, frames: int | None
+) -> tuple[np.ndarray, np.ndarray, str]:
     """``rows`` rows of real features (4.0 s, 2.3 s, 4.0 s...), cut or padded to ``frames`` when the model fixes them."""
-    from svsurgery.frontend import FbankOptions, LfrOptions, reference
+    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
     from svsurgery.parity.waveforms import speech_like
 
     fbank, lfr, cmvn, settings = _shipped_frontend(model, model_path, dim)
@@ -724,12 +816,12 @@ def _speech_features(model: ir.Model, model_path, dim: int, rows: int, frames: i
         settings = f"Kaldi fbank ({_FBANK_BINS} bins) + LFR {lfr.m},{lfr.n}"
     seconds = [_FEATURE_ROWS[row % 2] for row in range(rows)]
     waveforms = [speech_like(length, seed=row) for row, length in enumerate(seconds)]
-    stacked = [reference.apply_lfr(reference.fbank(row, fbank), lfr) for row in waveforms]
+    stacked = [numpy_statement.apply_lfr(numpy_statement.fbank(row, fbank), lfr) for row in waveforms]
     if cmvn is not None:
-        stacked = [reference.apply_cmvn(s, cmvn.shift, cmvn.scale) for s in stacked]
+        stacked = [numpy_statement.apply_cmvn(s, cmvn.shift, cmvn.scale) for s in stacked]
         settings += f", CMVN from {cmvn.source}"
     else:
-        mean, std = reference.speech_statistics(np.concatenate(stacked))
+        mean, std = numpy_statement.speech_statistics(np.concatenate(stacked))
         stacked = [(s - mean) / std for s in stacked]
         settings += ", normalised by the mean and std of their speech frames (no CMVN shipped with the model)"
     if frames is not None:
@@ -768,7 +860,9 @@ def load_inputs(path: str | os.PathLike, model: ir.Model) -> ParityInputs:
         raise BadInputError(f"{path}: no such inputs file")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key.removeprefix("input/"): data[key] for key in data.files if not key.startswith(("output/", "__"))}
+            arrays = {
+                key.removeprefix("input/"): data[key] for key in data.files if not key.startswith(("output/", "__"))
+            }
     except (OSError, ValueError) as error:
         raise BadInputError(f"{path}: not a readable npz of input arrays ({error})") from None
     feeds = check_feeds(arrays, model, str(path))
@@ -789,7 +883,9 @@ def check_feeds(arrays: Mapping[str, np.ndarray], model: ir.Model, label: str) -
         if value.name in initializer_names and value.name not in arrays:
             continue
         if value.name not in arrays:
-            raise BadInputError(f"{label}: has no array for model input '{value.name}' (it has: {', '.join(sorted(arrays))})")
+            raise BadInputError(
+                f"{label}: has no array for model input '{value.name}' (it has: {', '.join(sorted(arrays))})"
+            )
         array = np.asarray(arrays[value.name])
         if value.shape is not None:
             if array.ndim != len(value.shape):
@@ -828,5 +924,8 @@ def check_feeds(arrays: Mapping[str, np.ndarray], model: ir.Model, label: str) -
 
 
 def _shape_text(value: ir.Value) -> str:
-    dims = ["?" if not isinstance(d, int) and d.value is None else str(d if isinstance(d, int) else d.value) for d in value.shape]
+    dims = [
+        "?" if not isinstance(d, int) and d.value is None else str(d if isinstance(d, int) else d.value)
+        for d in value.shape
+    ]
     return f"[{', '.join(dims)}]"

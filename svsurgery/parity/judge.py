@@ -26,7 +26,15 @@ from svsurgery.parity.metrics import OutputParity, ParityResult, Tolerance
 if TYPE_CHECKING:
     from svsurgery.parity.headroom import Headroom
 
-__all__ = ["HEADROOM_MARGIN", "Margin", "improvement", "judge_headroom", "judge_improvement", "regression", "within_by_cosine_and_argmax"]
+__all__ = [
+    "HEADROOM_MARGIN",
+    "Margin",
+    "improvement",
+    "judge_headroom",
+    "judge_improvement",
+    "regression",
+    "within_by_cosine_and_argmax",
+]
 
 HEADROOM_MARGIN = 0.1  # headroom must move by more than 10 % to count as raised or lowered
 
@@ -130,7 +138,11 @@ def judge_improvement(before: ParityResult, after: ParityResult, margin: Margin 
             f"{output.name}: max abs {old.max_abs:.3g} -> {output.max_abs:.3g} (a drop of more than {needed:.2g} counts), "
             f"cosine {old.cosine:.8f} -> {output.cosine:.8f} (a rise of more than {margin.cosine:g} counts)"
         )
-    return None, "parity did not improve (this rule is kept only when it does): nothing moved beyond the margin: " + "; ".join(unmoved)
+    return (
+        None,
+        "parity did not improve (this rule is kept only when it does): nothing moved beyond the margin: "
+        + "; ".join(unmoved),
+    )
 
 
 def within_by_cosine_and_argmax(before: ParityResult, after: ParityResult, tolerance: Tolerance) -> str | None:
@@ -193,5 +205,8 @@ def judge_headroom(
         ), None
     if direction < 0 and new < required:
         where = f"; now {headroom_after.site.describe()}" if headroom_after.site else ""
-        return None, f"lowers headroom where it was {format_headroom(old)} to {format_headroom(new)}, below the {required:g}x required{where}"
+        return (
+            None,
+            f"lowers headroom where it was {format_headroom(old)} to {format_headroom(new)}, below the {required:g}x required{where}",
+        )
     return None, None

@@ -177,8 +177,20 @@ def _compare(name, actual, expected, rel_floor, tolerance, class_axis) -> Output
     exact = not np.issubdtype(expected.dtype, np.floating)
     epsilon = float(np.finfo(actual.dtype).eps) if np.issubdtype(actual.dtype, np.floating) else 0.0
     if actual.shape != expected.shape:
-        return OutputParity(name, list(actual.shape), math.inf, math.inf, math.inf, -1.0, 0.0, 0, 0, exact=exact,
-                            epsilon=epsilon, problem=f"shape {list(actual.shape)} != reference {list(expected.shape)}")
+        return OutputParity(
+            name,
+            list(actual.shape),
+            math.inf,
+            math.inf,
+            math.inf,
+            -1.0,
+            0.0,
+            0,
+            0,
+            exact=exact,
+            epsilon=epsilon,
+            problem=f"shape {list(actual.shape)} != reference {list(expected.shape)}",
+        )
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
     # NaN/Inf the reference does not have (a masked -inf that both share is not an overflow)
@@ -221,7 +233,9 @@ def _compare(name, actual, expected, rel_floor, tolerance, class_axis) -> Output
     return parity
 
 
-def _argmax_agreement(parity: OutputParity, a: np.ndarray, e: np.ndarray, tolerance: Tolerance | None, scale: float) -> None:
+def _argmax_agreement(
+    parity: OutputParity, a: np.ndarray, e: np.ndarray, tolerance: Tolerance | None, scale: float
+) -> None:
     """Agreement over positions whose reference top-2 margin exceeds the admitted error."""
     rows_a = np.where(np.isnan(a), -np.inf, a).reshape(-1, a.shape[-1])
     rows_e = np.where(np.isnan(e), -np.inf, e).reshape(-1, e.shape[-1])
@@ -309,8 +323,9 @@ def compare_outputs(
     results = []
     for name, value in expected.items():
         if name not in actual:
-            missing = OutputParity(name, [], math.inf, math.inf, math.inf, -1.0, None, 0, 0,
-                                   problem=f"the model has no output '{name}'")
+            missing = OutputParity(
+                name, [], math.inf, math.inf, math.inf, -1.0, None, 0, 0, problem=f"the model has no output '{name}'"
+            )
             results.append(missing.check(tolerance))
             continue
         parity = compare(name, actual[name], value, rel_floor=tolerance.rel_floor, tolerance=tolerance)

@@ -45,7 +45,7 @@ class ModelReference(Reference):
     kind = "onnx"
 
     def __init__(self, model: ir.Model | str | os.PathLike, label: str | None = None) -> None:
-        from svsurgery.io import load
+        from svsurgery.model_io import load
 
         self.model = load(model) if isinstance(model, (str, os.PathLike)) else model
         self.description = f"{label or 'the original model'} as is (onnxruntime)"
@@ -62,7 +62,7 @@ class Float64Reference(Reference):
     kind = "fp64"
 
     def __init__(self, model: ir.Model | str | os.PathLike) -> None:
-        from svsurgery.io import load
+        from svsurgery.model_io import load
         from svsurgery.parity.float64 import float64_shadow
 
         self.shadow = float64_shadow(load(model) if isinstance(model, (str, os.PathLike)) else model)
@@ -81,7 +81,9 @@ class TorchReference(Reference):
 
     kind = "torch"
 
-    def __init__(self, module, output_names: Sequence[str], input_names: Sequence[str] | None = None, *, by_name: bool = False) -> None:
+    def __init__(
+        self, module, output_names: Sequence[str], input_names: Sequence[str] | None = None, *, by_name: bool = False
+    ) -> None:
         from svsurgery.errors import require
 
         require("torch", "parity against a torch module")

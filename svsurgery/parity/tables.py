@@ -39,9 +39,15 @@ def parity_table(result: ParityResult, title: str | None = None):
         ok = "[green]yes[/green]" if row.passed else "[red]no[/red]"
         ter = "-" if row.token_error_rate is None else f"{row.token_error_rate:.2%}"
         table.add_row(
-            escape(row.name), error(row.max_abs), error(row.max_rel), f"{row.cosine:.7f}", agreement(row), ter,
-            str(row.nan_count + row.inf_count), ok,
-        )  # fmt: skip
+            escape(row.name),
+            error(row.max_abs),
+            error(row.max_rel),
+            f"{row.cosine:.7f}",
+            agreement(row),
+            ter,
+            str(row.nan_count + row.inf_count),
+            ok,
+        )
     return table
 
 

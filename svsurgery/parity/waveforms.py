@@ -43,7 +43,7 @@ def speech_like(seconds: float = 4.0, seed: int = 0, rate: int = SAMPLE_RATE) ->
             noise = rng.standard_normal(length)
             spectrum = np.fft.rfft(noise)
             freq = np.fft.rfftfreq(length, 1 / rate)
-            spectrum *= (freq > 2500) * np.exp(-((freq - 5000) / 2000) ** 2)
+            spectrum *= (freq > 2500) * np.exp(-(((freq - 5000) / 2000) ** 2))
             segment = np.fft.irfft(spectrum, n=length) * 0.3
         else:  # voiced vowel with a pitch glide
             length = int(rng.uniform(0.12, 0.3) * rate)

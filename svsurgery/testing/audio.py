@@ -62,11 +62,14 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
             path = Path(folder) / f"{index}.wav"
             synth = subprocess.run(
                 ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", text],
-                capture_output=True, check=True,
+                capture_output=True,
+                check=True,
             )
             subprocess.run(
                 ["sox", "-R", "-D", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-b", "16", "-c", "1", str(path)],
-                input=synth.stdout, capture_output=True, check=True,
+                input=synth.stdout,
+                capture_output=True,
+                check=True,
             )
             clip = read_wav(path)
             pause = np.zeros(int(rng.integers(SAMPLE_RATE // 10, SAMPLE_RATE // 2)), np.float32)

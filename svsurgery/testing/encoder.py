@@ -43,9 +43,7 @@ class EncoderConfig:
     @classmethod
     def tiny(cls, **overrides: int) -> EncoderConfig:
         """A few blocks and a small vocabulary: exports in about a second."""
-        values = dict(
-            output_size=64, attention_heads=4, linear_units=128, num_blocks=2, tp_blocks=1, vocab_size=64
-        )
+        values = dict(output_size=64, attention_heads=4, linear_units=128, num_blocks=2, tp_blocks=1, vocab_size=64)
         values.update(overrides)
         return cls(**values)
 
@@ -83,9 +81,7 @@ class SinusoidalPositionEncoder(nn.Module):
         _, timesteps, depth = x.size()
         positions = torch.arange(1, timesteps + 1, device=x.device, dtype=x.dtype)[None, :]
         log_timescale_increment = math.log(10000.0) / (depth / 2 - 1)
-        inv_timescales = torch.exp(
-            torch.arange(depth / 2, device=x.device, dtype=x.dtype) * (-log_timescale_increment)
-        )
+        inv_timescales = torch.exp(torch.arange(depth / 2, device=x.device, dtype=x.dtype) * (-log_timescale_increment))
         scaled_time = positions[:, :, None] * inv_timescales[None, None, :]
         encoding = torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=2)
         return x + encoding

@@ -91,11 +91,13 @@ def export_dynamo(model: SenseVoiceEncoder, path: str | os.PathLike, opset: int 
 def cmvn_statistics(seconds: float = 8.0):
     """(shift, scale) = (-mean, 1/std) of SenseVoice LFR features of the built-in waveform's
     speech frames, standing in for the am.mvn a trained model ships."""
-    from svsurgery.frontend import FbankOptions, LfrOptions, reference
+    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
     from svsurgery.parity.waveforms import speech_like
 
-    stacked = reference.apply_lfr(reference.fbank(speech_like(seconds, seed=7), FbankOptions.sensevoice()), LfrOptions(7, 6))
-    mean, std = reference.speech_statistics(stacked)
+    stacked = numpy_statement.apply_lfr(
+        numpy_statement.fbank(speech_like(seconds, seed=7), FbankOptions.sensevoice()), LfrOptions(7, 6)
+    )
+    mean, std = numpy_statement.speech_statistics(stacked)
     return -mean, 1.0 / std
 
 

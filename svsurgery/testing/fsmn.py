@@ -22,8 +22,19 @@ import numpy as np
 
 __all__ = ["ARCHITECTURE", "official_fsmn_vad_folder", "write_fsmn_vad_folder"]
 
-ARCHITECTURE = {"input_dim": 400, "input_affine_dim": 140, "fsmn_layers": 4, "linear_dim": 250, "proj_dim": 128,
-                "lorder": 20, "rorder": 0, "lstride": 1, "rstride": 0, "output_affine_dim": 140, "output_dim": 248}  # fmt: skip
+ARCHITECTURE = {
+    "input_dim": 400,
+    "input_affine_dim": 140,
+    "fsmn_layers": 4,
+    "linear_dim": 250,
+    "proj_dim": 128,
+    "lorder": 20,
+    "rorder": 0,
+    "lstride": 1,
+    "rstride": 0,
+    "output_affine_dim": 140,
+    "output_dim": 248,
+}
 
 _CONFIG = """frontend: WavFrontendOnline
 frontend_conf:
@@ -124,22 +135,27 @@ def official_fsmn_vad_folder() -> Path | None:
     return folder if (folder / "model.onnx").is_file() else None
 
 
-def write_fsmn_vad_folder(out_dir: str | os.PathLike, *, seed: int = 0, median_silence: float = 0.3,
-                          silence_spread: float = 2.0,
-                          max_single_segment_time: int = 60000) -> Path:  # fmt: skip
+def write_fsmn_vad_folder(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    median_silence: float = 0.3,
+    silence_spread: float = 2.0,
+    max_single_segment_time: int = 60000,
+) -> Path:
     """``out_dir`` with model.onnx, config.yaml and am.mvn, as FunASR's export ships them."""
     import torch
 
-    from svsurgery.frontend import FbankOptions, LfrOptions, reference
+    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
     from svsurgery.parity.waveforms import speech_like
     from svsurgery.testing.export import write_am_mvn
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stacked = reference.apply_lfr(
-        reference.fbank(speech_like(12.0, seed=11), FbankOptions.fsmn_vad()), LfrOptions(5, 1)
+    stacked = numpy_statement.apply_lfr(
+        numpy_statement.fbank(speech_like(12.0, seed=11), FbankOptions.fsmn_vad()), LfrOptions(5, 1)
     )
-    mean, std = reference.speech_statistics(stacked)
+    mean, std = numpy_statement.speech_statistics(stacked)
     write_am_mvn(out_dir / "am.mvn", -mean, 1.0 / std)
     features = torch.from_numpy(((stacked - mean) / std).astype(np.float32))[None]
     model = _module(seed)
@@ -170,10 +186,15 @@ def _export(model, features, caches, names, out_dir: Path) -> None:
     import torch
 
     torch.onnx.export(
-        model, (features, *caches), str(out_dir / "model.onnx"), input_names=["speech", *names],
-        output_names=["logits", *(n.replace("in_", "out_") for n in names)], dynamic_axes={"speech": {1: "feats_length"}},
-        opset_version=14, dynamo=False,
-    )  # fmt: skip
+        model,
+        (features, *caches),
+        str(out_dir / "model.onnx"),
+        input_names=["speech", *names],
+        output_names=["logits", *(n.replace("in_", "out_") for n in names)],
+        dynamic_axes={"speech": {1: "feats_length"}},
+        opset_version=14,
+        dynamo=False,
+    )
 
 
 def _hidden(model, features, caches):

@@ -70,6 +70,7 @@ def _without_broken_torchaudio():
     imported, such a torchaudio reads as not installed; afterwards it is as it was."""
     try:
         import torchaudio  # noqa: F401
+
         broken = False
     except ImportError:  # not installed: funasr copes
         broken = False
@@ -78,7 +79,9 @@ def _without_broken_torchaudio():
     if not broken:
         yield
         return
-    saved = {name: module for name, module in sys.modules.items() if name == "torchaudio" or name.startswith("torchaudio.")}
+    saved = {
+        name: module for name, module in sys.modules.items() if name == "torchaudio" or name.startswith("torchaudio.")
+    }
     for name in saved:
         del sys.modules[name]
     sys.modules["torchaudio"] = None  # type: ignore[assignment]  # import torchaudio -> ImportError
@@ -98,18 +101,29 @@ def build_funasr_sensevoice(config: FunasrConfig | None = None) -> torch.nn.Modu
     config = config or FunasrConfig()
     sense_voice = _sense_voice_class()
     encoder_conf = {
-        "output_size": config.output_size, "attention_heads": config.attention_heads,
-        "linear_units": config.linear_units, "num_blocks": config.num_blocks, "tp_blocks": config.tp_blocks,
-        "dropout_rate": 0.1, "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.1, "input_layer": "pe",
-        "pos_enc_class": "SinusoidalPositionEncoder", "normalize_before": True, "kernel_size": config.kernel_size,
-        "sanm_shfit": 0, "selfattention_layer_type": "sanm",
-    }  # fmt: skip
+        "output_size": config.output_size,
+        "attention_heads": config.attention_heads,
+        "linear_units": config.linear_units,
+        "num_blocks": config.num_blocks,
+        "tp_blocks": config.tp_blocks,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "attention_dropout_rate": 0.1,
+        "input_layer": "pe",
+        "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True,
+        "kernel_size": config.kernel_size,
+        "sanm_shfit": 0,
+        "selfattention_layer_type": "sanm",
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = sense_voice(
-            encoder="SenseVoiceEncoderSmall", encoder_conf=encoder_conf, input_size=config.input_size,
+            encoder="SenseVoiceEncoderSmall",
+            encoder_conf=encoder_conf,
+            input_size=config.input_size,
             vocab_size=config.vocab_size,
-        )  # fmt: skip
+        )
         generator = torch.Generator().manual_seed(config.seed)
         with torch.no_grad():
             for name, parameter in model.named_parameters():

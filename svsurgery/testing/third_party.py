@@ -69,6 +69,7 @@ def transformers_importable():
     for transformers' purposes; afterwards everything is as it was."""
     try:
         import torchaudio  # noqa: F401
+
         broken = False
     except ImportError:  # not installed: transformers copes
         broken = False
@@ -109,10 +110,21 @@ def _hf_module(name: str, torch):
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         config = WhisperConfig(
-            d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
-            max_source_positions=1500, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
-            vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-        )  # fmt: skip
+            d_model=32,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            num_mel_bins=80,
+            max_source_positions=1500,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            vocab_size=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
         module = WhisperEncoder(config).eval()
         example = (torch.randn(1, 80, 3000),)
         names, outputs = ["input_features"], ["last_hidden_state"]
@@ -121,10 +133,17 @@ def _hf_module(name: str, torch):
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
         config = Wav2Vec2Config(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
-            conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4, vocab_size=32,
-        )  # fmt: skip
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(32,) * 7,
+            conv_stride=(5, 2, 2, 2, 2, 2, 2),
+            conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            vocab_size=32,
+        )
         module = _wrappers()[0](Wav2Vec2Model(config)).eval()
         example = (torch.randn(1, 16000) * 0.1,)
         names, outputs = ["input_values"], ["last_hidden_state"]
@@ -133,9 +152,13 @@ def _hf_module(name: str, torch):
         from transformers import BertConfig, BertModel
 
         config = BertConfig(
-            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
             max_position_embeddings=64,
-        )  # fmt: skip
+        )
         module = _wrappers()[1](BertModel(config)).eval()
         ids = torch.randint(0, 100, (2, 8))
         example = (ids, torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
@@ -158,17 +181,30 @@ def export_hf(name: str, exporter: str, path: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore")  # TracerWarnings, the legacy exporter's deprecation notice
         if exporter == "legacy":
             torch.onnx.export(
-                module, example, str(path), dynamo=False, opset_version=_LEGACY_OPSET, do_constant_folding=True,
-                input_names=names, output_names=outputs, dynamic_axes=axes,
-            )  # fmt: skip
+                module,
+                example,
+                str(path),
+                dynamo=False,
+                opset_version=_LEGACY_OPSET,
+                do_constant_folding=True,
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes=axes,
+            )
         elif exporter == "dynamo":
             if name == "whisper-encoder":  # the encoder refuses any length but 3000 frames: only the batch varies
                 shapes = ({0: torch.export.Dim.AUTO},)
             else:
                 shapes = tuple({axis: torch.export.Dim.AUTO for axis in axes[input_name]} for input_name in names)
             program = torch.onnx.export(
-                module, example, dynamo=True, input_names=names, output_names=outputs, dynamic_shapes=shapes, verbose=False
-            )  # fmt: skip
+                module,
+                example,
+                dynamo=True,
+                input_names=names,
+                output_names=outputs,
+                dynamic_shapes=shapes,
+                verbose=False,
+            )
             program.save(str(path))
         else:
             raise ValueError(f"unknown exporter {exporter!r}; one of {', '.join(EXPORTERS)}")

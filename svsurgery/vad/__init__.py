@@ -11,4 +11,12 @@ from svsurgery.vad.build import SEGMENTS, build_vad_frontend
 from svsurgery.vad.mode import VadMode
 from svsurgery.vad.options import EnergyVadOptions, FsmnVadOptions, SegmentOptions, SileroVadOptions
 
-__all__ = ["SEGMENTS", "EnergyVadOptions", "FsmnVadOptions", "SegmentOptions", "SileroVadOptions", "VadMode", "build_vad_frontend"]
+__all__ = [
+    "SEGMENTS",
+    "EnergyVadOptions",
+    "FsmnVadOptions",
+    "SegmentOptions",
+    "SileroVadOptions",
+    "VadMode",
+    "build_vad_frontend",
+]

@@ -63,7 +63,9 @@ def build_vad_frontend(
         raise BadInputError(f"the VAD runs at {vad.samp_freq} Hz but the fbank at {fbank.frame_opts.samp_freq} Hz")
     waveform = ir.val(WAVEFORM, ir.DataType.FLOAT, [1, "samples"])
     waveform_lengths = ir.val(WAVEFORM_LENGTHS, ir.DataType.INT64, [1])
-    graph = ir.Graph([waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad_frontend")
+    graph = ir.Graph(
+        [waveform, waveform_lengths], [], nodes=[], opset_imports={"": opset}, name="svsurgery_vad_frontend"
+    )
     g = GraphOps(graph, opset)
     op = g.op
     clean, length, report = sanitize_waveform(g, waveform, waveform_lengths, clip_limit(fbank))
@@ -81,6 +83,9 @@ def build_vad_frontend(
     lengths = op.Slice(lengths, g.i64(0), count, g.i64(0))
     spans = op.Identity(spans)
     spans.name, spans.dtype, spans.shape = SEGMENTS, ir.DataType.INT64, ir.Shape(["batch", 2])
-    metadata = {**frontend_metadata(fbank, lfr, cmvn), "vad": vad.metadata(),
-                "segmentation": dataclasses.asdict(segmentation)}  # fmt: skip
+    metadata = {
+        **frontend_metadata(fbank, lfr, cmvn),
+        "vad": vad.metadata(),
+        "segmentation": dataclasses.asdict(segmentation),
+    }
     return finish_frontend_model(graph, opset, features, lengths, dim, metadata, extra_outputs=[spans, *report])

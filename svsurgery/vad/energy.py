@@ -66,14 +66,19 @@ class EnergyVadOptions(VadMode):
         return VadGraph(flags_to_segments(g, energy_flags(g, samples, self.validate()), self.frame_ms))
 
     def reference(self, *, pipeline: bool = False) -> VadReference:
-        """The numpy statement (:mod:`svsurgery.vad.reference`), for verification and audits alike."""
-        from svsurgery.vad import reference
+        """The numpy statement (:mod:`svsurgery.vad.numpy_statement`), for verification and audits alike."""
+        from svsurgery.vad import numpy_statement as vad_statement
 
         def segments(waveform: np.ndarray) -> np.ndarray:
-            return reference.segments(reference.energy_vad(waveform, self), self.frame_ms)
+            return vad_statement.segments(vad_statement.energy_vad(waveform, self), self.frame_ms)
 
-        description = "the energy VAD's numpy statement (svsurgery.vad.reference)" if pipeline else "svsurgery's numpy energy VAD"
+        description = (
+            "the energy VAD's numpy statement (svsurgery.vad.numpy_statement)"
+            if pipeline
+            else "svsurgery's numpy energy VAD"
+        )
         return VadReference(description, segments)
+
 
 _FAR = 2**40  # a position no frame has: neighbour of the first/last run
 
@@ -112,11 +117,18 @@ def energy_flags(g: GraphOps, samples: ir.Value, opts: EnergyVadOptions) -> ir.V
     count = op.Div(g.dim(samples, 0), g.i64(hop))  # [1] full frames
     used = op.Slice(samples, g.i64(0), op.Mul(count, g.i64(hop)), g.i64(0))
     frames = op.Cast(op.Reshape(used, op.Concat(count, g.i64(hop), axis=0)), to=ir.DataType.DOUBLE)
-    power = op.Add(g.reduce("ReduceMean", op.Mul(frames, frames), [1], keepdims=False), g.const(np.array(1e-10), np.float64))
+    power = op.Add(
+        g.reduce("ReduceMean", op.Mul(frames, frames), [1], keepdims=False), g.const(np.array(1e-10), np.float64)
+    )
     energy = op.Mul(op.Log(power), g.const(np.array(10.0 / np.log(10.0)), np.float64))  # dB
     threshold = op.Max(
-        op.Add(_percentile(g, energy, count, opts.speech_percentile), g.const(np.array([opts.relative_threshold_db]), np.float64)),
-        op.Add(_percentile(g, energy, count, opts.floor_percentile), g.const(np.array([opts.noise_margin_db]), np.float64)),
+        op.Add(
+            _percentile(g, energy, count, opts.speech_percentile),
+            g.const(np.array([opts.relative_threshold_db]), np.float64),
+        ),
+        op.Add(
+            _percentile(g, energy, count, opts.floor_percentile), g.const(np.array([opts.noise_margin_db]), np.float64)
+        ),
     )
     flags = op.Greater(energy, threshold)
     gap, island = opts.frames(opts.close_gaps_ms), opts.frames(opts.drop_islands_ms)

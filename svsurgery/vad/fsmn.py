@@ -133,8 +133,10 @@ class FsmnVadOptions(VadMode):
         if pipeline:
             from svsurgery.vad.funasr_reference import FunasrOnnxFsmnVad
 
-            return VadReference("funasr-onnx's WavFrontend + the fsmn network + E2EVadModel (FunASR 1.4.16's generate())",
-                                functools.partial(_funasr_pipeline_segments, FunasrOnnxFsmnVad(self.folder), vad))  # fmt: skip
+            return VadReference(
+                "funasr-onnx's WavFrontend + the fsmn network + E2EVadModel (FunASR 1.4.16's generate())",
+                functools.partial(_funasr_pipeline_segments, FunasrOnnxFsmnVad(self.folder), vad),
+            )
         try:
             e2e_vad_module()
         except MissingDependencyError:
@@ -156,25 +158,40 @@ class FsmnVadOptions(VadMode):
     @classmethod
     def from_metadata(cls, recorded: dict) -> FsmnVadOptions:
         machine = recorded.get("state_machine") or {}
-        return cls(folder=recorded["folder"], dynamic_silence=bool(recorded.get("dynamic_silence", True)),
-                   max_end_silence_time=recorded.get("max_end_silence_time"),
-                   max_single_segment_time=machine.get("max_single_segment_time"),
-                   chunk_size_ms=recorded.get("chunk_size_ms", 60000.0))  # fmt: skip
+        return cls(
+            folder=recorded["folder"],
+            dynamic_silence=bool(recorded.get("dynamic_silence", True)),
+            max_end_silence_time=recorded.get("max_end_silence_time"),
+            max_single_segment_time=machine.get("max_single_segment_time"),
+            chunk_size_ms=recorded.get("chunk_size_ms", 60000.0),
+        )
 
     @classmethod
     def add_arguments(cls, group) -> None:
-        group.add_argument("--static-silence", action="store_true",
-                           help="fsmn: config.yaml's fixed max_end_silence_time instead of FunASR 1.4.16's dynamic schedule")
-        group.add_argument("--max-end-silence-ms", type=float, help="fsmn: a fixed end silence (as FunASR's generate kwarg)")
-        group.add_argument("--max-single-segment-ms", type=float,
-                           help="fsmn: cut segments longer than this (default config.yaml's; SenseVoice's pipeline passes 30000)")  # fmt: skip
+        group.add_argument(
+            "--static-silence",
+            action="store_true",
+            help="fsmn: config.yaml's fixed max_end_silence_time instead of FunASR 1.4.16's dynamic schedule",
+        )
+        group.add_argument(
+            "--max-end-silence-ms", type=float, help="fsmn: a fixed end silence (as FunASR's generate kwarg)"
+        )
+        group.add_argument(
+            "--max-single-segment-ms",
+            type=float,
+            help="fsmn: cut segments longer than this (default config.yaml's; SenseVoice's pipeline passes 30000)",
+        )
 
     @classmethod
     def from_arguments(cls, argument: str | None, args=None) -> FsmnVadOptions:
         if args is None:
             return cls(folder=argument)
-        return cls(folder=argument, dynamic_silence=not args.static_silence, max_end_silence_time=args.max_end_silence_ms,
-                   max_single_segment_time=args.max_single_segment_ms)  # fmt: skip
+        return cls(
+            folder=argument,
+            dynamic_silence=not args.static_silence,
+            max_end_silence_time=args.max_end_silence_ms,
+            max_single_segment_time=args.max_single_segment_ms,
+        )
 
 
 def _funasr_pipeline_segments(pipeline, vad: FsmnVad, waveform: np.ndarray) -> np.ndarray:
@@ -264,10 +281,13 @@ class FsmnVad:
         return self.machine.max_end_silence_time if given is None else given
 
     def metadata(self) -> dict:
-        return {"folder": str(Path(self.options.folder).resolve()), "dynamic_silence": self.dynamic,
-                "max_end_silence_time": None if self.dynamic else self.static_end_silence,
-                "chunk_size_ms": self.options.chunk_size_ms,
-                "state_machine": {**dataclasses.asdict(self.machine), "sil_pdf_ids": list(self.machine.sil_pdf_ids)}}  # fmt: skip
+        return {
+            "folder": str(Path(self.options.folder).resolve()),
+            "dynamic_silence": self.dynamic,
+            "max_end_silence_time": None if self.dynamic else self.static_end_silence,
+            "chunk_size_ms": self.options.chunk_size_ms,
+            "state_machine": {**dataclasses.asdict(self.machine), "sil_pdf_ids": list(self.machine.sil_pdf_ids)},
+        }
 
 
 @functools.lru_cache(maxsize=4)
@@ -278,7 +298,7 @@ def load_fsmn_vad(options: FsmnVadOptions) -> FsmnVad:
     import yaml
 
     from svsurgery.frontend.config import discover
-    from svsurgery.io import load
+    from svsurgery.model_io import load
 
     options.check_values()
     folder = Path(options.folder)
@@ -589,7 +609,9 @@ def segments_from_scores(g: GraphOps, silence: ir.Value, samples: ir.Value, vad:
     count = g.dim(silence, 0)
     # the loudest frame's decibel bounds every frame's: window * max(x^2) >= each frame's sum of squares
     window = int(machine.frame_length_ms * machine.sample_rate / 1000)
-    peak = op.Cast(g.reduce("ReduceMax", op.Abs(op.Concat(samples, g.f32([0.0]), axis=0)), [0], keepdims=False), to=_DOUBLE)  # fmt: skip
+    peak = op.Cast(
+        g.reduce("ReduceMax", op.Abs(op.Concat(samples, g.f32([0.0]), axis=0)), [0], keepdims=False), to=_DOUBLE
+    )
     energy = op.Add(op.Mul(op.Mul(peak, peak), _double(g, window)), _double(g, 1e-6))
     loudest = op.Mul(op.Log(energy), _double(g, 10 / np.log(10)))
     speech = _frame_states(g, silence, lambda ops: frame_decibels(ops, samples, count, machine), loudest, vad)
@@ -634,7 +656,9 @@ def _frame_states(g: GraphOps, silence: ir.Value, decibels, loudest: ir.Value, v
         )
     noise_log = op.Mul(op.Log(silence), _double(g, machine.speech_2_noise_ratio))
     speech_log = op.Log(op.Sub(_double(g, 1.0), silence))
-    scores_say_speech = op.GreaterOrEqual(op.Exp(speech_log), op.Add(op.Exp(noise_log), _double(g, vad.speech_noise_thres)))  # fmt: skip
+    scores_say_speech = op.GreaterOrEqual(
+        op.Exp(speech_log), op.Add(op.Exp(noise_log), _double(g, vad.speech_noise_thres))
+    )
     candidate = scores_say_speech
     if not 1.0 > machine.fe_prior_thres:  # DetectOneFrame: speech only if fabs(1.0) > fe_prior_thres
         candidate = op.And(candidate, g.const(np.array(False)))
@@ -652,8 +676,10 @@ def _frame_states(g: GraphOps, silence: ir.Value, decibels, loudest: ir.Value, v
 
         def update(lop, index, now):
             decibel = lop.Gather(heard, index, axis=0)
-            averaged = lop.Div(lop.Add(decibel, lop.Mul(now.noise_average_decibel, _double(g, frames_used - 1))),
-                               _double(g, frames_used))  # fmt: skip
+            averaged = lop.Div(
+                lop.Add(decibel, lop.Mul(now.noise_average_decibel, _double(g, frames_used - 1))),
+                _double(g, frames_used),
+            )
             noise = lop.Where(lop.Less(now.noise_average_decibel, _double(g, -99.9)), decibel, averaged)
             return {"noise_average_decibel": noise, "after": noise}
 
@@ -665,8 +691,12 @@ def _frame_states(g: GraphOps, silence: ir.Value, decibels, loudest: ir.Value, v
 
     gated_out = [subgraph_value("gated", _BOOL, [None])]
     then_branch = g.builder.subgraph(gated, inputs=[], outputs=gated_out, name="snr_gate")
-    else_branch = g.builder.subgraph(lambda bop: bop.Identity(candidate), inputs=[],
-                                     outputs=[subgraph_value("ungated", _BOOL, [None])], name="snr_gate_open")  # fmt: skip
+    else_branch = g.builder.subgraph(
+        lambda bop: bop.Identity(candidate),
+        inputs=[],
+        outputs=[subgraph_value("ungated", _BOOL, [None])],
+        name="snr_gate_open",
+    )
     return op.If(gate_binds, then_branch=then_branch, else_branch=else_branch)
 
 
@@ -704,7 +734,9 @@ def _window_turns(g: GraphOps, speech: ir.Value, frames: ir.Value, machine: Stat
     counted = op.Concat(g.i64(0), op.CumSum(op.Cast(speech, to=_INT64), g.scalar_i64(0)), axis=0)  # [T+1]
     t = op.Range(g.scalar_i64(0), frames, g.scalar_i64(1))
     oldest = op.Max(op.Sub(t, g.scalar_i64(size - 1)), g.scalar_i64(0))
-    win_sum = op.Sub(op.Slice(counted, g.i64(1), g.i64(np.iinfo(np.int64).max), g.i64(0)), op.Gather(counted, oldest, axis=0))  # fmt: skip
+    win_sum = op.Sub(
+        op.Slice(counted, g.i64(1), g.i64(np.iinfo(np.int64).max), g.i64(0)), op.Gather(counted, oldest, axis=0)
+    )
     up, down = machine.frames(machine.sil_to_speech_time_thres), machine.frames(machine.speech_to_sil_time_thres)
     return _Window(
         frames=frames,
@@ -862,8 +894,10 @@ def _decide_event(bop, g: GraphOps, now, win: _Window, last: ir.Value, vad: Fsmn
     silence_end = where(bop.And(pausing, bop.Less(silence_end, turn)), silence_end, c(_NEVER))
     in_segment_event = bop.Min(turn, silence_end, too_long, last)
     event = where(waiting, to_speech, in_segment_event)
-    ends = bop.And(bop.Not(waiting), bop.Or(bop.Or(bop.Less(event, turn), bop.GreaterOrEqual(event, too_long)),
-                                            bop.Equal(event, last)))  # fmt: skip
+    ends = bop.And(
+        bop.Not(waiting),
+        bop.Or(bop.Or(bop.Less(event, turn), bop.GreaterOrEqual(event, too_long)), bop.Equal(event, last)),
+    )
     end_frame = where(bop.Equal(event, silence_end), bop.Sub(event, lookback), event)
     # waiting: a start, unless none comes before the last frame (or the start-silence timeout)
     single = m.detect_mode == 0
@@ -910,8 +944,9 @@ def _next_window_changes(bop, g: GraphOps, win: _Window, frame, window_start, wi
         filling_speech = bop.Max(frame, bop.Gather(win.speech_frames, nth, axis=0))
     else:
         filling_speech = frame
-    to_speech = bop.Where(bop.Less(filling_speech, filling_until), filling_speech,
-                          bop.Gather(win.next_full_speech, full_from, axis=0))  # fmt: skip
+    to_speech = bop.Where(
+        bop.Less(filling_speech, filling_until), filling_speech, bop.Gather(win.next_full_speech, full_from, axis=0)
+    )
     sum_now = bop.Sub(bop.Gather(win.speech_before, bop.Add(frame, g.scalar_i64(1)), axis=0), counted_before)
     silent_now = bop.And(bop.Less(frame, filling_until), bop.LessOrEqual(sum_now, g.scalar_i64(down)))
     to_silence = bop.Where(silent_now, frame, bop.Gather(win.next_full_silence, full_from, axis=0))
@@ -959,8 +994,11 @@ def _voice_to_event(bop, g: GraphOps, now, event, end_frame, speaking, ends, m: 
     popped, latest = now.data_buf_start_frame, now.latest_confirmed_speech_frame
     lookahead = m.frames(m.lookahead_time_end_point) if m.do_extend else 0
     first = bop.Where(speaking, now.frame, bop.Add(now.pause_start, c(1)))
-    last_voiced = bop.Where(speaking, bop.Where(ends, bop.Sub(event, c(1)), event),
-                            bop.Min(bop.Add(now.pause_start, c(lookahead)), bop.Sub(event, c(1))))  # fmt: skip
+    last_voiced = bop.Where(
+        speaking,
+        bop.Where(ends, bop.Sub(event, c(1)), event),
+        bop.Min(bop.Add(now.pause_start, c(lookahead)), bop.Sub(event, c(1))),
+    )
     one_by_one = bop.GreaterOrEqual(last_voiced, first)
     popped = bop.Where(one_by_one, bop.Add(bop.Max(popped, first), bop.Add(bop.Sub(last_voiced, first), c(1))), popped)
     latest = bop.Where(one_by_one, last_voiced, latest)

@@ -75,8 +75,13 @@ def funasr_segments(scores: np.ndarray, waveform: np.ndarray, vad: FsmnVad) -> n
         if end <= begin:
             continue
         package = waveform[begin * hop : min(waveform.size, (end - 1) * hop + window)]
-        part = detector(scores[:, begin:end], package[None].astype(np.float32), is_final=index == len(bounds) - 1,
-                        max_end_sil=end_silence, online=False)  # fmt: skip
+        part = detector(
+            scores[:, begin:end],
+            package[None].astype(np.float32),
+            is_final=index == len(bounds) - 1,
+            max_end_sil=end_silence,
+            online=False,
+        )
         if part:
             found.extend(part[0])
             accumulated, in_speech = 0, False

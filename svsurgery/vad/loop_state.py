@@ -75,8 +75,9 @@ class LoopState:
         self._check_new(name)
         self._scanned[name] = _Declared(name, dtype, shape)
 
-    def loop(self, trips: ir.Value, step: Callable, *, name: str, going: ir.Value | bool = True,
-             op=None) -> tuple[SimpleNamespace, SimpleNamespace]:  # fmt: skip
+    def loop(
+        self, trips: ir.Value, step: Callable, *, name: str, going: ir.Value | bool = True, op=None
+    ) -> tuple[SimpleNamespace, SimpleNamespace]:
         """Build the Loop: at most ``trips`` (int64 scalar) iterations while ``going`` holds.
         ``op``: the op builder to add the Loop with (default the graph's; pass a branch's to
         build the Loop inside an If branch)."""
@@ -97,7 +98,9 @@ class LoopState:
             unknown = set(result) - set(self._carried) - set(self._scanned) - {GOING}
             missing = set(self._scanned) - set(result)
             if unknown or missing:
-                raise ValueError(f"loop '{name}': unknown values {sorted(unknown)}, scanned values missing {sorted(missing)}")  # fmt: skip
+                raise ValueError(
+                    f"loop '{name}': unknown values {sorted(unknown)}, scanned values missing {sorted(missing)}"
+                )
             returned = [result.get(GOING, condition)]
             returned += [result.get(d.name, getattr(now, d.name)) for d in carried]
             returned += [result[d.name] for d in scanned]

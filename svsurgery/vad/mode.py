@@ -62,7 +62,9 @@ class VadGraph:
     """A mode's VAD as values of a graph being built."""
 
     segments: ir.Value  # int64 [K, 2] [start_ms, end_ms) of the speech
-    scores: ir.Value | None = None  # the per-frame score the decisions came from (silero: speech, fsmn: silence probability)
+    scores: ir.Value | None = (
+        None  # the per-frame score the decisions came from (silero: speech, fsmn: silence probability)
+    )
 
 
 @dataclasses.dataclass

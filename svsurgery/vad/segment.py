@@ -102,8 +102,9 @@ def split_long(g: GraphOps, segments: ir.Value, max_length_ms: float) -> ir.Valu
     piece = g.range_(total)  # [P]
     owner = op.ReduceSum(
         op.Cast(op.LessOrEqual(op.Unsqueeze(reach, g.i64(0)), op.Unsqueeze(piece, g.i64(1))), to=_INT64),
-        g.i64(1), keepdims=0,
-    )  # segment of each piece: how many segments end at or before it  # fmt: skip
+        g.i64(1),
+        keepdims=0,
+    )  # segment of each piece: how many segments end at or before it
     first = op.Sub(op.Gather(reach, owner, axis=0), op.Gather(pieces, owner, axis=0))
     begin = op.Add(op.Gather(starts, owner, axis=0), op.Mul(op.Sub(piece, first), longest))
     end = op.Min(op.Add(begin, longest), op.Gather(ends, owner, axis=0))

@@ -108,19 +108,28 @@ class SileroVadOptions(VadMode):
         if self.samp_freq != 16000:
             raise BadInputError(f"silero's models run here at 16000 Hz, not {self.samp_freq}")
         if not 0 <= self.threshold <= 1 or not 0 <= self.resolved_neg_threshold <= 1:
-            raise BadInputError(f"silero thresholds must be in [0, 1] (threshold {self.threshold}, neg {self.neg_threshold})")
-        durations = (self.min_speech_duration_ms, self.min_silence_duration_ms, self.speech_pad_ms, self.min_silence_at_max_speech)
+            raise BadInputError(
+                f"silero thresholds must be in [0, 1] (threshold {self.threshold}, neg {self.neg_threshold})"
+            )
+        durations = (
+            self.min_speech_duration_ms,
+            self.min_silence_duration_ms,
+            self.speech_pad_ms,
+            self.min_silence_at_max_speech,
+        )
         if min(durations) < 0 or not self.max_speech_duration_s > 0:
             raise BadInputError("silero durations must be >= 0 and max_speech_duration_s > 0")
         return self
 
     def files(self) -> list[tuple[Path, str]]:
-        from svsurgery.io import SOURCE_FILES_KEY
+        from svsurgery.model_io import SOURCE_FILES_KEY
 
         network = load_silero_network(self)
         what = "--silero-model" if self.model is not None else "silero-vad's model"
-        return [(Path(name), what if Path(name) == network.path else f"external data of the {what}")
-                for name in sorted(network.model.meta.get(SOURCE_FILES_KEY, ()))]  # fmt: skip
+        return [
+            (Path(name), what if Path(name) == network.path else f"external data of the {what}")
+            for name in sorted(network.model.meta.get(SOURCE_FILES_KEY, ()))
+        ]
 
     def required_opset(self) -> int:
         from svsurgery.opset import ai_onnx_opset
@@ -151,20 +160,35 @@ class SileroVadOptions(VadMode):
 
     @classmethod
     def add_arguments(cls, group) -> None:
-        group.add_argument("--silero-model", metavar="ONNX", help=f"silero's model: {SUPPORTED} (default: the installed silero-vad's {SEQUENCE_MODEL})")  # fmt: skip
+        group.add_argument(
+            "--silero-model",
+            metavar="ONNX",
+            help=f"silero's model: {SUPPORTED} (default: the installed silero-vad's {SEQUENCE_MODEL})",
+        )
         group.add_argument("--silero-threshold", type=float, default=0.5, help="silero speech threshold (default 0.5)")
-        group.add_argument("--min-speech-ms", type=float, default=250.0, help="silero: shorter speech is dropped (default 250)")
-        group.add_argument("--min-silence-ms", type=float, default=100.0, help="silero: silence that ends speech (default 100)")
+        group.add_argument(
+            "--min-speech-ms", type=float, default=250.0, help="silero: shorter speech is dropped (default 250)"
+        )
+        group.add_argument(
+            "--min-silence-ms", type=float, default=100.0, help="silero: silence that ends speech (default 100)"
+        )
         group.add_argument("--speech-pad-ms", type=float, default=30.0, help="silero: padding each side (default 30)")
-        group.add_argument("--max-speech-s", type=float, default=float("inf"), help="silero: cut longer speech (default: no limit)")
+        group.add_argument(
+            "--max-speech-s", type=float, default=float("inf"), help="silero: cut longer speech (default: no limit)"
+        )
 
     @classmethod
     def from_arguments(cls, argument: str | None, args=None) -> SileroVadOptions:
         if args is None:
             return cls()
-        return cls(model=args.silero_model, threshold=args.silero_threshold, min_speech_duration_ms=args.min_speech_ms,
-                   min_silence_duration_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
-                   max_speech_duration_s=args.max_speech_s)  # fmt: skip
+        return cls(
+            model=args.silero_model,
+            threshold=args.silero_threshold,
+            min_speech_duration_ms=args.min_speech_ms,
+            min_silence_duration_ms=args.min_silence_ms,
+            speech_pad_ms=args.speech_pad_ms,
+            max_speech_duration_s=args.max_speech_s,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +219,7 @@ def silero_model_path(options: SileroVadOptions) -> Path:
 
 
 def load_silero_network(options: SileroVadOptions) -> SileroNetwork:
-    """The options' model, loaded with :func:`svsurgery.io.load` (a missing, empty, random or
+    """The options' model, loaded with :func:`svsurgery.model_io.load` (a missing, empty, random or
     truncated file, or external data escaping its folder, is one line) and checked to be one
     of the silero models this mode runs (:data:`SUPPORTED`). Cached per file."""
     return _load_network(silero_model_path(options).absolute())
@@ -203,7 +227,7 @@ def load_silero_network(options: SileroVadOptions) -> SileroNetwork:
 
 @functools.lru_cache(maxsize=4)
 def _load_network(path: Path) -> SileroNetwork:
-    from svsurgery.io import load
+    from svsurgery.model_io import load
 
     model = load(path)
     inputs = {v.name: v for v in model.graph.inputs}
@@ -221,12 +245,23 @@ def _load_network(path: Path) -> SileroNetwork:
         return SileroNetwork(path, model, streaming=False)
     if set(inputs) == {"input", "state", "sr"} and {"output", "stateN"} <= outputs:
         state = inputs["state"].shape
-        if not floats("input", "state") or rank("input") != 2 or state is None or len(state) != 3 or state[0] != 2 or state[2] != 128:
-            raise BadInputError(f"{path}: a streaming silero model takes float input [B, N] and state [2, B, 128]; {has} of other types or shapes")  # fmt: skip
+        if (
+            not floats("input", "state")
+            or rank("input") != 2
+            or state is None
+            or len(state) != 3
+            or state[0] != 2
+            or state[2] != 128
+        ):
+            raise BadInputError(
+                f"{path}: a streaming silero model takes float input [B, N] and state [2, B, 128]; {has} of other types or shapes"
+            )
         return SileroNetwork(path, model, streaming=True)
     if set(inputs) == {"input", "state"}:
-        raise BadInputError(f"{path}: a silero model without an sr input (as silero_vad_half.onnx, silero_vad_openvino_16k.onnx), "
-                            f"which silero's own OnnxWrapper cannot run; supported: {SUPPORTED}")  # fmt: skip
+        raise BadInputError(
+            f"{path}: a silero model without an sr input (as silero_vad_half.onnx, silero_vad_openvino_16k.onnx), "
+            f"which silero's own OnnxWrapper cannot run; supported: {SUPPORTED}"
+        )
     raise BadInputError(f"{path}: not a silero VAD model this mode runs ({has}); supported: {SUPPORTED}")
 
 
@@ -251,7 +286,9 @@ def _specialised(path: Path, opset: int) -> ir.Model:
             value.shape = ir.Shape(list(STATE_SHAPE))
     sr = next(v for v in graph.inputs if v.name == "sr")
     dims = () if sr.shape is None else tuple(d if isinstance(d, int) else 1 for d in sr.shape)
-    rate = ir.Value(name="svs_sample_rate", const_value=ir.tensor(np.full(dims, 16000, np.int64), name="svs_sample_rate"))
+    rate = ir.Value(
+        name="svs_sample_rate", const_value=ir.tensor(np.full(dims, 16000, np.int64), name="svs_sample_rate")
+    )
     rate.dtype, rate.shape = ir.DataType.INT64, sr.shape
     graph.register_initializer(rate)
     sr.replace_all_uses_with(rate)
@@ -285,7 +322,9 @@ def _sequence_probabilities(g: GraphOps, samples, count, computed, network: Sile
     tails = op.Slice(rows, g.i64(FRAME - CONTEXT), g.i64(FRAME), g.i64(1))  # [F', 64]
     contexts = op.Concat(g.f32(np.zeros((1, CONTEXT))), op.Slice(tails, g.i64(0), g.i64(-1), g.i64(0)), axis=0)
     state = g.f32(np.zeros((1, 1, 128)))
-    outputs = graft(g.graph, network.model, {"input": op.Concat(contexts, rows, axis=1), "h": state, "c": state}, "svs/vad/silero")
+    outputs = graft(
+        g.graph, network.model, {"input": op.Concat(contexts, rows, axis=1), "h": state, "c": state}, "svs/vad/silero"
+    )
     return op.Reshape(outputs["speech_probs"], g.i64(-1))
 
 
@@ -351,13 +390,18 @@ def _streaming_reference(path: Path, options: SileroVadOptions) -> VadReference:
 
     def segments(waveform: np.ndarray) -> np.ndarray:
         found = get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(waveform, np.float32)), wrapper, threshold=options.threshold,
-            sampling_rate=int(options.samp_freq), min_speech_duration_ms=options.min_speech_duration_ms,
-            max_speech_duration_s=options.max_speech_duration_s, min_silence_duration_ms=options.min_silence_duration_ms,
-            speech_pad_ms=options.speech_pad_ms, neg_threshold=options.neg_threshold,
+            torch.from_numpy(np.ascontiguousarray(waveform, np.float32)),
+            wrapper,
+            threshold=options.threshold,
+            sampling_rate=int(options.samp_freq),
+            min_speech_duration_ms=options.min_speech_duration_ms,
+            max_speech_duration_s=options.max_speech_duration_s,
+            min_silence_duration_ms=options.min_silence_duration_ms,
+            speech_pad_ms=options.speech_pad_ms,
+            neg_threshold=options.neg_threshold,
             min_silence_at_max_speech=options.min_silence_at_max_speech,
             use_max_poss_sil_at_max_speech=options.use_max_poss_sil_at_max_speech,
-        )  # fmt: skip
+        )
         return _milliseconds(np.array([[s["start"], s["end"]] for s in found], np.int64).reshape(-1, 2), options)
 
     return VadReference(f"silero-vad's Python (OnnxWrapper on {path.name} + get_speech_timestamps)", segments)
@@ -398,7 +442,9 @@ def speech_timestamps(
         loop = not loop_free(options)
     if not loop:
         if not loop_free(options):
-            raise ValueError("these silero options need the Loop over frames (a finite max_speech_duration_s or neg_threshold > threshold)")
+            raise ValueError(
+                "these silero options need the Loop over frames (a finite max_speech_duration_s or neg_threshold > threshold)"
+            )
         return _timestamps_without_cuts(g, probabilities, count, options)
     op = g.op
     limits = _limits(options)
@@ -485,10 +531,22 @@ def speech_timestamps(
         prev_end, next_start, temp_end = (where(ends, zero, v) for v in (prev_end, next_start, temp_end))
         has_possible = bop.And(has_possible, bop.Not(ends))
         best_end, best_dur = where(ends, zero, best_end), where(ends, zero, best_dur)
-        return {"triggered": triggered, "start": start, "temp_end": temp_end, "prev_end": prev_end,
-                "next_start": next_start, "best_end": best_end, "best_dur": best_dur, "has_possible": has_possible,
-                "cut": over, "cut_start": first_start, "cut_end": first_end,
-                "ended": second, "end_start": second_start, "end_end": second_end}  # fmt: skip
+        return {
+            "triggered": triggered,
+            "start": start,
+            "temp_end": temp_end,
+            "prev_end": prev_end,
+            "next_start": next_start,
+            "best_end": best_end,
+            "best_dur": best_dur,
+            "has_possible": has_possible,
+            "cut": over,
+            "cut_start": first_start,
+            "cut_end": first_end,
+            "ended": second,
+            "end_start": second_start,
+            "end_end": second_end,
+        }
 
     trips = op.Squeeze(g.dim(probabilities, 0), g.i64(0))
     final, scanned = state.loop(trips, step, name="get_speech_timestamps_step")
@@ -512,7 +570,9 @@ def speech_timestamps(
     return _pad_speech(g, starts, ends, count, options)
 
 
-def _timestamps_without_cuts(g: GraphOps, probabilities: ir.Value, count: ir.Value, options: SileroVadOptions) -> ir.Value:
+def _timestamps_without_cuts(
+    g: GraphOps, probabilities: ir.Value, count: ir.Value, options: SileroVadOptions
+) -> ir.Value:
     """get_speech_timestamps without a maximum speech length, loop-free.
 
     Every speech frame (p >= threshold) sets ``triggered`` and clears ``temp_end``; in the gap
@@ -534,7 +594,9 @@ def _timestamps_without_cuts(g: GraphOps, probabilities: ir.Value, count: ir.Val
     speech_at = op.Squeeze(op.NonZero(speech), g.i64(0))  # [M] frames
     quiet_count = op.Cast(quiet, to=_INT64)
     quiet_at = op.Concat(op.Squeeze(op.NonZero(quiet), g.i64(0)), frames, axis=0)  # the c-th quiet frame; c = #quiet: F
-    quiet_before = op.Concat(op.CumSum(quiet_count, g.scalar_i64(0), exclusive=1), op.ReduceSum(quiet_count, g.i64(0), keepdims=1), axis=0)  # [F + 1]  # fmt: skip
+    quiet_before = op.Concat(
+        op.CumSum(quiet_count, g.scalar_i64(0), exclusive=1), op.ReduceSum(quiet_count, g.i64(0), keepdims=1), axis=0
+    )  # [F + 1]
 
     def first_quiet_from(frame):  # the first quiet frame at or after ``frame`` (<= F), F if none
         return op.Gather(quiet_at, op.Gather(quiet_before, frame, axis=0), axis=0)
@@ -548,7 +610,9 @@ def _timestamps_without_cuts(g: GraphOps, probabilities: ir.Value, count: ir.Val
     count_m = g.dim(speech_at, 0)
     starts = op.Compress(op.Mul(speech_at, g.i64(FRAME)), op.Slice(after_break, g.i64(0), count_m, g.i64(0)), axis=0)
     ends = op.Compress(op.Mul(gap_quiet, g.i64(FRAME)), breaks, axis=0)
-    still_open = op.Not(op.Slice(after_break, count_m, op.Add(count_m, g.i64(1)), g.i64(0)))  # [1]: the last gap did not break
+    still_open = op.Not(
+        op.Slice(after_break, count_m, op.Add(count_m, g.i64(1)), g.i64(0))
+    )  # [1]: the last gap did not break
     ends = op.Concat(ends, op.Compress(count, still_open, axis=0), axis=0)
     kept = op.Greater(op.Sub(ends, starts), g.i64(limits["min_speech"]))
     return _pad_speech(g, op.Compress(starts, kept, axis=0), op.Compress(ends, kept, axis=0), count, options)
@@ -615,10 +679,16 @@ def silero_python_timestamps(probabilities, samples: int, options: SileroVadOpti
     from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
     found = get_speech_timestamps_from_probs(
-        [float(p) for p in probabilities], sampling_rate=int(options.samp_freq), threshold=options.threshold,
-        neg_threshold=options.neg_threshold, min_speech_duration_ms=options.min_speech_duration_ms,
-        max_speech_duration_s=options.max_speech_duration_s, min_silence_duration_ms=options.min_silence_duration_ms,
-        speech_pad_ms=options.speech_pad_ms, min_silence_at_max_speech=options.min_silence_at_max_speech,
-        use_max_poss_sil_at_max_speech=options.use_max_poss_sil_at_max_speech, audio_length_samples=samples,
-    )  # fmt: skip
+        [float(p) for p in probabilities],
+        sampling_rate=int(options.samp_freq),
+        threshold=options.threshold,
+        neg_threshold=options.neg_threshold,
+        min_speech_duration_ms=options.min_speech_duration_ms,
+        max_speech_duration_s=options.max_speech_duration_s,
+        min_silence_duration_ms=options.min_silence_duration_ms,
+        speech_pad_ms=options.speech_pad_ms,
+        min_silence_at_max_speech=options.min_silence_at_max_speech,
+        use_max_poss_sil_at_max_speech=options.use_max_poss_sil_at_max_speech,
+        audio_length_samples=samples,
+    )
     return np.array([[s["start"], s["end"]] for s in found], dtype=np.int64).reshape(-1, 2)

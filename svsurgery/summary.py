@@ -5,17 +5,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Union
 
 import onnx_ir as ir
 
-from svsurgery.io import SOURCE_PATH_KEY, all_tensors, external_tensors
+from svsurgery.model_io import SOURCE_PATH_KEY, all_tensors, external_tensors
 from svsurgery.patch import all_graphs
 from svsurgery.report import Report
 
 __all__ = ["ModelSummary", "TensorSignature", "summarize"]
 
-Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 import svsurgery
 import svsurgery.runtime as runtime
-from svsurgery import io as svs_io
+from svsurgery import model_io as svs_io
 from svsurgery.errors import BadInputError, CheckFailedError
 from svsurgery.runtime import run
 
@@ -168,7 +168,7 @@ def test_validity_gate_catches_what_only_onnxruntime_refuses(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
         domains=["com.example"],
     )
-    with pytest.raises(CheckFailedError, match="onnxruntime cannot load it.*custom_op"):
+    with pytest.raises(CheckFailedError, match=r"onnxruntime cannot load it.*custom_op"):
         svsurgery.save(ir.from_proto(proto), tmp_path / "custom.onnx")
     assert list(tmp_path.iterdir()) == []
 

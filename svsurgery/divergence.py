@@ -50,7 +50,7 @@ import onnx_ir as ir
 
 from svsurgery import patch
 from svsurgery.errors import BadInputError, require
-from svsurgery.io import SOURCE_PATH_KEY
+from svsurgery.model_io import SOURCE_PATH_KEY
 from svsurgery.parity.float16 import SEMANTICS, Float16Evaluator
 from svsurgery.parity.metrics import PROFILES, OutputParity, Tolerance, compare
 from svsurgery.parity.references import flatten_outputs
@@ -59,9 +59,17 @@ from svsurgery.report import Report
 from svsurgery.runtime import inference_session
 
 __all__ = [
-    "INHERITS", "INTENDED", "INTRODUCES", "OK", "DiffReport", "Divergence", "diff", "diff_models", "intended_changes",
+    "INHERITS",
+    "INTENDED",
+    "INTRODUCES",
+    "OK",
+    "DiffReport",
+    "Divergence",
+    "diff",
+    "diff_models",
+    "intended_changes",
     "module_scopes",
-]  # fmt: skip
+]
 
 _RULE_PREFIX = re.compile(r"^svs/(?:rule/[\w.-]+|patch|frontend|fp16)/?")
 _CALL_SUFFIX = re.compile(r"^(?P<name>.+)_(?P<call>\d+)$")
@@ -108,7 +116,9 @@ class DiffReport(Report):
     values_in_model: int
     first: Divergence | None  # the first value that introduces an error beyond tolerance: the culprit
     first_nonfinite: Divergence | None  # the first value that introduces NaN/Inf where the reference is finite
-    first_inherited: Divergence | None  # the first value beyond tolerance only through what it inherits, not from an intended change
+    first_inherited: (
+        Divergence | None
+    )  # the first value beyond tolerance only through what it inherits, not from an intended change
     path: list[Divergence]  # the compared values before the culprit (upstream last), and it
     rows: list[Divergence]  # every compared value (for --plot and JSON)
     intended: dict[str, str] = dataclasses.field(default_factory=dict)  # value -> rule that changed it on purpose
@@ -140,9 +150,13 @@ class DiffReport(Report):
         colours = {OK: "green", INHERITS: "yellow", INTRODUCES: "red", INTENDED: "cyan"}
         for row in self.path:
             table.add_row(
-                str(row.position), escape(row.module or row.value), escape(row.op_type), _figure(row.introduced),
-                _figure(row.inherited), f"[{colours[row.verdict]}]{row.verdict}[/{colours[row.verdict]}]",
-            )  # fmt: skip
+                str(row.position),
+                escape(row.module or row.value),
+                escape(row.op_type),
+                _figure(row.introduced),
+                _figure(row.inherited),
+                f"[{colours[row.verdict]}]{row.verdict}[/{colours[row.verdict]}]",
+            )
         console.print(table)
         if self.intended:
             changed = ", ".join(f"'{escape(v)}' ({escape(r)})" for v, r in list(self.intended.items())[:6])
@@ -164,7 +178,10 @@ class DiffReport(Report):
                     f"{escape('; '.join(row.parity.failures))}"
                 )
             return
-        for label, row in (("first divergence", self.first), ("first overflow (introduces NaN/Inf where the reference is finite)", self.first_nonfinite)):
+        for label, row in (
+            ("first divergence", self.first),
+            ("first overflow (introduces NaN/Inf where the reference is finite)", self.first_nonfinite),
+        ):
             if row is None:
                 continue
             where = f"module [bold]{escape(row.module)}[/bold], " if row.module else ""
@@ -187,10 +204,17 @@ class DiffReport(Report):
 
         figure, axis = plt.subplots(figsize=(10, 4))
         depth = [r.position for r in self.rows]
-        axis.semilogy(depth, errors(r.parity for r in self.rows), ".", markersize=3, color="0.6", label="total (max rel)")
+        axis.semilogy(
+            depth, errors(r.parity for r in self.rows), ".", markersize=3, color="0.6", label="total (max rel)"
+        )
         axis.semilogy(depth, errors(r.own for r in self.rows), ".", markersize=3, label="introduced (max rel)")
         if self.first is not None:
-            axis.axvline(self.first.position, color="red", linewidth=1, label=f"first divergence: {self.first.module or self.first.value}")
+            axis.axvline(
+                self.first.position,
+                color="red",
+                linewidth=1,
+                label=f"first divergence: {self.first.module or self.first.value}",
+            )
         axis.set_xlabel("depth (topological position of the producing node)")
         axis.set_ylabel("max relative error")
         axis.set_title(f"{self.model} vs {self.reference}")
@@ -443,12 +467,12 @@ class _Replay:
         """Replayed arrays by value name (values whose replay failed are left out, and noted)."""
         try:
             return self._run(names, reference)
-        except Exception:  # noqa: BLE001 - a kernel refusing one unit must not blind the chunk
+        except Exception:
             replayed = {}
             for name in names:
                 try:
                     replayed.update(self._run([name], reference))
-                except Exception as error:  # noqa: BLE001 - recorded; the value is judged by its total error
+                except Exception as error:
                     self.failed += 1
                     if len(self.failures) < 5:
                         text = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
@@ -466,12 +490,16 @@ class _Replay:
                 options = ort.SessionOptions()  # as runtime.inference_session(optimize=False), from bytes
                 options.log_severity_level = 3
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-                session = ort.InferenceSession(proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(
+                    proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+                )
                 wanted = [o.name for o in session.get_outputs()]
                 outputs = dict(zip(wanted, session.run(wanted, feeds)))
         return {name: outputs[_REPLAY_PREFIX + name] for name in names}
 
-    def _build(self, names: Sequence[str], reference: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    def _build(
+        self, names: Sequence[str], reference: Mapping[str, np.ndarray]
+    ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         nodes = {id(n): n for name in names for n in self.units[name]}
         ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
         graph = onnx.GraphProto(name="svsurgery replay")
@@ -495,14 +523,18 @@ class _Replay:
                     else:
                         array = self._feeds[read.name]
                     feeds[read.name] = _as_type(array, read)
-                    graph.input.append(onnx.helper.make_tensor_value_info(read.name, _elem_type(read, feeds[read.name]), None))
+                    graph.input.append(
+                        onnx.helper.make_tensor_value_info(read.name, _elem_type(read, feeds[read.name]), None)
+                    )
                 elif read.producer() is None and read.const_value is not None:  # a weight of the unit
                     weights.add(read.name)
                     graph.initializer.append(ir.serde.serialize_tensor(read.const_value))
                     graph.initializer[-1].name = read.name
         for name in names:
             value = next(v for v in self.units[name][-1].outputs if v.name == name)
-            graph.output.append(onnx.helper.make_tensor_value_info(_REPLAY_PREFIX + name, _elem_type(value, None), None))
+            graph.output.append(
+                onnx.helper.make_tensor_value_info(_REPLAY_PREFIX + name, _elem_type(value, None), None)
+            )
         model = onnx.ModelProto(ir_version=self._model.ir_version, graph=graph)
         for domain, version in self._model.opset_imports.items():
             model.opset_import.append(onnx.helper.make_opsetid(domain, version))
@@ -602,16 +634,29 @@ def _no_error(like: OutputParity, array: np.ndarray, tolerance: Tolerance) -> Ou
     (``like`` is a comparison of the same value, for the shape and type fields)."""
     finite = np.abs(array[np.isfinite(array)]) if np.issubdtype(array.dtype, np.floating) else np.abs(array)
     return dataclasses.replace(
-        like, max_abs=0.0, max_rel=0.0, mean_abs=0.0, cosine=1.0, nan_count=0, inf_count=0, problem=None, failures=[],
+        like,
+        max_abs=0.0,
+        max_rel=0.0,
+        mean_abs=0.0,
+        cosine=1.0,
+        nan_count=0,
+        inf_count=0,
+        problem=None,
+        failures=[],
         argmax_agreement=None if like.argmax_agreement is None else 1.0,
         scale=float(finite.max()) if finite.size else 0.0,
-    ).check(tolerance)  # fmt: skip
+    ).check(tolerance)
 
 
 def _report(
-    model: ir.Model, reference: str, evaluation: str, tolerance: Tolerance, rows: list[Divergence],
-    intended: Mapping[str, str], replay: _Replay,
-) -> DiffReport:  # fmt: skip
+    model: ir.Model,
+    reference: str,
+    evaluation: str,
+    tolerance: Tolerance,
+    rows: list[Divergence],
+    intended: Mapping[str, str],
+    replay: _Replay,
+) -> DiffReport:
     rows.sort(key=lambda r: r.position)
     # what an intended change sets off downstream: values beyond tolerance whose unit reads an intended
     # value, or a value that is itself beyond tolerance through one (a Softmax that absorbs it ends it)
@@ -638,12 +683,20 @@ def _report(
     values = sum(len(n.outputs) for n in model.graph)
     compared = {r.value for r in rows}
     return DiffReport(
-        model=str(model.meta.get(SOURCE_PATH_KEY, "model")), reference=reference, evaluation=evaluation,
-        tolerance=tolerance.name, compared=len(rows), values_in_model=values, first=first, first_nonfinite=nonfinite,
-        first_inherited=inherited, path=path, rows=rows,
+        model=str(model.meta.get(SOURCE_PATH_KEY, "model")),
+        reference=reference,
+        evaluation=evaluation,
+        tolerance=tolerance.name,
+        compared=len(rows),
+        values_in_model=values,
+        first=first,
+        first_nonfinite=nonfinite,
+        first_inherited=inherited,
+        path=path,
+        rows=rows,
         intended={name: rule for name, rule in intended.items() if name in compared or name in replay.borrowed},
         notes=notes,
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- torch vs onnx
@@ -689,9 +742,11 @@ def diff(
         leaving = sorted(
             (
                 (position[id(node)], node, value)
-                for node in order if id(node) in nodes
+                for node in order
+                if id(node) in nodes
                 for value in node.outputs
-                if _comparable(value) and (value.is_graph_output() or any(id(u.node) not in nodes for u in value.uses()))
+                if _comparable(value)
+                and (value.is_graph_output() or any(id(u.node) not in nodes for u in value.uses()))
             ),
             key=lambda item: -item[0],
         )
@@ -832,9 +887,10 @@ def diff_models(
     borrowed = {
         name: reference.graph.initializers[name].const_value.numpy()
         for name in intended
-        if name in model.graph.initializers and name in reference.graph.initializers
+        if name in model.graph.initializers
+        and name in reference.graph.initializers
         and reference.graph.initializers[name].const_value is not None
-    }  # fmt: skip
+    }
     actual, model_evaluation = _values_of(model, inputs, names)
     expected, reference_evaluation = _values_of(reference, _feeds_for(reference, inputs), names)
     replay = _Replay(model, order, [item.value for item in items], inputs, borrowed)

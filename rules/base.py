@@ -28,8 +28,8 @@ from svsurgery.user_code import import_user_module
 __all__ = [
     "Applied",
     "ApplyOptions",
-    "as_family",
     "RuleFamily",
+    "as_family",
     "from_pass",
     "from_patch",
     "from_rewrite_rules",
@@ -137,7 +137,9 @@ def _live_constants(model: ir.Model) -> list[tuple[ir.Graph | ir.Function, ir.Va
     for graph in all_graphs(model):
         if isinstance(graph, ir.Graph):
             live.extend((graph, v) for v in graph.initializers.values() if v.uses())
-        live.extend((graph, n.outputs[0]) for n in graph if n.op_type == "Constant" and n.outputs and n.outputs[0].uses())
+        live.extend(
+            (graph, n.outputs[0]) for n in graph if n.op_type == "Constant" and n.outputs and n.outputs[0].uses()
+        )
     return live
 
 
@@ -235,7 +237,8 @@ def load_rules_module(spec: str) -> list[RuleFamily]:
         explicit = True
     else:
         items = [
-            value for name, value in vars(module).items()
+            value
+            for name, value in vars(module).items()
             if not name.startswith("_") and not (inspect.isclass(value) and value.__module__ != module.__name__)
         ]  # rule classes count only where they are defined, not where they are imported
         explicit = False
@@ -269,7 +272,11 @@ def _as_family(item: object, id: str, explicit: bool) -> RuleFamily | None:
         return _rules_family(id, [item])
     if isinstance(item, pattern.RewriteRuleSet):
         return _rules_family(id, list(item.rules))
-    if inspect.isclass(item) and issubclass(item, pattern.RewriteRuleClassBase) and item is not pattern.RewriteRuleClassBase:
+    if (
+        inspect.isclass(item)
+        and issubclass(item, pattern.RewriteRuleClassBase)
+        and item is not pattern.RewriteRuleClassBase
+    ):
         if inspect.isabstract(item):
             return None
         return _rules_family(id, [item.rule()], doc=inspect.getdoc(item))

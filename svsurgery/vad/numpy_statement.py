@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["cut_rows", "energy_db", "energy_vad", "frame_decisions", "merge_vad", "segment", "segments", "split_long"]
 
+
 def energy_db(waveform: np.ndarray, opts: EnergyVadOptions) -> np.ndarray:
     """Per-frame energy in dB of full frames (samples in [-1, 1])."""
     hop = opts.hop

@@ -38,8 +38,8 @@ __all__ = [
     "SOURCE_PATH_KEY",
     "all_tensors",
     "estimated_size",
-    "external_tensors",
     "external_data_inlined",
+    "external_tensors",
     "load",
     "save",
     "to_proto",
@@ -90,7 +90,7 @@ def load(path: str | os.PathLike) -> ir.Model:
     _check_structure(proto, label)
     try:
         model = ir.serde.deserialize_model(proto)
-    except Exception as error:  # noqa: BLE001 - any deserialization failure is bad input
+    except Exception as error:
         raise BadInputError(f"{label}: cannot be read as an ONNX model: {_first_line(error)}") from None
     del proto
     base_dir = path.resolve().parent
@@ -148,9 +148,7 @@ def all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                     yield from attr.value
                 elif attr.type == ir.AttributeType.GRAPHS:
                     for subgraph in attr.value:
-                        yield from (
-                            v.const_value for v in subgraph.initializers.values() if v.const_value is not None
-                        )
+                        yield from (v.const_value for v in subgraph.initializers.values() if v.const_value is not None)
 
 
 def external_tensors(model: ir.Model) -> list[ir.ExternalTensor]:
@@ -289,7 +287,7 @@ def _own_data_files(target: Path) -> list[Path]:
         return []
     try:
         existing = ir.serde.deserialize_model(onnx.load_model(str(target), load_external_data=False))
-    except Exception:  # noqa: BLE001 - whatever is there is replaced; its data is not ours to guess
+    except Exception:
         return []
     found = set()
     for tensor in external_tensors(existing):
@@ -406,7 +404,7 @@ def _run_session(model: bytes | str, label: str, proto_for_diagnosis, optimize: 
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
+    except Exception as error:
         nodes = [(n.name, n.op_type, n.domain) for n in proto_for_diagnosis().graph.node]
         raise CheckFailedError(f"{label}: onnxruntime cannot load it: {describe_onnx_error(error, nodes)}") from None
 
