@@ -203,7 +203,8 @@ def main() -> None:
         f"silero VAD, shard size {args.shard_size}, best of {args.repeats}"
     )
     print(
-        f"{'engine':<10}{'engine s':>10}{'utt/s':>8}{'audio s/s':>11}{'vs first':>10}{'start-up s':>12}{'then utt/s':>12}"
+        f"{'engine':<10}{'engine s':>10}{'utt/s':>8}{'audio s/s':>11}{'vs first':>10}"
+        f"{'start-up s':>12}{'then utt/s':>12}"
     )
     for label, result in best.items():
         print(

@@ -230,7 +230,8 @@ def profile(args) -> None:
         for taken, (op_type, _) in nodes:
             by_op[op_type] += taken
         print(
-            f"\n{seconds} s: {total / 1e3:.3f} ms per run in {len(nodes)} kernels ({total / 1e3 / seconds:.4f} ms per audio-second; profiled)"
+            f"\n{seconds} s: {total / 1e3:.3f} ms per run in {len(nodes)} kernels "
+            f"({total / 1e3 / seconds:.4f} ms per audio-second; profiled)"
         )
         for op_type, taken in by_op.most_common(10):
             print(f"  {op_type:14s} {taken / 1e3:8.3f} ms  {100 * taken / total:5.1f} %")

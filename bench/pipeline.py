@@ -380,7 +380,8 @@ def render(results: dict, repeats: int) -> None:
         )
     console.print(table)
     console.print(
-        "python: the mode's VAD in Python + merge_vad + per span kaldi-native-fbank, LFR/CMVN in numpy and the encoder; "
+        "python: the mode's VAD in Python + merge_vad + per span kaldi-native-fbank, "
+        "LFR/CMVN in numpy and the encoder; "
         "none: no VAD, the whole recording in one row. encoder alone: the encoder on the Python pipeline's spans, "
         "what neither pipeline can save."
     )
@@ -415,7 +416,8 @@ def render(results: dict, repeats: int) -> None:
             )
         console.print(table)
         console.print(
-            "python VAD: fsmn = funasr-onnx's Fsmn_vad (knf + fsmn network + E2EVadModel); silero = get_speech_timestamps"
+            "python VAD: fsmn = funasr-onnx's Fsmn_vad (knf + fsmn network + E2EVadModel); "
+            "silero = get_speech_timestamps"
         )
     if results["padded_batch"]:
         table = Table(

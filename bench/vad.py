@@ -401,7 +401,9 @@ def _render(rows: list[dict], pipeline: dict, bars: dict, agreement: dict, fsmn_
             table.add_row("ms / audio-s", *(f"{t:.2f}" for t in times))
         console.print(table)
     timing = Table(
-        title=f"whole pipeline on {pipeline['audio_s']:.0f} s of clean speech (encoder: {pipeline['encoder']}, 1 thread)"
+        title=(
+            f"whole pipeline on {pipeline['audio_s']:.0f} s of clean speech (encoder: {pipeline['encoder']}, 1 thread)"
+        )
     )
     for column in ("pipeline", "ms / audio-s", "ratio"):
         timing.add_column(column, justify="left" if column == "pipeline" else "right")
@@ -417,12 +419,14 @@ def _render(rows: list[dict], pipeline: dict, bars: dict, agreement: dict, fsmn_
     )
     console.print(timing)
     console.print(
-        f"fsmn segments == funasr-onnx's E2EVadModel on the graph's scores: {agreement['equal']} of {agreement['runs']} "
-        f"(recordings x conditions x both schedules){'; unequal: ' + ', '.join(agreement['unequal']) if agreement['unequal'] else ''}"
+        f"fsmn segments == funasr-onnx's E2EVadModel on the graph's scores: {agreement['equal']} of "
+        f"{agreement['runs']} (recordings x conditions x both schedules)"
+        f"{'; unequal: ' + ', '.join(agreement['unequal']) if agreement['unequal'] else ''}"
     )
     largest = agreement["python_largest_ms"]
     console.print(
-        f"fsmn (static) == Fsmn_vad end to end (its own front end): {agreement['python_equal']} of {agreement['python_runs']}"
+        f"fsmn (static) == Fsmn_vad end to end (its own front end): "
+        f"{agreement['python_equal']} of {agreement['python_runs']}"
         + (
             ""
             if agreement["python_equal"] == agreement["python_runs"]

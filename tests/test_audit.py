@@ -27,8 +27,8 @@ import pytest
 from svsurgery.cli.main import main
 
 MIN_COSINE_FAITHFUL = 0.99999  # the frontend profile: knf + numpy against the fused graph's front end
-PLANTED_MIN_TOKENS_DIFFER = 0.25
-MIN_PLOT_PIXELS = 150  # pixels of a plot's own colour in the screenshot: 5 scatter points of s=70 give ~400  # a planted fault changes the tokens of at least a quarter of the utterances
+PLANTED_MIN_TOKENS_DIFFER = 0.25  # a planted fault changes the tokens of at least a quarter of the utterances
+MIN_PLOT_PIXELS = 150  # pixels of a plot's own colour in the screenshot: 5 scatter points of s=70 give ~400
 SPEECH = [(1.5, 1, "en"), (3.0, 2, "de"), (5.0, 3, "fr")]  # espeak-ng: seconds, seed, manifest language
 BAD_REASONS = {
     "missing": "missing",

@@ -472,6 +472,7 @@ def test_instance_normalization_keeps_its_stock_float16_statistics():
                 t.float(), weight=_t(scale).float(), bias=_t(bias).float()
             ).numpy()
             assert np.abs(gpu_style).max() > 2
-        else:  # one float16 step at the output's scale (+ bias cancels near zero: steps per element would be tiny there)
+        else:
+            # one float16 step at the output's scale (+ bias cancels near zero: steps per element would be tiny there)
             step = float(np.spacing(np.float16(np.abs(expected).max())))
             assert np.abs(actual.astype(np.float64) - expected).max() <= step

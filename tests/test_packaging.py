@@ -53,7 +53,10 @@ def test_wheel_installs_rules_and_cli_under_svsurgery_only(tmp_path):
 
 
 def test_no_top_level_rules_or_cli_package_is_importable(tmp_path):
-    probe = "import importlib.util as u; print(u.find_spec('rules'), u.find_spec('cli'), u.find_spec('svsurgery.rules').origin)"
+    probe = (
+        "import importlib.util as u; "
+        "print(u.find_spec('rules'), u.find_spec('cli'), u.find_spec('svsurgery.rules').origin)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     none_rules, none_cli, rules_origin = done.stdout.split()
     assert none_rules == "None" and none_cli == "None"

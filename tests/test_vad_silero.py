@@ -180,9 +180,9 @@ def _python_loop_probabilities(waveform: np.ndarray, path=None) -> np.ndarray:
 RECORDINGS = vad_corpus.recordings()
 
 
-@pytest.mark.skipif(not RECORDINGS, reason="the vad-dev corpus (shared/data/vad-dev) is not on this machine")
 @pytest.mark.parametrize("kind,snr", vad_corpus.CONDITIONS, ids=[f"{k}-{s}" for k, s in vad_corpus.CONDITIONS])
 def test_silero_mode_matches_python_pipeline_on_corpus(silero_session, kind, snr):
+    vad_corpus.require_corpus()
     for recording in RECORDINGS:
         waveform = vad_corpus.mix(recording, kind, snr)
         probabilities, timestamps, segments = silero_session.run(None, {"w": waveform})
