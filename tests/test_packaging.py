@@ -46,7 +46,12 @@ def test_wheel_installs_rules_and_cli_under_svsurgery_only(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert all(t == "svsurgery" or t.endswith(".dist-info") for t in top_level), top_level
-    for module in ("svsurgery/rules/__init__.py", "svsurgery/cli/main.py", "svsurgery/cli/inspect.py"):
+    for module in (
+        "svsurgery/rules/__init__.py",
+        "svsurgery/cli/main.py",
+        "svsurgery/cli/inspect.py",
+        "svsurgery/py.typed",
+    ):
         assert module in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "svsurgery = svsurgery.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
