@@ -6,9 +6,15 @@ import dataclasses
 import os
 
 import onnx_ir as ir
+from rich.markup import escape
 
+from svsurgery import golden
+from svsurgery.engine import default_tolerance
+from svsurgery.parity.inputs import check_feeds
 from svsurgery.parity.metrics import ParityResult, Tolerance
+from svsurgery.parity.tables import failure_lines, parity_table
 from svsurgery.report import Report
+from svsurgery.verifier import Verifier
 
 __all__ = ["CheckReport", "check"]
 
@@ -26,10 +32,6 @@ class CheckReport(Report):
         return self.parity.passed
 
     def render(self, console) -> None:
-        from rich.markup import escape
-
-        from svsurgery.parity.tables import failure_lines, parity_table
-
         console.print(
             f"[bold]check[/bold] {escape(self.model)} against {escape(self.golden)} ({escape(self.golden_source)})"
         )
@@ -44,11 +46,6 @@ def check(
     model: ir.Model, golden_path: str | os.PathLike, tolerance: Tolerance | None = None, label: str | None = None
 ) -> CheckReport:
     """Run ``model`` (validity gate included) on the golden file's inputs and compare with its outputs."""
-    from svsurgery import golden
-    from svsurgery.engine import default_tolerance
-    from svsurgery.parity.inputs import check_feeds
-    from svsurgery.verifier import Verifier
-
     recorded = golden.load(golden_path)
     label = label or str(model.meta.get("svsurgery.source_path", "model"))
     feeds = check_feeds(recorded.inputs, model, str(golden_path))

@@ -24,6 +24,7 @@ import numpy as np
 
 from svsurgery.errors import BadInputError
 from svsurgery.files import write_atomically
+from svsurgery.parity.references import TorchReference
 
 __all__ = ["Golden", "load", "save", "versions"]
 
@@ -40,7 +41,7 @@ class Golden:
 
 def versions() -> dict[str, str | None]:
     """Versions of what produced or checked a result (None for what is not installed)."""
-    found = {}
+    found: dict[str, str | None] = {}
     for package in ("svsurgery", "torch", "onnx", "onnxruntime", "onnx-ir", "onnxscript", "numpy"):
         try:
             found[package] = metadata.version(package)
@@ -66,12 +67,11 @@ def save(
     if (outputs is None) == (module is None):
         raise BadInputError("golden.save: give either outputs or a torch module, not both or neither")
     if module is not None:
-        from svsurgery.parity.references import TorchReference
-
         if output_names is None:
             raise BadInputError("golden.save: a torch module needs output_names (the model's outputs, in order)")
         outputs = TorchReference(module, output_names, list(inputs)).outputs(inputs)
         source = source or f"torch module {type(module).__name__}"
+    assert outputs is not None, "given, or computed from the module just above"
     arrays = {f"input/{name}": np.asarray(value) for name, value in inputs.items()}
     arrays.update({f"output/{name}": np.asarray(value) for name, value in outputs.items()})
     meta = {
@@ -90,7 +90,8 @@ def save(
 
     def write(staged: Path) -> None:
         with open(staged, "wb") as handle:  # a handle: np.savez would append .npz to a path
-            np.savez(handle, **arrays)
+            # numpy's stub types **kwds as if a key could be allow_pickle (bool); none here is
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
 
     write_atomically(target, write)
     return target

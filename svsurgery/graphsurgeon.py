@@ -9,6 +9,7 @@ is read into the gs graph (gs holds tensors in memory).
 
 from __future__ import annotations
 
+import onnx_graphsurgeon as gs
 import onnx_ir as ir
 
 from svsurgery.model_io import to_proto
@@ -21,8 +22,6 @@ _MODEL_FIELDS_ATTR = "svsurgery_model_fields"
 
 def to_graphsurgeon(model: ir.Model):
     """The model as an ``onnx_graphsurgeon.Graph`` (the model itself is not changed)."""
-    import onnx_graphsurgeon as gs
-
     graph = gs.import_onnx(to_proto(model, inline_external_data=True))
     setattr(
         graph,
@@ -41,8 +40,6 @@ def from_graphsurgeon(graph, *, cleanup: bool = False) -> ir.Model:
     """An onnx_ir model from a ``gs.Graph`` (model-level fields restored when it came from
     :func:`to_graphsurgeon`). ``cleanup`` runs gs's ``cleanup().toposort()`` first, as gs
     scripts usually do before export."""
-    import onnx_graphsurgeon as gs
-
     if cleanup:
         graph.cleanup().toposort()
     proto = gs.export_onnx(graph)

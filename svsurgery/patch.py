@@ -33,7 +33,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
 from svsurgery.errors import BadInputError
 
@@ -253,6 +255,20 @@ class _Namer:
         return candidate
 
 
+def value_name(value: ir.Value) -> str:
+    """``value.name`` for a value in a graph: onnx_ir names every value a graph holds (loaded
+    ones keep their names, added ones get one), so only a value outside any graph has None."""
+    assert value.name is not None, "a value in a graph always has a name"
+    return value.name
+
+
+def _node_graph(node: ir.Node) -> ir.Graph:
+    graph = node.graph
+    if graph is None:
+        raise BadInputError(f"node '{node.name}' ({node.op_type}) is not part of a graph")
+    return graph
+
+
 def _owning_graph(value: ir.Value) -> ir.Graph:
     graph = value.graph
     if graph is None:
@@ -304,14 +320,14 @@ def _adopt_uses(old: ir.Value, new: ir.Value, *, keep_name_on: str) -> None:
     for use in list(old.uses()):
         if use.node is not own_node:
             use.node.replace_input_with(use.idx, new)
-    graph = old.graph
     was_output = old.is_graph_output()
     if was_output:
+        graph = _owning_graph(old)
         for index, output in enumerate(graph.outputs):
             if output is old:
                 graph.outputs[index] = new
     if keep_name_on == "new" or was_output:
-        ir.convenience.rename_values([old, new], [new.name, old.name])
+        ir.convenience.rename_values([old, new], [value_name(new), value_name(old)])
 
 
 # ----------------------------------------------------------------------------- inserting
@@ -411,7 +427,7 @@ def insert_casts(
     """
     node = _find_node(model, node)
     infer_types(model, only_if_missing=[*node.inputs, *node.outputs])
-    graph = node.graph
+    graph = _node_graph(node)
     namer = _Namer(model)
     added: list[ir.Node] = []
     for index, value in enumerate(node.inputs):
@@ -464,10 +480,11 @@ def replace_node(
     outputs = list(outputs) if outputs is not None else list(new_nodes[-1].outputs)
     if len(outputs) != len(node.outputs):
         raise BadInputError(
-            f"node '{node.name}' ({node.op_type}) has {len(node.outputs)} outputs but {len(outputs)} replacements were given"
+            f"node '{node.name}' ({node.op_type}) has {len(node.outputs)} outputs but {len(outputs)} replacements"
+            " were given"
         )
     _name_unnamed(model, new_nodes)
-    graph = node.graph
+    graph = _node_graph(node)
     ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, node.outputs, outputs)
     _type_graph_outputs(model, graph)
 
@@ -556,11 +573,11 @@ def bypass(model: ir.Model, node: NodeLike, input_index: int = 0) -> None:
     node = _find_node(model, node)
     if len(node.outputs) != 1:
         raise BadInputError(f"node '{node.name}' ({node.op_type}) has {len(node.outputs)} outputs; bypass needs one")
-    if input_index >= len(node.inputs) or node.inputs[input_index] is None:
+    source = node.inputs[input_index] if input_index < len(node.inputs) else None
+    if source is None:
         raise BadInputError(f"node '{node.name}' ({node.op_type}) has no input {input_index}")
-    source = node.inputs[input_index]
     output = node.outputs[0]
-    graph = node.graph
+    graph = _node_graph(node)
     if output.is_graph_output():
         shared = source.is_graph_input() or source.is_initializer() or source.is_graph_output()
         if shared or source.graph is not graph:
@@ -585,7 +602,7 @@ def remove_node(model: ir.Model, node: NodeLike) -> None:
                 f"node '{node.name}' ({node.op_type}) cannot be removed: its output '{value.name}' is still read"
                 " (use bypass)"
             )
-    node.graph.remove(node, safe=True)
+    _node_graph(node).remove(node, safe=True)
 
 
 # ----------------------------------------------------------------------------- outputs, extraction, names
@@ -598,8 +615,6 @@ def infer_types(model: ir.Model, only_if_missing: Iterable[ir.Value | None] | No
     """
     if only_if_missing is not None and all(v is None or v.type is not None for v in only_if_missing):
         return
-    from onnx_ir.passes.common import ShapeInferencePass
-
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     for function in model.functions.values():
         _infer_function_types(model, function)
@@ -609,8 +624,6 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
     """Type a model-local function's values from its call sites (ONNX inference leaves function
     bodies untyped): when every call feeds the same input types, the body is inferred as a
     graph with those inputs. Bodies with attribute references stay untyped."""
-    import onnx
-
     calls = [
         node
         for graph in all_graphs(model)
@@ -619,19 +632,24 @@ def _infer_function_types(model: ir.Model, function: ir.Function) -> None:
     ]
     if not calls:
         return
-    input_types, input_shapes = [], []
+    input_types: list[ir.TypeProtocol] = []
+    input_shapes: list[list[Any] | None] = []
     for index in range(len(function.inputs)):
         fed = [c.inputs[index] if index < len(c.inputs) else None for c in calls]
-        types = {str(v.type) if v is not None else None for v in fed}
-        if len(types) != 1 or None in types or "None" in types:
+        present = [v for v in fed if v is not None]
+        types = {str(v.type) for v in present}
+        if len(present) != len(fed) or len(types) != 1 or "None" in types:
             return
-        input_types.append(fed[0].type)
-        shapes = [v.shape for v in fed]
-        if any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
+        first_type = present[0].type
+        assert first_type is not None, "'None' is not among the types"
+        input_types.append(first_type)
+        shapes = [v.shape for v in present]
+        ranked = [shape for shape in shapes if shape is not None]
+        if len(ranked) != len(shapes) or len({len(shape) for shape in ranked}) != 1:
             input_shapes.append(None)  # rank differs between calls: unknown
         else:  # a dimension every call agrees on is kept, the others are unknown
             input_shapes.append(
-                [d if all(str(other[i]) == str(d) for other in shapes) else None for i, d in enumerate(shapes[0])]
+                [d if all(str(other[i]) == str(d) for other in ranked) else None for i, d in enumerate(ranked[0])]
             )
     try:
         proto = ir.serde.serialize_function(function)
@@ -768,6 +786,7 @@ def graft(graph: ir.Graph, model: ir.Model, feeds: dict[str, ir.Value], prefix: 
     Inputs not in ``feeds`` must have initializer defaults. The caller declares the opsets
     of other domains the model uses on its own model.
     """
+    # local: svsurgery.opset imports svsurgery.model_io, which imports this module
     from svsurgery.opset import ai_onnx_opset, convert_opset
 
     label = model.graph.name or "grafted model"
@@ -782,7 +801,7 @@ def graft(graph: ir.Graph, model: ir.Model, feeds: dict[str, ir.Value], prefix: 
     unknown = sorted(set(feeds) - {v.name for v in inner.inputs})
     if unknown:
         raise BadInputError(f"{label}: has no inputs {unknown} (inputs: {[v.name for v in inner.inputs]})")
-    outputs = {value.name: value for value in inner.outputs}
+    outputs = {value_name(value): value for value in inner.outputs}
     for value in list(inner.inputs):
         if value.name in feeds:
             value.replace_all_uses_with(feeds[value.name])

@@ -15,9 +15,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
+from rich.markup import escape
 
 from svsurgery import patch
 from svsurgery.errors import BadInputError
+from svsurgery.patch import value_name
 from svsurgery.report import Report
 from svsurgery.runtime import run
 
@@ -36,8 +38,6 @@ class Repro(Report):
     data_path: str | None = None
 
     def render(self, console) -> None:
-        from rich.markup import escape
-
         verdict = (
             "[green]reproduces the captured outputs bit for bit[/green]"
             if self.bit_exact
@@ -71,12 +71,12 @@ def extract_repro(
     if missing:
         raise BadInputError(f"no input array for '{missing[0]}'")
     inner = [v for v in (*boundary, *outputs) if not v.is_graph_input()]
-    captured = {v.name: np.asarray(inputs[v.name]) for v in boundary if v.is_graph_input()}
-    captured.update(run(_exposed(model, inner), inputs, [v.name for v in inner], optimize=False))
+    captured = {value_name(v): np.asarray(inputs[value_name(v)]) for v in boundary if v.is_graph_input()}
+    captured.update(run(_exposed(model, inner), inputs, [value_name(v) for v in inner], optimize=False))
     repro = patch.extract(model, boundary, outputs)
     repro.producer_name = "svsurgery extract"
-    feeds = {v.name: captured[v.name] for v in boundary}
-    expected = {v.name: captured[v.name] for v in outputs}
+    feeds = {value_name(v): captured[value_name(v)] for v in boundary}
+    expected = {value_name(v): captured[value_name(v)] for v in outputs}
     reproduced = run(repro, feeds, optimize=False)
     bit_exact = all(np.array_equal(reproduced[name], expected[name], equal_nan=True) for name in expected)
     report = Repro(
@@ -112,5 +112,7 @@ def _region(node: ir.Node, depth: int) -> list[ir.Node]:
                     region[id(producer)] = producer
                     following.append(producer)
         frontier = following
-    ordered = [n for n in node.graph if id(n) in region]
+    graph = node.graph
+    assert graph is not None, "extract_repro checked that the node lives in the main graph"
+    ordered = [n for n in graph if id(n) in region]
     return ordered

@@ -20,7 +20,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from svsurgery.errors import BadInputError
+from svsurgery.errors import BadInputError, require
+from svsurgery.model_io import load
+from svsurgery.parity.float64 import float64_shadow
+from svsurgery.runtime import run
 
 __all__ = ["Float64Reference", "GoldenReference", "ModelReference", "Reference", "TorchReference", "flatten_outputs"]
 
@@ -45,14 +48,10 @@ class ModelReference(Reference):
     kind = "onnx"
 
     def __init__(self, model: ir.Model | str | os.PathLike, label: str | None = None) -> None:
-        from svsurgery.model_io import load
-
         self.model = load(model) if isinstance(model, (str, os.PathLike)) else model
         self.description = f"{label or 'the original model'} as is (onnxruntime)"
 
     def outputs(self, feeds):
-        from svsurgery.runtime import run
-
         return run(self.model, feeds)
 
 
@@ -62,13 +61,10 @@ class Float64Reference(Reference):
     kind = "fp64"
 
     def __init__(self, model: ir.Model | str | os.PathLike) -> None:
-        from svsurgery.model_io import load
-        from svsurgery.parity.float64 import float64_shadow
-
         self.shadow = float64_shadow(load(model) if isinstance(model, (str, os.PathLike)) else model)
 
     @property
-    def description(self) -> str:  # type: ignore[override] - ops narrowed at run time change it
+    def description(self) -> str:  # type: ignore[override]  # ops narrowed at run time change it
         return self.shadow.describe()
 
     def outputs(self, feeds):
@@ -84,8 +80,6 @@ class TorchReference(Reference):
     def __init__(
         self, module, output_names: Sequence[str], input_names: Sequence[str] | None = None, *, by_name: bool = False
     ) -> None:
-        from svsurgery.errors import require
-
         require("torch", "parity against a torch module")
         self.module = module
         self.output_names = list(output_names)
