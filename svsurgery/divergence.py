@@ -47,6 +47,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
+from rich import box
+from rich.markup import escape
+from rich.table import Table
 
 from svsurgery import patch
 from svsurgery.errors import BadInputError, require
@@ -54,6 +58,7 @@ from svsurgery.model_io import SOURCE_PATH_KEY
 from svsurgery.parity.float16 import SEMANTICS, Float16Evaluator
 from svsurgery.parity.metrics import PROFILES, OutputParity, Tolerance, compare
 from svsurgery.parity.references import flatten_outputs
+from svsurgery.patch import value_name
 from svsurgery.precision import model_precision
 from svsurgery.report import Report
 from svsurgery.runtime import inference_session
@@ -129,10 +134,6 @@ class DiffReport(Report):
         return self.first is None and self.first_nonfinite is None
 
     def render(self, console) -> None:
-        from rich import box
-        from rich.markup import escape
-        from rich.table import Table
-
         console.print(f"[bold]diff[/bold] {escape(self.model)} against {escape(self.reference)}")
         console.print(f"  evaluation: {escape(self.evaluation)}; tolerance: {escape(self.tolerance)}")
         console.print(
@@ -178,17 +179,17 @@ class DiffReport(Report):
                     f"{escape('; '.join(row.parity.failures))}"
                 )
             return
-        for label, row in (
+        for label, culprit in (
             ("first divergence", self.first),
             ("first overflow (introduces NaN/Inf where the reference is finite)", self.first_nonfinite),
         ):
-            if row is None:
+            if culprit is None:
                 continue
-            where = f"module [bold]{escape(row.module)}[/bold], " if row.module else ""
-            inherited = f"; inherited max rel {_figure(row.inherited)}" if row.inherited is not None else ""
+            where = f"module [bold]{escape(culprit.module)}[/bold], " if culprit.module else ""
+            inherited = f"; inherited max rel {_figure(culprit.inherited)}" if culprit.inherited is not None else ""
             console.print(
-                f"[red]{label}[/red]: {where}node '{escape(row.node)}' ({row.op_type}), "
-                f"value '{escape(row.value)}' introduces: {escape('; '.join(row.own.failures))}{inherited}"
+                f"[red]{label}[/red]: {where}node '{escape(culprit.node)}' ({culprit.op_type}), "
+                f"value '{escape(culprit.value)}' introduces: {escape('; '.join(culprit.own.failures))}{inherited}"
             )
 
     def plot(self, path) -> None:
@@ -436,8 +437,11 @@ class _Replay:
         self.units: dict[str, list[ir.Node]] = {}
         self.frontier: dict[str, list[ir.Value]] = {}
         for value in self._compared.values():
-            unit, frontier = {}, {}
-            pending = [value.producer()]
+            unit: dict[int, ir.Node] = {}
+            frontier: dict[int, ir.Value] = {}
+            computed_by = value.producer()
+            assert computed_by is not None, "compared values are node outputs"
+            pending = [computed_by]
             while pending:
                 node = pending.pop()
                 if id(node) in unit:
@@ -449,8 +453,8 @@ class _Replay:
                         frontier[id(read)] = read
                     elif producer is not None and id(producer) in reads:
                         pending.append(producer)
-            self.units[value.name] = sorted(unit.values(), key=lambda n: self._position[id(n)])
-            self.frontier[value.name] = list(frontier.values())
+            self.units[value_name(value)] = sorted(unit.values(), key=lambda n: self._position[id(n)])
+            self.frontier[value_name(value)] = list(frontier.values())
 
     def _fed(self, value: ir.Value) -> bool:
         """Is this value a graph input of the replay (rather than computed or a weight of the unit)?"""
@@ -460,7 +464,7 @@ class _Replay:
 
     def needs(self, names: Iterable[str]) -> list[str]:
         """The compared values whose reference arrays replaying ``names`` reads."""
-        wanted = {v.name: None for name in names for v in self.frontier[name] if id(v) in self._compared}
+        wanted = {value_name(v): None for name in names for v in self.frontier[name] if id(v) in self._compared}
         return list(wanted)
 
     def run(self, names: Sequence[str], reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -485,8 +489,6 @@ class _Replay:
             if self._low:
                 outputs = Float16Evaluator(ir.serde.deserialize_model(proto)).run(feeds)
             else:
-                import onnxruntime as ort
-
                 options = ort.SessionOptions()  # as runtime.inference_session(optimize=False), from bytes
                 options.log_severity_level = 3
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -510,26 +512,25 @@ class _Replay:
             # a compared value computed here is renamed, so whoever reads its name reads the reference's
             for index, output in enumerate(node.outputs):
                 if id(output) in self._compared:
-                    proto.output[index] = _REPLAY_PREFIX + output.name
+                    proto.output[index] = _REPLAY_PREFIX + value_name(output)
             graph.node.append(proto)
             for read in _reads(node):
-                if read.name in feeds or read.name in weights:
+                name = value_name(read)
+                if name in feeds or name in weights:
                     continue
                 if self._fed(read):
                     if id(read) in self._compared:
-                        array = reference[read.name]
-                    elif read.name in self.borrowed:
-                        array = self.borrowed[read.name]
+                        array = reference[name]
+                    elif name in self.borrowed:
+                        array = self.borrowed[name]
                     else:
-                        array = self._feeds[read.name]
-                    feeds[read.name] = _as_type(array, read)
-                    graph.input.append(
-                        onnx.helper.make_tensor_value_info(read.name, _elem_type(read, feeds[read.name]), None)
-                    )
+                        array = self._feeds[name]
+                    feeds[name] = _as_type(array, read)
+                    graph.input.append(onnx.helper.make_tensor_value_info(name, _elem_type(read, feeds[name]), None))
                 elif read.producer() is None and read.const_value is not None:  # a weight of the unit
-                    weights.add(read.name)
+                    weights.add(name)
                     graph.initializer.append(ir.serde.serialize_tensor(read.const_value))
-                    graph.initializer[-1].name = read.name
+                    graph.initializer[-1].name = name
         for name in names:
             value = next(v for v in self.units[name][-1].outputs if v.name == name)
             graph.output.append(
@@ -546,6 +547,7 @@ class _Replay:
 def _elem_type(value: ir.Value, array: np.ndarray | None) -> int:
     if value.dtype is not None:
         return int(value.dtype)
+    assert array is not None, "outputs are compared values, whose type is known: only inputs come with an array"
     return int(ir.DataType.from_numpy(array.dtype))
 
 
@@ -587,12 +589,12 @@ def _compare_all(
     floor = tolerance.rel_floor
     for start in range(0, len(items), max(chunk, 1)):
         batch = items[start : start + chunk]
-        names = [item.value.name for item in batch]
+        names = [value_name(item.value) for item in batch]
         actual = actual_source.fetch(names)
         expected = reference_source.fetch(list(dict.fromkeys([*names, *replay.needs(names)])))
         replayed = replay.run(names, expected)
         for item in batch:
-            name = item.value.name
+            name = value_name(item.value)
             total = compare(name, actual[name], expected[name], rel_floor=floor).check(tolerance)
             row = Divergence(item.position, name, item.node.name or "", item.node.op_type, item.module, total)
             if name in replayed:
@@ -755,18 +757,24 @@ def diff(
             for pos, node, value in leaving:
                 if id(value) not in used and _same_shape(value, tensor):
                     used.add(id(value))
-                    innermost = pairs.get(value.name)
+                    innermost = pairs.get(value_name(value))
                     if innermost is None or path.count(".") > innermost[3].count("."):
-                        pairs[value.name] = (pos, node, value, path, tensor)  # the innermost module names a value
+                        pairs[value_name(value)] = (
+                            pos,
+                            node,
+                            value,
+                            path,
+                            tensor,
+                        )  # the innermost module names a value
                     break
     unique = sorted(pairs.values(), key=lambda item: item[0])
     if not unique:
         raise BadInputError("no ONNX value could be mapped to a torch submodule (node names carry no module scopes)")
     items = [_Item(pos, node, value, path) for pos, node, value, path, _ in unique]
-    actual, evaluation = _values_of(model, inputs, [item.value.name for item in items])
+    actual, evaluation = _values_of(model, inputs, [value_name(item.value) for item in items])
     intended = intended_changes(model)
     replay = _Replay(model, order, [item.value for item in items], inputs, borrowed={})
-    reference = _Captured({value.name: tensor for _, _, value, _, tensor in unique})
+    reference = _Captured({value_name(value): tensor for _, _, value, _, tensor in unique})
     rows = _compare_all(model, items, actual, reference, replay, tolerance, intended, chunk, progress)
     return _report(model, f"the torch module {type(module).__name__}", evaluation, tolerance, rows, intended, replay)
 
@@ -787,7 +795,7 @@ def _split_repeated_calls(members: dict, calls: dict[str, int], order: list[ir.N
             groups = [g for g in groups if not (g & linked)] + [merged]
         if len(groups) == calls[path]:
             first = {gid: min(i for i, n in enumerate(order) if id(n) in group) for gid, group in enumerate(groups)}
-            for index, gid in enumerate(sorted(first, key=first.get)):
+            for index, gid in enumerate(sorted(first, key=lambda gid: first[gid])):
                 split[(path, index)] = groups[gid]
         else:
             split[(path, call)] = nodes
@@ -875,22 +883,20 @@ def diff_models(
     items = []
     for position, node in enumerate(order):
         for value in node.outputs:
-            other = theirs.get(value.name)
+            other = theirs.get(value_name(value))
             if other is not None and _comparable(value, exact_too=True) and _comparable(other, exact_too=True):
                 scopes = module_scopes(node)
                 items.append(_Item(position, node, value, scopes[-1] if scopes else None))
     if not items:
         raise BadInputError("the two models share no intermediate value names to compare")
-    names = [item.value.name for item in items]
+    names = [value_name(item.value) for item in items]
     intended = intended_changes(model, reference)
     # an intended change held as a weight: whoever reads it is replayed on the reference's version
-    borrowed = {
-        name: reference.graph.initializers[name].const_value.numpy()
-        for name in intended
-        if name in model.graph.initializers
-        and name in reference.graph.initializers
-        and reference.graph.initializers[name].const_value is not None
-    }
+    borrowed: dict[str, np.ndarray] = {}
+    for name in intended:
+        weight = reference.graph.initializers[name].const_value if name in reference.graph.initializers else None
+        if name in model.graph.initializers and weight is not None:
+            borrowed[name] = weight.numpy()
     actual, model_evaluation = _values_of(model, inputs, names)
     expected, reference_evaluation = _values_of(reference, _feeds_for(reference, inputs), names)
     replay = _Replay(model, order, [item.value for item in items], inputs, borrowed)

@@ -21,11 +21,15 @@ import dataclasses
 import re
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxruntime as ort
+from onnx import helper
 
 from svsurgery import patch
 from svsurgery.dtypes import FLOAT_TYPES
 from svsurgery.errors import CheckFailedError
+from svsurgery.runtime import inference_session, onnxruntime_errors
 
 __all__ = ["Float64Shadow", "float64_shadow"]
 
@@ -41,7 +45,7 @@ _REFUSED_OP = (
 @dataclasses.dataclass
 class Float64Shadow:
     model: ir.Model
-    session: object  # the onnxruntime session the shadow loaded in
+    session: ort.InferenceSession  # the onnxruntime session the shadow loaded in
     float32_ops: list[str]  # op types onnxruntime cannot run in double, computed in float32
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -51,8 +55,6 @@ class Float64Shadow:
         If or a Loop: onnxruntime checks their type at run time) is narrowed to float32
         like the ones refused at load, and the run repeated.
         """
-        from svsurgery.runtime import inference_session, onnxruntime_errors
-
         wide = {}
         for value in self.model.graph.inputs:
             if value.name in feeds:
@@ -79,8 +81,6 @@ class Float64Shadow:
 
 def float64_shadow(model: ir.Model) -> Float64Shadow:
     """Build and load the float64 shadow of ``model`` (which is not changed)."""
-    from svsurgery.runtime import inference_session
-
     # Types decide what widens and which inputs a float32 op must narrow back. They are
     # inferred on the model itself (types only, semantics unchanged) when it lacks them, so
     # the copies the engine makes of it later come typed too, instead of inferring again.
@@ -91,8 +91,8 @@ def float64_shadow(model: ir.Model) -> Float64Shadow:
     for graph in patch.all_graphs(shadow):
         _widen_graph(graph)
     float32_ops = _ops_without_double_kernels(shadow)
-    for op_type in float32_ops:
-        _narrow_op(shadow, op_type)
+    for refused in float32_ops:
+        _narrow_op(shadow, refused)
     for _ in range(_MAX_RETRIES):
         try:
             session = inference_session(shadow, optimize=False)  # the graph as written, in double
@@ -117,8 +117,6 @@ def _ops_without_double_kernels(model: ir.Model) -> list[str]:
     Each distinct (op, input types) is probed with a one-node model, a few milliseconds
     each and cached, instead of loading the whole model once per missing kernel.
     """
-    import onnxruntime as ort
-
     refused: list[str] = []
     opset = model.opset_imports
     for graph in patch.all_graphs(model):
@@ -147,16 +145,17 @@ def _ops_without_double_kernels(model: ir.Model) -> list[str]:
 
 def _probe_model(node: ir.Node, opset: dict[str, int], ir_version: int) -> bytes:
     """A model made of ``node`` alone, its inputs typed as in the graph, shapes unknown."""
-    import onnx
-    from onnx import helper
-
     proto = ir.serde.serialize_node(node)
     proto.ClearField("input")
     proto.ClearField("output")
     names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
     proto.input.extend(names)
     proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
-    inputs = [helper.make_tensor_value_info(n, int(v.dtype), None) for n, v in zip(names, node.inputs) if v is not None]
+    inputs = []
+    for n, v in zip(names, node.inputs):
+        if v is not None:
+            assert v.dtype is not None, "_ops_without_double_kernels probes nodes whose inputs are all typed"
+            inputs.append(helper.make_tensor_value_info(n, int(v.dtype), None))
     outputs = [helper.make_value_info(f"out{i}", onnx.TypeProto()) for i in range(len(node.outputs))]
     graph = helper.make_graph([proto], "probe", inputs, outputs)
     imports = [helper.make_opsetid(domain, version) for domain, version in opset.items()]

@@ -37,10 +37,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
+from typing import TypeGuard, cast
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
 
+from svsurgery.patch import value_name
 from svsurgery.precision import convert_to_float16, model_precision
 
 __all__ = [
@@ -168,7 +172,10 @@ class Headroom:
 
     def describe(self) -> str:
         if self.site is None:
-            return f"headroom {format_headroom(self.headroom)} ({self.measured} float16 values measured, none grows with the inputs)"
+            return (
+                f"headroom {format_headroom(self.headroom)} ({self.measured} float16 values measured,"
+                " none grows with the inputs)"
+            )
         return f"headroom {self.site.describe()}"
 
     def to_dict(self) -> dict:
@@ -216,18 +223,18 @@ def scale_degrees(graph: ir.Graph, masks: Iterable[str] = ()) -> dict[str, float
     degrees: dict[str, float] = {}
     for value in graph.inputs:
         scaled = value.dtype is not None and value.dtype.is_floating_point() and value.name not in masks
-        degrees[value.name] = 1.0 if scaled else 0.0
+        degrees[value_name(value)] = 1.0 if scaled else 0.0
     for node in graph:
         degree = _node_degree(node, degrees)
         for output in node.outputs:
-            degrees[output.name] = degree if output.dtype is None or output.dtype.is_floating_point() else 0.0
+            degrees[value_name(output)] = degree if output.dtype is None or output.dtype.is_floating_point() else 0.0
     return degrees
 
 
 def _degree(value: ir.Value | None, degrees: Mapping[str, float]) -> float:
     if value is None or value.dtype is None or not value.dtype.is_floating_point():
         return 0.0
-    return degrees.get(value.name, 0.0)  # initializers and outer-scope values: constants
+    return degrees.get(value_name(value), 0.0)  # initializers and outer-scope values: constants
 
 
 def _node_degree(node: ir.Node, degrees: Mapping[str, float]) -> float:
@@ -331,7 +338,7 @@ def _is_float16(value: ir.Value) -> bool:
     return value.dtype == _FLOAT16
 
 
-def _is_float(value: ir.Value | None) -> bool:
+def _is_float(value: ir.Value | None) -> TypeGuard[ir.Value]:
     return value is not None and value.dtype is not None and value.dtype.is_floating_point()
 
 
@@ -365,9 +372,9 @@ class _Measurement:
     def _masks(self) -> set[str]:
         masks = set()
         for value in self.graph.inputs:
-            array = self.values.get(value.name)
+            array = self.values.get(value_name(value))
             if _is_float(value) and array is not None and np.asarray(array).size and np.isin(array, (0, 1)).all():
-                masks.add(value.name)
+                masks.add(value_name(value))
         return masks
 
     def _fill_constants(self) -> set[str]:
@@ -375,17 +382,18 @@ class _Measurement:
         constants += [n.outputs[0] for n in self.graph if n.op_type == "Constant" and _is_float(n.outputs[0])]
         fills = set()
         for value in constants:
-            array = self.values.get(value.name)
+            array = self.values.get(value_name(value))
             if array is not None and np.asarray(array).size and not (np.abs(array) < FLOAT16_MAX).all():
-                fills.add(value.name)
+                fills.add(value_name(value))
         return fills
 
     def run(self) -> list[Site]:
         for value in self.graph.inputs:
-            if _is_float16(value) and value.name in self.values:
-                top, self.finite[value.name] = _finite_max(np.asarray(self.values[value.name]))
-                degree = self.degrees.get(value.name, 0.0)
-                self.sites.append(Site(value.name, "", "input", "value", top, degree, headroom_of(top, degree)))
+            name = value_name(value)
+            if _is_float16(value) and name in self.values:
+                top, self.finite[name] = _finite_max(np.asarray(self.values[name]))
+                degree = self.degrees.get(name, 0.0)
+                self.sites.append(Site(name, "", "input", "value", top, degree, headroom_of(top, degree)))
         for node in self.graph:
             self._node(node)
         return self.sites
@@ -394,33 +402,35 @@ class _Measurement:
         for value in node.inputs:
             if not _is_float(value):
                 continue
-            if value.name not in self.finite:
-                array = self.values.get(value.name)
-                self.finite[value.name] = array is None or bool(np.isfinite(array).all())
-            if not self.finite[value.name]:
+            name = value_name(value)
+            if name not in self.finite:
+                array = self.values.get(name)
+                self.finite[name] = array is None or bool(np.isfinite(array).all())
+            if not self.finite[name]:
                 return False
         return True
 
     def _node(self, node: ir.Node) -> None:
         filled = any(v is not None and v.name in self.fills for v in node.inputs)
         if filled:
-            self.fills.update(v.name for v in node.outputs)
+            self.fills.update(value_name(v) for v in node.outputs)
         name = node.name or ""
         for output in node.outputs:
-            if output.name not in self.values or not _is_float16(output):
+            output_name = value_name(output)
+            if output_name not in self.values or not _is_float16(output):
                 continue
-            array = np.asarray(self.values[output.name])
-            top, self.finite[output.name] = _finite_max(array, below=_FILLED if filled else math.inf)
-            degree = self.degrees.get(output.name, 0.0)
+            array = np.asarray(self.values[output_name])
+            top, self.finite[output_name] = _finite_max(array, below=_FILLED if filled else math.inf)
+            degree = self.degrees.get(output_name, 0.0)
             what = "value"
-            if not filled and not self.finite[output.name] and self._inputs_finite(node):
+            if not filled and not self.finite[output_name] and self._inputs_finite(node):
                 would_be = _would_be_magnitude(node, self.values, self.opsets)  # overflowed here, from finite operands
                 if would_be > top:
                     top, what = would_be, "would-be value (overflowed to inf)"
             if node.op_type == "Exp" and node.domain in ("", "ai.onnx"):
                 self.sites.append(self._exp_site(node, output))
                 continue
-            self.sites.append(Site(output.name, name, node.op_type, what, top, degree, headroom_of(top, degree)))
+            self.sites.append(Site(output_name, name, node.op_type, what, top, degree, headroom_of(top, degree)))
         first = node.inputs[0] if node.inputs else None
         if (
             node.op_type in _STATISTICS_IN_INPUT_TYPE
@@ -428,12 +438,13 @@ class _Measurement:
             and _is_float16(first)
             and _statistics_in_input_type(node)
         ):
-            if first.name in self.values:
-                total = _sum_of_squared_deviations(node, np.asarray(self.values[first.name], dtype=np.float64))
-                degree = 2 * self.degrees.get(first.name, 0.0)
+            first_name = value_name(first)
+            if first_name in self.values:
+                total = _sum_of_squared_deviations(node, np.asarray(self.values[first_name], dtype=np.float64))
+                degree = 2 * self.degrees.get(first_name, 0.0)
                 self.sites.append(
                     Site(
-                        node.outputs[0].name,
+                        value_name(node.outputs[0]),
                         name,
                         node.op_type,
                         "sum of squared deviations",
@@ -444,11 +455,12 @@ class _Measurement:
                 )
 
     def _exp_site(self, node: ir.Node, output: ir.Value) -> Site:
-        argument = np.asarray(self.values[node.inputs[0].name], dtype=np.float64)
+        argument_name = value_name(_first_input(node))
+        argument = np.asarray(self.values[argument_name], dtype=np.float64)
         largest = float(np.max(np.where(np.isfinite(argument), argument, -np.inf))) if argument.size else -math.inf
-        degree = self.degrees.get(node.inputs[0].name, 0.0)
+        degree = self.degrees.get(argument_name, 0.0)
         return Site(
-            output.name,
+            value_name(output),
             node.name or "",
             node.op_type,
             "argument of Exp",
@@ -456,6 +468,13 @@ class _Measurement:
             degree,
             _exp_headroom(largest, degree),
         )
+
+
+def _first_input(node: ir.Node) -> ir.Value:
+    """The input of a one-input op (Exp, Cast): required, so never missing."""
+    value = node.inputs[0]
+    assert value is not None, f"{node.op_type} has a required input"
+    return value
 
 
 def _statistics_in_input_type(node: ir.Node) -> bool:
@@ -485,7 +504,7 @@ def _sum_of_squared_deviations(node: ir.Node, x: np.ndarray) -> float:
 def _would_be_magnitude(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> float:
     """What a node that overflowed would have computed in float32 (its largest finite magnitude)."""
     if node.op_type == "Cast":
-        top, _ = _finite_max(np.asarray(values[node.inputs[0].name], dtype=np.float32))
+        top, _ = _finite_max(np.asarray(values[value_name(_first_input(node))], dtype=np.float32))
         return top
     try:
         outputs = _run_in_float32(node, values, opsets)
@@ -497,14 +516,11 @@ def _would_be_magnitude(node: ir.Node, values: Mapping[str, np.ndarray], opsets)
 
 def _run_in_float32(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> list:
     """The node alone, its float16 operands widened to float32, with onnx.reference."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
     feeds, infos = {}, []
     for index, value in enumerate(node.inputs):
         if value is None:
             continue
-        array = np.asarray(values[value.name])
+        array = np.asarray(values[value_name(value)])
         if array.dtype == np.float16:
             array = array.astype(np.float32)
         feeds[f"in{index}"] = array
@@ -524,7 +540,8 @@ def _run_in_float32(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> 
     )
     model = onnx.helper.make_model(graph, opset_imports=list(opsets or [onnx.helper.make_opsetid("", 17)]))
     with np.errstate(all="ignore"):
-        return ReferenceEvaluator(model).run(None, feeds)
+        # a list: onnx's annotation also allows the dict that intermediate=True returns
+        return cast(list, ReferenceEvaluator(model).run(None, feeds))
 
 
 # ----------------------------------------------------------------------------- convenience
@@ -533,7 +550,7 @@ def _run_in_float32(node: ir.Node, values: Mapping[str, np.ndarray], opsets) -> 
 def measure_model(model: ir.Model, feeds: Mapping[str, np.ndarray], *, convert: bool | None = None) -> Headroom:
     """The headroom of ``model`` on ``feeds``: converted to float16 first (the precision rules'
     marks honoured) unless it already computes in float16 (``convert`` forces either way)."""
-    from svsurgery.parity.float16 import Float16Evaluator  # it imports this module
+    from svsurgery.parity.float16 import Float16Evaluator  # local: svsurgery.parity.float16 imports this module
 
     if convert is None:
         convert = model_precision(model) != _FLOAT16

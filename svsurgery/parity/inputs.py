@@ -57,7 +57,14 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from svsurgery.compose import find_encoder_inputs
 from svsurgery.errors import BadInputError
+from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
+from svsurgery.frontend.config import discover
+from svsurgery.model_io import describe_onnx_error
+from svsurgery.parity.waveforms import loudest_window, speech_like, whisper_log_mel
+from svsurgery.patch import value_name
+from svsurgery.runtime import inference_session, onnxruntime_errors
 
 __all__ = ["ParityInputs", "check_feeds", "generate_inputs", "load_inputs", "runs_on"]
 
@@ -156,9 +163,6 @@ class ParityInputs:
 def runs_on(inputs: ParityInputs, label: str) -> Iterator[None]:
     """Within the block, a model (or reference) that fails to run on ``inputs`` is one line
     naming the inputs, how they were made, and how to give others (``--inputs``)."""
-    from svsurgery.model_io import describe_onnx_error
-    from svsurgery.runtime import onnxruntime_errors
-
     try:
         yield
     except onnxruntime_errors() as error:
@@ -213,24 +217,28 @@ def generate_inputs(model: ir.Model, model_path: str | os.PathLike | None = None
         try:
             session.run(None, inputs.feeds)
             return inputs
-        except _onnxruntime_errors():
+        except onnxruntime_errors():
             level += 1
-
-
-def _onnxruntime_errors():
-    from svsurgery.runtime import onnxruntime_errors
-
-    return onnxruntime_errors()
 
 
 def _probe_session(model: ir.Model):
     """An unoptimised onnxruntime session to try generated inputs on; False when it cannot load."""
-    from svsurgery.runtime import inference_session
-
     try:
         return inference_session(model, optimize=False)
-    except _onnxruntime_errors():
+    except onnxruntime_errors():
         return False
+
+
+def _shape(value: ir.Value) -> ir.Shape:
+    """A graph input's shape: generate_inputs refuses inputs that declare none."""
+    assert value.shape is not None, "generate_inputs refuses inputs without a shape"
+    return value.shape
+
+
+def _dtype(value: ir.Value) -> ir.DataType:
+    """A graph input's type: generate_inputs refuses inputs that declare none."""
+    assert value.dtype is not None, "generate_inputs refuses inputs without a type"
+    return value.dtype
 
 
 @dataclasses.dataclass
@@ -245,13 +253,11 @@ class _Role:
 
 
 def _roles(model: ir.Model, graph_inputs: list[ir.Value]) -> dict[str, _Role]:
-    from svsurgery.compose import find_encoder_inputs
-
     roles: dict[str, _Role] = {}
     for value in graph_inputs:  # before the feature binding, which would take [B, 80, 3000] as [B, T, D]
         why, mels = _log_mel_evidence(value)
         if why:
-            roles[value.name] = _Role("log-mel", why, bound=mels)
+            roles[value_name(value)] = _Role("log-mel", why, bound=mels)
     try:
         binding = find_encoder_inputs(model)
     except BadInputError:
@@ -262,24 +268,24 @@ def _roles(model: ir.Model, graph_inputs: list[ir.Value]) -> dict[str, _Role]:
         and isinstance(binding.feature_dim, int)
         and binding.feature_dim % _FBANK_BINS == 0
     ):
-        roles[binding.features.name] = _Role("features", binding.how)
+        roles[value_name(binding.features)] = _Role("features", binding.how)
         if binding.lengths is not None:
-            roles[binding.lengths.name] = _Role("feature-lengths", binding.how)
+            roles[value_name(binding.lengths)] = _Role("feature-lengths", binding.how)
     outputs = list(model.graph.outputs)
     for value in graph_inputs:
         if value.name not in roles:
-            roles[value.name] = _classify(value, outputs)
+            roles[value_name(value)] = _classify(value, outputs)
     for value in graph_inputs:
-        role = roles[value.name]
+        role = roles[value_name(value)]
         if role.kind == "lengths":
             role.target = _length_target(value, graph_inputs, roles)
             if role.target is None:
-                roles[value.name] = _Role("integers")
+                roles[value_name(value)] = _Role("integers")
     return roles
 
 
 def _classify(value: ir.Value, outputs: list[ir.Value]) -> _Role:
-    name, dtype, shape = value.name.lower(), value.dtype, value.shape
+    name, dtype, shape = value_name(value).lower(), _dtype(value), _shape(value)
     scalar = all(isinstance(dim, int) and dim == 1 for dim in shape)  # rank 0, [1], [1, 1]
     if scalar and dtype.is_integer():
         rates = _compared_rates(value)
@@ -317,8 +323,8 @@ _LENGTH_NAME = re.compile(r"(^|_)(len|lens|length|lengths|seq_len|seqlen)$")
 def _log_mel_evidence(value: ir.Value) -> tuple[str, int | None]:
     """(why, mel bins) for a Whisper-style [B, 80|128, T] input: its mel axis fixed to 80 or
     128 or read by a Conv with that many input channels, and its name or that Conv saying so."""
-    shape = value.shape
-    if not value.dtype.is_floating_point() or len(shape) != 3 or (isinstance(shape[2], int) and shape[2] < 8):
+    shape = _shape(value)
+    if not _dtype(value).is_floating_point() or len(shape) != 3 or (isinstance(shape[2], int) and shape[2] < 8):
         return "", None
     conv = _reaches(
         value,
@@ -329,9 +335,9 @@ def _log_mel_evidence(value: ir.Value) -> tuple[str, int | None]:
     weight = conv.inputs[1] if conv is not None and len(conv.inputs) > 1 else None
     channels = weight.shape[1] if weight is not None and weight.shape is not None and len(weight.shape) == 3 else None
     mels = shape[1] if isinstance(shape[1], int) else channels
-    if mels not in _WHISPER_MELS or (channels is not None and channels != mels):
+    if not isinstance(mels, int) or mels not in _WHISPER_MELS or (channels is not None and channels != mels):
         return "", None
-    if value.name.lower() in _LOG_MEL_NAMES:
+    if value_name(value).lower() in _LOG_MEL_NAMES:
         return f"its name '{value.name}' and {mels} mel bins on axis 1", mels
     if channels == mels:
         return f"a Conv reads its {mels} channels over time", mels
@@ -339,7 +345,7 @@ def _log_mel_evidence(value: ir.Value) -> tuple[str, int | None]:
 
 
 def _waveform_evidence(value: ir.Value) -> str:
-    shape = value.shape
+    shape = _shape(value)
     if len(shape) not in (1, 2):
         return ""
     reader = _reaches(
@@ -350,20 +356,24 @@ def _waveform_evidence(value: ir.Value) -> str:
     )
     if reader is not None:
         return f"a {reader.op_type} reads it as a signal"
-    if value.name.lower() in _WAVEFORM_NAMES and not isinstance(shape[-1], int):
+    if value_name(value).lower() in _WAVEFORM_NAMES and not isinstance(shape[-1], int):
         return f"its name '{value.name}' and a length axis of no fixed size"
     return ""
 
 
 def _state_evidence(value: ir.Value, outputs: list[ir.Value]) -> str:
-    name = value.name.lower()
+    name = value_name(value).lower()
     partners = {f"{name}n", f"{name}_n", f"next_{name}", f"new_{name}", f"out_{name}", f"{name}_out", f"{name}_next"}
     if name.startswith("in_"):
         partners.add("out_" + name[3:])
     if name.startswith("past"):
         partners.add("present" + name[4:])
     paired = next(
-        (o for o in outputs if o.name.lower() in partners and (o.shape is None or len(o.shape) == len(value.shape))),
+        (
+            o
+            for o in outputs
+            if value_name(o).lower() in partners and (o.shape is None or len(o.shape) == len(_shape(value)))
+        ),
         None,
     )
     if paired is not None:
@@ -396,9 +406,9 @@ def _compared_rates(value: ir.Value) -> tuple[int, ...]:
 
 
 def _mask_evidence(value: ir.Value) -> str:
-    if "mask" in value.name.lower():
+    if "mask" in value_name(value).lower():
         return f"its name '{value.name}'"
-    if len(value.shape) < 2:
+    if len(_shape(value)) < 2:
         return ""
     softmax = _reaches(value, lambda node, idx: node.op_type == "Softmax", _reaches_scores, limit=3000)
     if softmax is not None:
@@ -463,15 +473,17 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
 def _length_target(value: ir.Value, graph_inputs: list[ir.Value], roles: dict[str, _Role]) -> str | None:
     """The input whose rows a length input counts: the one its name starts with, else the
     waveform, else the ids, else the first float with an axis of no fixed size."""
-    data = [v for v in graph_inputs if roles.get(v.name, _Role("")).kind in ("waveform", "ids", "floats", "log-mel")]
-    data = [v for v in data if len(v.shape) >= (1 if roles[v.name].kind == "waveform" else 2)]
-    stem = _LENGTH_NAME.sub("", value.name.lower())
+    data = [
+        v for v in graph_inputs if roles.get(value_name(v), _Role("")).kind in ("waveform", "ids", "floats", "log-mel")
+    ]
+    data = [v for v in data if len(_shape(v)) >= (1 if roles[value_name(v)].kind == "waveform" else 2)]
+    stem = _LENGTH_NAME.sub("", value_name(value).lower())
     for candidate in data:
-        if candidate.name.lower() == stem:
+        if value_name(candidate).lower() == stem:
             return candidate.name
     for kind in ("waveform", "ids", "floats"):
         for candidate in data:
-            if roles[candidate.name].kind == kind and any(not isinstance(d, int) for d in candidate.shape[1:]):
+            if roles[value_name(candidate)].kind == kind and any(not isinstance(d, int) for d in _shape(candidate)[1:]):
                 return candidate.name
     return None
 
@@ -479,13 +491,13 @@ def _length_target(value: ir.Value, graph_inputs: list[ir.Value], roles: dict[st
 def _sequence_axis(value: ir.Value, role: _Role) -> int:
     """The axis rows have lengths along: a waveform's samples, a token sequence, features' frames."""
     if role.kind in ("waveform", "ids", "mask", "log-mel"):
-        return len(value.shape) - 1
-    return 1 if len(value.shape) > 1 else 0
+        return len(_shape(value)) - 1
+    return 1 if len(_shape(value)) > 1 else 0
 
 
 def _key(value: ir.Value, axis: int) -> str:
     """What ties an axis to other inputs' axes: its symbolic name, else nothing (a key of its own)."""
-    dim = value.shape[axis]
+    dim = _shape(value)[axis]
     if not isinstance(dim, int) and dim.value:
         return dim.value
     return f"{value.name}#{axis}"
@@ -509,7 +521,7 @@ def _sample_rate(model: ir.Model, graph_inputs: list[ir.Value], roles: dict[str,
             if 1000 <= rate <= 384000:
                 return _SampleRate(rate, f"metadata '{key}'")
     for value in graph_inputs:
-        role = roles[value.name]
+        role = roles[value_name(value)]
         if role.kind == "rate" and role.rates:
             rate = _DEFAULT_RATE if _DEFAULT_RATE in role.rates else max(role.rates)
             return _SampleRate(rate, f"'{value.name}' is compared with {', '.join(map(str, role.rates))}")
@@ -517,10 +529,11 @@ def _sample_rate(model: ir.Model, graph_inputs: list[ir.Value], roles: dict[str,
 
 
 def _batch_axes(value: ir.Value, role: _Role) -> list[int]:
-    if role.kind == "rate" or not value.shape or (role.kind == "waveform" and len(value.shape) == 1):
+    shape = _shape(value)
+    if role.kind == "rate" or not shape or (role.kind == "waveform" and len(shape) == 1):
         return []  # a scalar; a waveform [N] is one row
     if role.kind == "state":  # [layers, B, hidden], [B, C, T, 1]...: what is not fixed is the batch
-        return [axis for axis, dim in enumerate(value.shape) if not isinstance(dim, int)]
+        return [axis for axis, dim in enumerate(shape) if not isinstance(dim, int)]
     return [0]
 
 
@@ -528,12 +541,9 @@ def _batch_size(graph_inputs: list[ir.Value], roles: dict[str, _Role]) -> int:
     """2, or what a data input fixes its axis 0 to (rank >= 2 first: a [2] input may be a pair, not a batch)."""
     for min_rank in (2, 1):
         for value in graph_inputs:
-            if (
-                _batch_axes(value, roles[value.name]) == [0]
-                and len(value.shape) >= min_rank
-                and isinstance(value.shape[0], int)
-            ):
-                return value.shape[0]
+            first = _shape(value)[0] if len(_shape(value)) >= min_rank else None
+            if _batch_axes(value, roles[value_name(value)]) == [0] and isinstance(first, int):
+                return first
     return _BATCH
 
 
@@ -543,11 +553,15 @@ def _row_lengths(size: int, rows: int) -> list[int]:
 
 
 def _make(
-    model, model_path, graph_inputs, roles, rate: _SampleRate, steps: dict, seed: int
+    model: ir.Model,
+    model_path: str | os.PathLike | None,
+    graph_inputs: list[ir.Value],
+    roles: dict[str, _Role],
+    rate: _SampleRate,
+    steps: dict,
+    seed: int,
 ) -> tuple[ParityInputs, set[str]]:
     """One set of inputs at the lengths in ``steps``; also which guessed lengths it used."""
-    from svsurgery.parity.waveforms import speech_like
-
     rng = np.random.default_rng(seed)
     batch = _batch_size(graph_inputs, roles)
     dims: dict[str, int] = {}
@@ -557,87 +571,98 @@ def _make(
     feeds: dict[str, np.ndarray] = {}
     how: dict[str, str] = {}
     for value in graph_inputs:
-        for axis in _batch_axes(value, roles[value.name]):
-            dim = value.shape[axis]
+        for axis in _batch_axes(value, roles[value_name(value)]):
+            dim = _shape(value)[axis]
             if not isinstance(dim, int) and dim.value:
                 dims[dim.value] = batch
 
     # the inputs whose lengths real data decides
     for value in graph_inputs:
-        role, shape = roles[value.name], value.shape
+        name = value_name(value)
+        role, declared = roles[name], _shape(value)
         if role.kind == "features":
-            rows = shape[0] if isinstance(shape[0], int) else batch
-            frames = shape[1] if isinstance(shape[1], int) else None
-            features, lengths, text = _speech_features(model, model_path, shape[2], rows, frames)
+            rows = declared[0] if isinstance(declared[0], int) else batch
+            frames = declared[1] if isinstance(declared[1], int) else None
+            dim = declared[2]
+            assert isinstance(dim, int), "find_encoder_inputs binds features whose D is fixed (_roles checks it)"
+            features, lengths, text = _speech_features(model, model_path, dim, rows, frames)
             _decide(value, 1, features.shape[1], dims, sizes)
-            feeds[value.name] = features.astype(value.dtype.numpy())
-            how[value.name] = text
+            feeds[name] = features.astype(_dtype(value).numpy())
+            how[name] = text
             valid[_key(value, 1)] = lengths.tolist()
             for other in graph_inputs:
-                if roles[other.name].kind == "feature-lengths":
-                    feeds[other.name] = lengths.astype(other.dtype.numpy())
-                    how[other.name] = f"frames per row of '{value.name}': {lengths.tolist()}"
+                if roles[value_name(other)].kind == "feature-lengths":
+                    feeds[value_name(other)] = lengths.astype(_dtype(other).numpy())
+                    how[value_name(other)] = f"frames per row of '{value.name}': {lengths.tolist()}"
         elif role.kind == "log-mel":
-            if not isinstance(shape[1], int):
+            if not isinstance(declared[1], int):
+                assert role.bound is not None, "a log-mel role always records its mel bins"
                 _decide(value, 1, role.bound, dims, sizes)
-            if not isinstance(shape[2], int):
+            if not isinstance(declared[2], int):
                 _decide(value, 2, _WHISPER_FRAMES, dims, sizes)
         elif role.kind == "waveform":
-            dim = shape[-1]
+            dim = declared[-1]
             if not isinstance(dim, int) and not (dim.value and dim.value in dims):
-                _decide(value, len(shape) - 1, round(steps["waveform"] * rate.rate), dims, sizes)
+                _decide(value, len(declared) - 1, round(steps["waveform"] * rate.rate), dims, sizes)
                 guessed.add("waveform")
 
     shapes = {
-        v.name: _concrete_shape(v, dims, sizes, _batch_axes(v, roles[v.name]), batch, steps["sequence"], guessed)
+        value_name(v): _concrete_shape(
+            v, dims, sizes, _batch_axes(v, roles[value_name(v)]), batch, steps["sequence"], guessed
+        )
         for v in graph_inputs
     }
     # rows of different lengths wherever a mask or a length input says which are valid
     for value in graph_inputs:
-        role = roles[value.name]
-        if role.kind == "mask" and shapes[value.name]:
-            axis = len(value.shape) - 1
-            valid.setdefault(_key(value, axis), _row_lengths(shapes[value.name][axis], _rows(shapes[value.name])))
+        name = value_name(value)
+        role = roles[name]
+        if role.kind == "mask" and shapes[name]:
+            axis = len(_shape(value)) - 1
+            valid.setdefault(_key(value, axis), _row_lengths(shapes[name][axis], _rows(shapes[name])))
         elif role.kind == "lengths":
             target = next(v for v in graph_inputs if v.name == role.target)
-            axis = _sequence_axis(target, roles[target.name])
-            valid.setdefault(_key(target, axis), _row_lengths(shapes[target.name][axis], _rows(shapes[target.name])))
+            target_name = value_name(target)
+            axis = _sequence_axis(target, roles[target_name])
+            valid.setdefault(_key(target, axis), _row_lengths(shapes[target_name][axis], _rows(shapes[target_name])))
 
     for value in graph_inputs:
-        if value.name in feeds:
+        name = value_name(value)
+        if name in feeds:
             continue
-        role, shape, dtype = roles[value.name], shapes[value.name], value.dtype.numpy()
+        role, shape, dtype = roles[name], shapes[name], _dtype(value).numpy()
         keyed = {axis: valid[_key(value, axis)] for axis in range(1, len(shape)) if _key(value, axis) in valid}
         if role.kind == "log-mel":
-            feeds[value.name], how[value.name] = _log_mel(shape).astype(dtype), _log_mel_text(shape, role)
+            feeds[name], how[name] = _log_mel(shape).astype(dtype), _log_mel_text(shape, role)
         elif role.kind == "waveform":
-            feeds[value.name], how[value.name] = _waveform(value, shape, role, rate, keyed, speech_like)
+            feeds[name], how[name] = _waveform(value, shape, role, rate, keyed)
         elif role.kind == "state":
-            fixed = "; its fixed dimensions kept" if any(isinstance(d, int) for d in value.shape) else ""
+            fixed = "; its fixed dimensions kept" if any(isinstance(d, int) for d in _shape(value)) else ""
             tie = f"; batch {batch} as the other inputs" if _batch_axes(value, role) else ""
-            feeds[value.name], how[value.name] = (
+            feeds[name], how[name] = (
                 np.zeros(shape, dtype),
                 f"zeros (recurrent state: {role.why}{fixed}{tie})",
             )
         elif role.kind == "rate":
-            feeds[value.name] = np.full(shape, rate.rate, dtype)
-            how[value.name] = f"{rate.rate} (a sample rate: {role.why}; the rate the waveform is made at)"
+            feeds[name] = np.full(shape, rate.rate, dtype)
+            how[name] = f"{rate.rate} (a sample rate: {role.why}; the rate the waveform is made at)"
         elif role.kind == "mask":
-            feeds[value.name], how[value.name] = _mask(value, shape, role, valid[_key(value, len(shape) - 1)])
+            feeds[name], how[name] = _mask(value, shape, role, valid[_key(value, len(shape) - 1)])
         elif role.kind == "lengths":
             target = next(v for v in graph_inputs if v.name == role.target)
-            axis = _sequence_axis(target, roles[target.name])
-            lengths = valid[_key(target, axis)][: shape[0] if shape else 1]
-            feeds[value.name] = np.asarray(lengths, dtype).reshape(shape)
-            how[value.name] = f"valid length of each row of '{target.name}' (axis {axis}): {lengths} ({role.why})"
+            axis = _sequence_axis(target, roles[value_name(target)])
+            row_lengths = valid[_key(target, axis)][: shape[0] if shape else 1]
+            feeds[name] = np.asarray(row_lengths, dtype).reshape(shape)
+            how[name] = f"valid length of each row of '{target.name}' (axis {axis}): {row_lengths} ({role.why})"
         else:
-            feeds[value.name], how[value.name] = _fill(value, shape, role, rng)
+            feeds[name], how[name] = _fill(value, shape, role, rng)
         if keyed and role.kind in ("ids", "floats", "integers"):
-            feeds[value.name] = _pad_rows(feeds[value.name], keyed)
-            how[value.name] += (
-                f"; 0 after each row's valid length {next(iter(keyed.values()))} (the padding a mask or length input marks)"
+            feeds[name] = _pad_rows(feeds[name], keyed)
+            how[name] += (
+                f"; 0 after each row's valid length {next(iter(keyed.values()))}"
+                " (the padding a mask or length input marks)"
             )
-    ordered = ParityInputs({v.name: feeds[v.name] for v in graph_inputs}, {v.name: how[v.name] for v in graph_inputs})
+    names = [value_name(v) for v in graph_inputs]
+    ordered = ParityInputs({n: feeds[n] for n in names}, {n: how[n] for n in names})
     return ordered, guessed
 
 
@@ -657,11 +682,13 @@ def _pad_rows(array: np.ndarray, keyed: dict[int, list[int]]) -> np.ndarray:
 
 def _decide(value: ir.Value, axis: int, size: int, dims: dict[str, int], sizes: dict[tuple[str, int], int]) -> None:
     """Fix the size of ``value``'s symbolic ``axis`` (for every input sharing its name, if it has one)."""
-    dim = value.shape[axis]
+    dim = _shape(value)[axis]
+    if isinstance(dim, int):
+        return  # fixed by the model (speech features with a fixed frame count): nothing to decide
     if dim.value:
         dims[dim.value] = size
     else:
-        sizes[(value.name, axis)] = size
+        sizes[(value_name(value), axis)] = size
 
 
 def _concrete_shape(
@@ -674,11 +701,11 @@ def _concrete_shape(
     guessed: set[str],
 ) -> tuple[int, ...]:
     shape = []
-    for axis, dim in enumerate(value.shape):
+    for axis, dim in enumerate(_shape(value)):
         if isinstance(dim, int):
             shape.append(dim)
-        elif (value.name, axis) in sizes:
-            shape.append(sizes[(value.name, axis)])
+        elif (value_name(value), axis) in sizes:
+            shape.append(sizes[(value_name(value), axis)])
         elif axis in batch_axes:
             shape.append(dims.get(dim.value, batch) if dim.value else batch)
         elif dim.value and dim.value in dims:
@@ -692,7 +719,7 @@ def _concrete_shape(
 
 
 def _fill(value: ir.Value, shape: tuple[int, ...], role: _Role, rng) -> tuple[np.ndarray, str]:
-    dtype = value.dtype
+    dtype = _dtype(value)
     if role.kind == "bools":
         return rng.random(shape) < 0.5, "seeded random booleans"
     if role.kind == "ids":
@@ -706,10 +733,8 @@ def _fill(value: ir.Value, shape: tuple[int, ...], role: _Role, rng) -> tuple[np
 
 
 def _waveform(
-    value, shape, role: _Role, rate: _SampleRate, keyed: dict[int, list[int]], speech_like
+    value: ir.Value, shape: tuple[int, ...], role: _Role, rate: _SampleRate, keyed: dict[int, list[int]]
 ) -> tuple[np.ndarray, str]:
-    from svsurgery.parity.waveforms import loudest_window
-
     rows = shape[0] if len(shape) == 2 else 1
     samples = shape[-1]
     lengths = keyed.get(len(shape) - 1, [samples] * rows)
@@ -732,7 +757,7 @@ def _waveform(
         text += f", zeros after each row's valid length (padded to {samples} samples)"
     text += f"; a waveform: {role.why}"
     array = out if len(shape) == 2 else out[0]
-    return array.astype(value.dtype.numpy()), text
+    return array.astype(_dtype(value).numpy()), text
 
 
 def _durations(lengths: list[int], rate: int) -> str:
@@ -748,10 +773,9 @@ def _durations(lengths: list[int], rate: int) -> str:
     return f"{rows}: {' and '.join(text(n) for n in lengths)}"
 
 
-def _mask(value, shape, role: _Role, lengths: list[int]) -> tuple[np.ndarray, str]:
-    inverted = value.dtype == ir.DataType.BOOL and (
-        "padding_mask" in value.name.lower() or "pad_mask" in value.name.lower()
-    )
+def _mask(value: ir.Value, shape: tuple[int, ...], role: _Role, lengths: list[int]) -> tuple[np.ndarray, str]:
+    lowered = value_name(value).lower()
+    inverted = value.dtype == ir.DataType.BOOL and ("padding_mask" in lowered or "pad_mask" in lowered)
     valid = np.zeros(shape, dtype=bool)
     for row, length in enumerate(lengths[: shape[0]] if len(shape) > 1 else lengths[:1]):
         index = (row, ..., slice(0, length)) if len(shape) > 1 else (slice(0, length),)
@@ -760,12 +784,10 @@ def _mask(value, shape, role: _Role, lengths: list[int]) -> tuple[np.ndarray, st
         text = f"False over the valid length of each row {lengths}, True after (a padding mask: {role.why})"
         return ~valid, text
     text = f"ones over the valid length of each row {lengths}, zeros after (a mask: {role.why})"
-    return valid.astype(value.dtype.numpy()), text
+    return valid.astype(_dtype(value).numpy()), text
 
 
 def _log_mel(shape) -> np.ndarray:
-    from svsurgery.parity.waveforms import speech_like, whisper_log_mel
-
     rows, mels, frames = shape
     out = [whisper_log_mel(speech_like(_FEATURE_ROWS[row % 2], seed=row), mels, frames) for row in range(rows)]
     return np.stack(out).astype(np.float32)
@@ -783,7 +805,7 @@ def _log_mel_text(shape, role: _Role) -> str:
 
 def _index_bound(value: ir.Value) -> int | None:
     """Rows of the smallest constant table this integer input indexes (through reshapes and casts)."""
-    bounds = []
+    bounds: list[int] = []
     frontier, seen = [value], set()
     while frontier:
         current = frontier.pop()
@@ -795,8 +817,9 @@ def _index_bound(value: ir.Value) -> int | None:
             if node.op_type == "Gather" and use.idx == 1:
                 table = node.inputs[0]
                 axis = node.attributes.get_int("axis", 0)
-                if table is not None and table.shape is not None and isinstance(table.shape[axis], int):
-                    bounds.append(table.shape[axis])
+                rows = table.shape[axis] if table is not None and table.shape is not None else None
+                if isinstance(rows, int):
+                    bounds.append(rows)
             elif node.op_type in _PASS_THROUGH:
                 frontier.extend(node.outputs)
     return min(bounds) if bounds else None
@@ -805,10 +828,8 @@ def _index_bound(value: ir.Value) -> int | None:
 def _speech_features(
     model: ir.Model, model_path, dim: int, rows: int, frames: int | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """``rows`` rows of real features (4.0 s, 2.3 s, 4.0 s...), cut or padded to ``frames`` when the model fixes them."""
-    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
-    from svsurgery.parity.waveforms import speech_like
-
+    """``rows`` rows of real features (4.0 s, 2.3 s, 4.0 s...), cut or padded to ``frames`` when the model
+    fixes them."""
     fbank, lfr, cmvn, settings = _shipped_frontend(model, model_path, dim)
     if fbank is None:
         stack = dim // _FBANK_BINS
@@ -838,8 +859,6 @@ def _speech_features(
 
 def _shipped_frontend(model: ir.Model, model_path, dim: int):
     """(fbank, lfr, cmvn, description) the model was shipped with, when they make ``dim`` features."""
-    from svsurgery.frontend.config import discover
-
     for use_cmvn in (True, False):
         try:
             found = discover(model, model_path, use_cmvn=use_cmvn)
@@ -880,28 +899,29 @@ def check_feeds(arrays: Mapping[str, np.ndarray], model: ir.Model, label: str) -
     feeds = {}
     symbolic: dict[str, tuple[int, str, int]] = {}  # dimension name -> (size, input, axis) first seen
     for value in model.graph.inputs:
-        if value.name in initializer_names and value.name not in arrays:
+        name = value_name(value)
+        if name in initializer_names and name not in arrays:
             continue
-        if value.name not in arrays:
+        if name not in arrays:
             raise BadInputError(
                 f"{label}: has no array for model input '{value.name}' (it has: {', '.join(sorted(arrays))})"
             )
-        array = np.asarray(arrays[value.name])
+        array = np.asarray(arrays[name])
         if value.shape is not None:
             if array.ndim != len(value.shape):
                 raise BadInputError(
                     f"{label}: '{value.name}' has rank {array.ndim} (shape {list(array.shape)}), "
-                    f"the model expects rank {len(value.shape)} ({_shape_text(value)})"
+                    f"the model expects rank {len(value.shape)} ({_shape_text(value.shape)})"
                 )
             for axis, (dim, size) in enumerate(zip(value.shape, array.shape)):
                 if isinstance(dim, int):
                     if dim != size:
                         raise BadInputError(
                             f"{label}: '{value.name}' has {size} along axis {axis} (shape {list(array.shape)}), "
-                            f"the model fixes it to {dim} ({_shape_text(value)})"
+                            f"the model fixes it to {dim} ({_shape_text(value.shape)})"
                         )
                 elif dim.value is not None:
-                    seen = symbolic.setdefault(dim.value, (size, value.name, axis))
+                    seen = symbolic.setdefault(dim.value, (size, name, axis))
                     if seen[0] != size:
                         raise BadInputError(
                             f"{label}: '{value.name}' has {size} along axis {axis} but '{seen[1]}' has {seen[0]} along "
@@ -919,13 +939,12 @@ def check_feeds(arrays: Mapping[str, np.ndarray], model: ir.Model, label: str) -
                     f"{label}: '{value.name}' holds ids {int(array.min())}..{int(array.max())}, but it indexes a table "
                     f"of {bound} rows (valid: 0..{bound - 1})"
                 )
-        feeds[value.name] = array
+        feeds[name] = array
     return feeds
 
 
-def _shape_text(value: ir.Value) -> str:
+def _shape_text(shape: ir.Shape) -> str:
     dims = [
-        "?" if not isinstance(d, int) and d.value is None else str(d if isinstance(d, int) else d.value)
-        for d in value.shape
+        "?" if not isinstance(d, int) and d.value is None else str(d if isinstance(d, int) else d.value) for d in shape
     ]
     return f"[{', '.join(dims)}]"

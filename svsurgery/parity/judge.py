@@ -17,14 +17,11 @@ pass that lowers it below the required headroom is rolled back however its parit
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from svsurgery.parity.headroom import PROFILE_CAP, Headroom, compare, format_headroom
 from svsurgery.parity.metrics import OutputParity, ParityResult, Tolerance
-
-if TYPE_CHECKING:
-    from svsurgery.parity.headroom import Headroom
 
 __all__ = [
     "HEADROOM_MARGIN",
@@ -117,7 +114,10 @@ def judge_improvement(before: ParityResult, after: ParityResult, margin: Margin 
         if old is None or output.problem:
             continue
         if output.nan_count + output.inf_count < old.nan_count + old.inf_count:
-            better = f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count} -> {output.nan_count + output.inf_count}"
+            better = (
+                f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count}"
+                f" -> {output.nan_count + output.inf_count}"
+            )
             return better, f"improves {better}"
         if output.exact:
             if output.max_abs < old.max_abs:
@@ -135,7 +135,8 @@ def judge_improvement(before: ParityResult, after: ParityResult, margin: Margin 
             better = f"{output.name}: cosine {old.cosine:.8f} -> {output.cosine:.8f}"
             return better, f"improves {better}"
         unmoved.append(
-            f"{output.name}: max abs {old.max_abs:.3g} -> {output.max_abs:.3g} (a drop of more than {needed:.2g} counts), "
+            f"{output.name}: max abs {old.max_abs:.3g} -> {output.max_abs:.3g}"
+            f" (a drop of more than {needed:.2g} counts), "
             f"cosine {old.cosine:.8f} -> {output.cosine:.8f} (a rise of more than {margin.cosine:g} counts)"
         )
     return (
@@ -155,7 +156,10 @@ def within_by_cosine_and_argmax(before: ParityResult, after: ParityResult, toler
         if output.problem:
             return f"{output.name}: {output.problem}"
         if old is not None and output.nan_count + output.inf_count > old.nan_count + old.inf_count:
-            return f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count} -> {output.nan_count + output.inf_count}"
+            return (
+                f"{output.name}: NaN/Inf values {old.nan_count + old.inf_count}"
+                f" -> {output.nan_count + output.inf_count}"
+            )
         if output.exact:
             if output.max_abs != 0:
                 return f"{output.name}: integer values differ"
@@ -164,7 +168,10 @@ def within_by_cosine_and_argmax(before: ParityResult, after: ParityResult, toler
             return f"{output.name}: cosine {output.cosine:.7f} < {tolerance.min_cosine}"
         if tolerance.min_argmax_agreement is not None and output.argmax_agreement is not None:
             if not output.argmax_agreement >= tolerance.min_argmax_agreement:
-                return f"{output.name}: argmax agreement {output.argmax_agreement:.4%} < {tolerance.min_argmax_agreement:.4%}"
+                return (
+                    f"{output.name}: argmax agreement {output.argmax_agreement:.4%}"
+                    f" < {tolerance.min_argmax_agreement:.4%}"
+                )
     return None
 
 
@@ -184,8 +191,6 @@ def judge_headroom(
     more than the margin to below ``required`` (1000x to 500x costs nothing that matters).
     Neither: headroom did not move, or rose while parity left the tolerance; parity decides.
     """
-    from svsurgery.parity.headroom import PROFILE_CAP, compare, format_headroom
-
     direction, old, new = compare(headroom_before, headroom_after, HEADROOM_MARGIN)
     if direction > 0:
         if within_by_cosine_and_argmax(before, after, tolerance) is not None:
@@ -196,7 +201,10 @@ def judge_headroom(
                 moved += f" (was {headroom_before.site.describe()})"
         else:
             to = f"to {format_headroom(new)}" if new < PROFILE_CAP else f"to beyond {PROFILE_CAP:g}x (or into float32)"
-            moved = f"raises headroom where it was {format_headroom(old)} {to} (the model's minimum: {format_headroom(headroom_after.headroom)})"
+            moved = (
+                f"raises headroom where it was {format_headroom(old)} {to}"
+                f" (the model's minimum: {format_headroom(headroom_after.headroom)})"
+            )
         summary = after.summary()
         argmax = "" if summary["min_argmax"] is None else f", argmax {summary['min_argmax']:.4%}"
         return (
@@ -207,6 +215,7 @@ def judge_headroom(
         where = f"; now {headroom_after.site.describe()}" if headroom_after.site else ""
         return (
             None,
-            f"lowers headroom where it was {format_headroom(old)} to {format_headroom(new)}, below the {required:g}x required{where}",
+            f"lowers headroom where it was {format_headroom(old)} to {format_headroom(new)},"
+            f" below the {required:g}x required{where}",
         )
     return None, None

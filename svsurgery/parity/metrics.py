@@ -19,8 +19,11 @@ import dataclasses
 import math
 import re
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import numpy as np
+
+from svsurgery.errors import BadInputError
 
 __all__ = [
     "PROFILES",
@@ -57,7 +60,7 @@ class Tolerance:
             bounds.append(self.max_rel * np.maximum(np.abs(reference), self.rel_floor * scale))
         if not bounds:
             return 0.0
-        return bounds[0] if len(bounds) == 1 else np.minimum(*bounds)
+        return bounds[0] if len(bounds) == 1 else np.minimum(bounds[0], bounds[1])
 
 
 PROFILES: dict[str, Tolerance] = {
@@ -81,11 +84,9 @@ PROFILES: dict[str, Tolerance] = {
 
 def tolerance(name: str, **overrides: float | None) -> Tolerance:
     """A profile by name, with any bound overridden (None values leave the profile's)."""
-    from svsurgery.errors import BadInputError
-
     if name not in PROFILES:
         raise BadInputError(f"tolerance profile {name!r}: expected one of {', '.join(PROFILES)}")
-    changes = {key: value for key, value in overrides.items() if value is not None}
+    changes: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
     return dataclasses.replace(PROFILES[name], **changes) if changes else PROFILES[name]
 
 

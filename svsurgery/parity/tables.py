@@ -7,6 +7,10 @@ failed go below the table, one line each, instead of into a cell.
 
 from __future__ import annotations
 
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
 from svsurgery.parity.metrics import OutputParity, ParityResult
 
 __all__ = ["agreement", "error", "failure_lines", "parity_table"]
@@ -27,10 +31,6 @@ def agreement(output: OutputParity) -> str:
 
 def parity_table(result: ParityResult, title: str | None = None):
     """One row per output: max abs, max rel, cosine, argmax (ties), token error rate, NaN/Inf, ok."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
     table = Table(box=box.SIMPLE_HEAD, title=title, pad_edge=False)
     table.add_column("output", overflow="fold", ratio=1)
     for column in ("max abs", "max rel", "cosine", "argmax", "TER", "NaN/Inf", "ok"):

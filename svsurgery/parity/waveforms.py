@@ -79,7 +79,7 @@ _WHISPER_N_FFT = 400
 _WHISPER_HOP = 160
 
 
-def _slaney_mel(hz: np.ndarray) -> np.ndarray:
+def _slaney_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     mel = hz / (200.0 / 3)
