@@ -41,7 +41,7 @@ __all__ = [
 class CommandParser(argparse.ArgumentParser):
     """argparse, with usage errors as one line on stderr (exit 2) and no usage block."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         sys.exit(EXIT_BAD_INPUT)
 
@@ -163,6 +163,7 @@ class OutputArgs:
         if args.output:
             path = Path(args.output)
         else:
+            assert source is not None, "an output with a default name is declared with the input it is named after"
             source = Path(source)
             path = source.with_name(f"{source.stem}.{self.default_suffix}.onnx")
         return files(args).write(path, self.what, may_replace_input=bool(getattr(args, "in_place", False)))

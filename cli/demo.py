@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
         )
         logits = outputs["ctc_logits"]
         console().print(
-            f"ran {fused_path.name} on {waveform.size / 16000:.1f} s of built-in waveform: ctc_logits {list(logits.shape)}, "
-            f"encoder_out_lens {outputs['encoder_out_lens'].tolist()}; first tokens {logits[0].argmax(-1)[:12].tolist()}",
+            f"ran {fused_path.name} on {waveform.size / 16000:.1f} s of built-in waveform: "
+            f"ctc_logits {list(logits.shape)}, encoder_out_lens {outputs['encoder_out_lens'].tolist()}; "
+            f"first tokens {logits[0].argmax(-1)[:12].tolist()}",
             markup=False,
         )
         if args.out_dir:

@@ -13,7 +13,10 @@ from svsurgery.parity.metrics import PROFILES
 def register(verbs) -> None:
     parser = verbs.add_parser(
         "diff",
-        help="compare layer by layer with PyTorch (or another ONNX model) and name the first value that introduces a divergence",
+        help=(
+            "compare layer by layer with PyTorch (or another ONNX model) and name the first value that "
+            "introduces a divergence"
+        ),
         description="Run MODEL with every intermediate value exposed and the reference on identical inputs, "
         "map values to torch submodules (legacy exporter node names, dynamo name scopes) or to the same-named "
         "values of REFERENCE.onnx and compare each pair in topological order. Each value's own nodes are also "
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 module = TorchArgs.parse(args)
                 report = diff(module, model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress)
             else:
+                assert reference_model is not None, "checked above: a reference model or --torch, not both"
                 report = diff_models(
                     model, reference_model, inputs.feeds, tolerance=chosen, chunk=args.chunk, progress=progress
                 )

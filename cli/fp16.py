@@ -35,7 +35,10 @@ def register(verbs) -> None:
         type=bounded_float(0, what="an input scale"),
         default=DEFAULT_MIN_HEADROOM,
         metavar="X",
-        help="refuse a result that overflows when its inputs are scaled by less than X (default: %(default)gx; 0: report only)",
+        help=(
+            "refuse a result that overflows when its inputs are scaled by less than X (default: "
+            "%(default)gx; 0: report only)"
+        ),
     )
     parser.set_defaults(run=run)
 

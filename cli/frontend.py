@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     )
     path = save(model, output)
     plan.written(path)
-    dim = model.graph.outputs[0].shape[2]
+    features_shape = model.graph.outputs[0].shape
+    assert features_shape is not None, "build() gives the features output its shape"
+    dim = features_shape[2]
     console().print(
         f"wrote {path}: preset {args.preset}, LFR {lfr.m},{lfr.n}, "
         f"CMVN {cmvn.source if cmvn else 'none'}, features [batch, frames, {dim}], opset {args.opset}",

@@ -27,7 +27,7 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
-    from svsurgery.model_io import load
+    from svsurgery.model_io import load, value_names
     from svsurgery.parity import references
     from svsurgery.parity.inputs import runs_on
 
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = InputsArgs.parse(args, model, args.model)
     module = TorchArgs.parse(args)
     if module is not None:
-        reference = references.TorchReference(
-            module, [o.name for o in model.graph.outputs], [i.name for i in model.graph.inputs]
+        reference: references.Reference = references.TorchReference(
+            module, value_names(model.graph.outputs), value_names(model.graph.inputs)
         )
     elif args.fp64:
         reference = references.Float64Reference(model)

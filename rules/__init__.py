@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from rich.markup import escape
+from rich.table import Table
+
 from svsurgery.errors import BadInputError
 from svsurgery.report import Report, dumps
 from svsurgery.rules import casts, gelu, instance_norm, layer_norm, lossy_casts, masks, positional, rms_norm, softmax
@@ -61,9 +64,6 @@ class CatalogReport(Report):
         return dumps([f.describe() for f in self.families], indent=indent)
 
     def render(self, console) -> None:
-        from rich.markup import escape
-        from rich.table import Table
-
         table = Table(title="svsurgery rule catalog (applied in this order)", show_lines=True)
         for column in ("id", "what it does", "fixes", "safe when", "kept when"):
             table.add_column(column, overflow="fold")

@@ -66,7 +66,7 @@ def matchers(
 ) -> list[pattern.Pattern]:
     """The instances' patterns as matchers for :func:`find_matches`: with their checks (or
     without: ``checked=False``), in every operand order of commutative ops (``commute``)."""
-    rules = []
+    rules: list[pattern.Pattern] = []
     for instance in instances:
         check = instance.check if checked else None
         rule = pattern.RewriteRule(instance.pattern, _nothing, check, name=instance.name)

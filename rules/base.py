@@ -126,14 +126,14 @@ def apply_rewrite_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *
             producer = value.producer()
             if producer is not None and producer.graph is not None:  # a function's nodes live in its .graph
                 producer.graph.remove(producer, safe=True)
-            elif isinstance(graph, ir.Graph) and graph.initializers.get(value.name) is value:
+            elif isinstance(graph, ir.Graph) and value.name is not None and graph.initializers.get(value.name) is value:
                 graph.initializers.pop(value.name)
     return count
 
 
 def _live_constants(model: ir.Model) -> list[tuple[ir.Graph | ir.Function, ir.Value]]:
     """(graph, value) of every read Constant-node output and initializer."""
-    live = []
+    live: list[tuple[ir.Graph | ir.Function, ir.Value]] = []
     for graph in all_graphs(model):
         if isinstance(graph, ir.Graph):
             live.extend((graph, v) for v in graph.initializers.values() if v.uses())
@@ -199,7 +199,7 @@ def from_patch(id: str, function: Callable[[ir.Model], object], *, title: str | 
 def graph_fingerprint(model: ir.Model) -> tuple:
     """A cheap structural summary (nodes, names, wiring, attributes, initializer identities,
     opsets, metadata) that changes whenever a patch edits the model."""
-    items = []
+    items: list[tuple] = []
     for graph in all_graphs(model):
         for node in graph:
             attributes = tuple(
@@ -262,7 +262,10 @@ def _name_of(item: object, index: int) -> str:
 
 def as_family(item: object, id: str) -> RuleFamily:
     """A RuleFamily from any kind of rule: a RuleFamily, RewriteRule(Set), rule class, pass or patch callable."""
-    return _as_family(item, id, explicit=True)
+    family = _as_family(item, id, explicit=True)
+    if family is None:  # explicit: only an abstract rule class is neither taken nor refused there
+        raise BadInputError(f"rule {item!r} is an abstract rule class: it has no pattern or rewrite to apply")
+    return family
 
 
 def _as_family(item: object, id: str, explicit: bool) -> RuleFamily | None:

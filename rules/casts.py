@@ -48,6 +48,7 @@ def removable_cast(node: ir.Node) -> bool:
     output, source = node.outputs[0], node.inputs[0]
     if not output.is_graph_output():
         return True
+    assert source is not None, "callers pass Casts whose input is present"
     return not (
         source.is_graph_input() or source.is_initializer() or source.is_graph_output() or source.graph is not node.graph
     )
@@ -102,14 +103,16 @@ class CastChainCollapsePass(ir.passes.InPlacePass):
         if _cast_target(second) is None or second.inputs[0] is None:
             return False
         first = second.inputs[0].producer()
-        if first is None or _cast_target(first) is None or first.inputs[0] is None:
+        middle = _cast_target(first) if first is not None else None
+        if first is None or middle is None or first.inputs[0] is None:
             return False
         source = first.inputs[0]
-        if source.dtype is None or not is_lossless(source.dtype, _cast_target(first)):
+        if source.dtype is None or not is_lossless(source.dtype, middle):
             return False
         self.collapsed.append(f"{first.name} -> {second.name}")
         second.replace_input_with(0, source)
         if not first.outputs[0].uses() and not first.outputs[0].is_graph_output():
+            assert first.graph is not None, "first produces the input of a node in a graph"
             first.graph.remove(first, safe=True)
         if source.dtype == _cast_target(second) and removable_cast(second):
             patch.bypass(model, second)
@@ -144,9 +147,10 @@ def lossy_round_trips(model: ir.Model) -> Iterator[tuple[ir.Node, ir.Node, Lossy
             if back is None or second.inputs[0] is None:
                 continue
             first = second.inputs[0].producer()
-            if first is None or _cast_target(first) is None or first.inputs[0] is None:
+            middle = _cast_target(first) if first is not None else None
+            if first is None or middle is None or first.inputs[0] is None:
                 continue
-            source, middle = first.inputs[0].dtype, _cast_target(first)
+            source = first.inputs[0].dtype
             if source is not None and source == back and not is_lossless(source, middle):
                 yield first, second, LossyRoundTrip(first.name or "", second.name or "", source, middle)
 

@@ -48,18 +48,25 @@ class _ToGelu:
         return gelu
 
 
-class ErfGeluToGelu(_ToGelu, GeluErfFusion):
+# _ToGelu.check names the bindings onnxscript passes (check(context, **bindings)); PatternBase's
+# signature (op, *args, **kwargs) admits no named ones
+class ErfGeluToGelu(_ToGelu, GeluErfFusion):  # type: ignore[misc]
     """onnxscript's ``x * (erf(x / sqrt 2) + 1) * 0.5`` -> Gelu(x), in float32."""
 
 
-class TanhGeluToGelu(_ToGelu, GeluTanhFusion):
+# _ToGelu.check names the bindings onnxscript passes (check(context, **bindings)); PatternBase's
+# signature (op, *args, **kwargs) admits no named ones
+class TanhGeluToGelu(_ToGelu, GeluTanhFusion):  # type: ignore[misc]
     """onnxscript's tanh-approximation chain -> Gelu(x, approximate="tanh"), in float32."""
 
     approximate = "tanh"
 
 
-class _ErfGeluForm(_ToGelu, pattern.RewriteRuleClassBase):
-    """onnxscript's ``erfgelu`` pattern functions (``0.5 * (x * (erf + 1))``, ``x * (0.5 * (erf + 1))``) as a rule class."""
+# _ToGelu.check names the bindings onnxscript passes (check(context, **bindings)); PatternBase's
+# signature (op, *args, **kwargs) admits no named ones
+class _ErfGeluForm(_ToGelu, pattern.RewriteRuleClassBase):  # type: ignore[misc]
+    """onnxscript's ``erfgelu`` pattern functions (``0.5 * (x * (erf + 1))``, ``x * (0.5 * (erf + 1))``)
+    as a rule class."""
 
     def __init__(self, form) -> None:
         super().__init__(f"ErfGelu[{form.__name__}]")
@@ -116,7 +123,10 @@ FAMILY = RuleFamily(
         "float16 rounds every step of a decomposed GELU: erf + 1 cancels for negative inputs, x * (erf + 1) "
         "overflows at half of float16's range, x^3 of the tanh form beyond |x| = 40"
     ),
-    safe_when="float16 models; the chain's own math, computed in float32 and rounded once; kept when parity improves or headroom rises",
+    safe_when=(
+        "float16 models; the chain's own math, computed in float32 and rounded once; kept when parity "
+        "improves or headroom rises"
+    ),
     references=(
         "ONNX Gelu (opset 20): https://onnx.ai/onnx/operators/onnx__Gelu.html",
         "onnxscript rewriter GeluErfFusion / GeluTanhFusion / erfgelu patterns (onnxscript/rewriter/ort_fusions)",

@@ -32,7 +32,7 @@ import dataclasses
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter import MatchResult, pattern
 
 from svsurgery import patch
 from svsurgery.errors import BadInputError
@@ -70,7 +70,8 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
             return op.Mul(deviation, op.Reciprocal(std))
         return op.Mul(op.Reciprocal(std), deviation)
 
-    def check(self, context, x, exponent, epsilon, mean, variance, **_) -> pattern.MatchResult:
+    # onnxscript calls check(context, **bindings); the base's (op, *args, **kwargs) admits no named bindings
+    def check(self, context, x, exponent, epsilon, mean, variance, **_) -> MatchResult:  # type: ignore[override]
         result = pattern.MatchResult()
         if x.dtype not in _NORMALIZABLE:
             return result.fail("the input's element type is unknown or not floating point (run shape inference)", x)
@@ -111,7 +112,7 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         self._epsilon = eps
         return self.extra_check(context, x, result)
 
-    def extra_check(self, context, x, result: pattern.MatchResult) -> pattern.MatchResult:
+    def extra_check(self, context, x, result: MatchResult) -> MatchResult:
         return result
 
 
@@ -148,7 +149,7 @@ class _AffineAbsorption(pattern.RewriteRuleClassBase):
     them (an export's own LayerNormalization is left as it was), and the operand must be a
     constant of the normalised size or a value of exactly the normalised shape."""
 
-    def _check_operand(self, x, operand, normalized) -> pattern.MatchResult:
+    def _check_operand(self, x, operand, normalized) -> MatchResult:
         result = pattern.MatchResult()
         node = normalized.producer()
         if not (node.name or "").startswith(_PREFIX):
@@ -174,7 +175,8 @@ class ScaleAbsorption(_AffineAbsorption):
     def pattern(self, op, x, ones, operand):
         return op.Mul(op.LayerNormalization(x, ones, _allow_other_attributes=True, _outputs=["normalized"]), operand)
 
-    def check(self, context, x, ones, operand, normalized, **_) -> pattern.MatchResult:
+    # onnxscript calls check(context, **bindings); the base's (op, *args, **kwargs) admits no named bindings
+    def check(self, context, x, ones, operand, normalized, **_) -> MatchResult:  # type: ignore[override]
         result = self._check_operand(x, operand, normalized)
         if result and not _all_equal(ones, 1.0):
             return result.fail("the LayerNormalization already has a scale", ones)
@@ -192,7 +194,8 @@ class BiasAbsorption(_AffineAbsorption):
     def pattern(self, op, x, scale, operand):
         return op.Add(op.LayerNormalization(x, scale, _allow_other_attributes=True, _outputs=["normalized"]), operand)
 
-    def check(self, context, x, scale, operand, normalized, **_) -> pattern.MatchResult:
+    # onnxscript calls check(context, **bindings); the base's (op, *args, **kwargs) admits no named bindings
+    def check(self, context, x, scale, operand, normalized, **_) -> MatchResult:  # type: ignore[override]
         return self._check_operand(x, operand, normalized)
 
     def rewrite(self, op, x, scale, operand, normalized, **_):
@@ -274,7 +277,7 @@ def _all_equal(value: ir.Value, number: float) -> bool:
     return tensor is not None and bool(np.all(tensor.numpy() == number))
 
 
-def _as_normalized_tensor(value: ir.Value, shape) -> ir.Tensor | None:
+def _as_normalized_tensor(value: ir.Value, shape) -> ir.TensorProtocol | None:
     """A constant operand reshaped (or broadcast, for scalars) to the normalised shape."""
     tensor = ir.convenience.get_const_tensor(value)
     if tensor is None or shape is None or not all(isinstance(d, int) for d in shape):
@@ -404,7 +407,10 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     if opset >= _LAYER_NORM_OPSET:
         return Applied(_fuse(model))
     count = _rewrite(model, FLOAT32_RULES)
-    note = f"kept the decomposed form (opset {opset} < {_LAYER_NORM_OPSET}: {reason}); {count} float16 chains now compute in float32"
+    note = (
+        f"kept the decomposed form (opset {opset} < {_LAYER_NORM_OPSET}: {reason}); "
+        f"{count} float16 chains now compute in float32"
+    )
     return Applied(count, notes=[note])
 
 

@@ -96,6 +96,7 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
     found = mask_constants(model, precision)
     for value, fill in found:
         tensor = _constant_tensor(value)
+        assert tensor is not None, "mask_constants found only values with a constant tensor"
         replacement = ir.tensor(np.full(tensor.shape.numpy(), lowest, dtype=tensor.dtype.numpy()), name=tensor.name)
         producer = value.producer()
         if producer is not None and producer.op_type == "Constant":

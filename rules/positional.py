@@ -94,7 +94,9 @@ FAMILY = RuleFamily(
     id="positional-fp32",
     title="run-time sinusoidal positional encodings (Range -> Mul -> Sin/Cos) in float32, cast once",
     fixes="float16 rounds position x inv_timescale before Sin/Cos: errors of 0.05 at T = 200, 0.24 at T = 1000",
-    safe_when="Sin/Cos whose input comes only from shapes and constants; float16 models; kept only when parity improves",
+    safe_when=(
+        "Sin/Cos whose input comes only from shapes and constants; float16 models; kept only when parity improves"
+    ),
     references=("FunASR SinusoidalPositionEncoder",),
     apply=_apply,
     acceptance="improves",

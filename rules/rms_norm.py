@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter import MatchResult, pattern
 
 # a private module: onnxscript exports its ONNX-domain RMSNormalization rule nowhere else (its own
 # onnx_fusions imports it from here); only this module depends on the path
@@ -46,7 +46,8 @@ class RmsNormalizationFusion(RmsNormFusion):
     """onnxscript's shipped rule (``x * Reciprocal(Sqrt(mean(x^2) + eps)) * scale``), refused below
     opset 23 and writing a named node."""
 
-    def check(self, context, x, scale, epsilon, compute_dtype, target_dtype, **_) -> pattern.MatchResult:
+    # onnxscript calls check(context, **bindings); the base's (op, *args, **kwargs) admits no named bindings
+    def check(self, context, x, scale, epsilon, compute_dtype, target_dtype, **_) -> MatchResult:  # type: ignore[override]
         if (ai_onnx_opset(context.model) or 0) < _RMS_NORMALIZATION_OPSET:
             return pattern.MatchResult().fail(f"RMSNormalization needs ai.onnx opset {_RMS_NORMALIZATION_OPSET}", x)
         self._scope = _scope(context.root)
@@ -95,7 +96,8 @@ class DecomposedRmsNorm(pattern.PatternBase):
             return op.Mul(x, op.Reciprocal(rms))
         return op.Mul(op.Reciprocal(rms), x)
 
-    def check(self, context, x, exponent, epsilon, mean_square, **_) -> pattern.MatchResult:
+    # onnxscript calls check(context, **bindings); the base's (op, *args, **kwargs) admits no named bindings
+    def check(self, context, x, exponent, epsilon, mean_square, **_) -> MatchResult:  # type: ignore[override]
         result = pattern.MatchResult()
         node = mean_square.producer()
         if node.attributes.get_int("keepdims", 1) != 1:
@@ -135,13 +137,14 @@ def _reduced_axes(node: ir.Node, rank: int | None) -> list[int] | None:
         axes = [int(a) for a in np.asarray(tensor.numpy()).reshape(-1)]
     else:
         return None
-    if rank is None and any(a >= 0 for a in axes):
-        return None
+    if rank is None:
+        return None if any(a >= 0 for a in axes) else sorted(axes)
     return sorted(a - rank if a >= 0 else a for a in axes)
 
 
 def _scope(node: ir.Node) -> str:
     name = node.name or node.outputs[0].name
+    assert name is not None, "a node in a graph has its outputs named"
     scope = name.rsplit("/", 1)[0] if "/" in name else name
     return scope if scope.startswith("/") else "/" + scope
 
@@ -189,18 +192,22 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
             marked += 1
         if marked:
             notes.append(
-                f"{marked} RMSNorm cores compute in float32 (opset {ai_onnx_opset(model)} has no RMSNormalization, or no scale followed)"
+                f"{marked} RMSNorm cores compute in float32 (opset {ai_onnx_opset(model)} has no "
+                "RMSNormalization, or no scale followed)"
             )
     elif not fused:
         notes.append(
-            f"opset {ai_onnx_opset(model)} < {_RMS_NORMALIZATION_OPSET}: no RMSNormalization; the model computes in float32"
+            f"opset {ai_onnx_opset(model)} < {_RMS_NORMALIZATION_OPSET}: no RMSNormalization; the "
+            "model computes in float32"
         )
     return Applied(fused + marked, notes=notes)
 
 
 FAMILY = RuleFamily(
     id="rms-norm",
-    title="fuse decomposed RMSNorm into RMSNormalization (opset >= 23), else its statistics in float32 in float16 models",
+    title=(
+        "fuse decomposed RMSNorm into RMSNormalization (opset >= 23), else its statistics in float32 in float16 models"
+    ),
     fixes="in float16 the square of a decomposed RMSNorm overflows beyond |x| = 256 and the row collapses to zero",
     safe_when=(
         "the mean square is over the last axis with keepdims, epsilon and the exponent (2) constant; "

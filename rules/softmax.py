@@ -47,7 +47,8 @@ _PREFIX = "svs/rule/softmax-fp32"
 def score_path(softmax: ir.Node) -> list[ir.Node]:
     """The nodes between the scores' MatMul and the Softmax (scale, mask, shape ops), nearest
     first; empty when the input does not come from a MatMul within a few ops."""
-    path, current = [], softmax.inputs[0]
+    path: list[ir.Node] = []
+    current = softmax.inputs[0]
     for _ in range(_MAX_DEPTH):
         node = current.producer() if current is not None else None
         if node is None:

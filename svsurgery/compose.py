@@ -14,7 +14,11 @@ import dataclasses
 import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
+from svsurgery.frontend._ops import GraphOps
 from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFORM_LENGTHS
+from svsurgery.model_io import value_names
+from svsurgery.vad.build import SEGMENTS
+from svsurgery.vad.loop_state import LoopState
 
 __all__ = ["FEATURE_INPUT_NAMES", "LENGTH_INPUT_NAMES", "EncoderInputs", "find_encoder_inputs", "prepend_frontend"]
 
@@ -65,7 +69,10 @@ class EncoderInputs:
 
     @property
     def length_dtype(self) -> ir.DataType:
-        return self.lengths.dtype if self.lengths is not None else ir.DataType.INT64
+        if self.lengths is None:
+            return ir.DataType.INT64
+        assert self.lengths.dtype is not None, "find_encoder_inputs takes only int32/int64 lengths"
+        return self.lengths.dtype
 
 
 def _describe(value: ir.Value) -> str:
@@ -98,7 +105,7 @@ def find_encoder_inputs(
         else:
             raise BadInputError(
                 "several float [B, T, D] inputs could take the features ("
-                + ", ".join(v.name for v in candidates)
+                + ", ".join(value_names(candidates))
                 + "); choose one with --feature-input"
             )
     if features.dtype not in _FLOATS or features.shape is None or len(features.shape) != 3:
@@ -113,7 +120,7 @@ def find_encoder_inputs(
     else:
         candidates = [v for v in inputs.values() if v.dtype in _INTEGERS and v.shape is not None and len(v.shape) == 1]
         named = [v for name in LENGTH_INPUT_NAMES for v in candidates if v.name == name]
-        named = named or [v for v in candidates if "len" in v.name.lower()]
+        named = named or [v for v, name in zip(candidates, value_names(candidates)) if "len" in name.lower()]
         if named:
             lengths = named[0]
             hows.append(f"lengths: '{lengths.name}' (by name)")
@@ -137,7 +144,8 @@ def prepend_frontend(
     graph, source = encoder.graph, frontend.graph
     if encoder.opset_imports.get("", None) != frontend.opset_imports.get(""):
         raise BadInputError(
-            f"front end opset {frontend.opset_imports.get('')} differs from the encoder's {encoder.opset_imports.get('')}"
+            f"front end opset {frontend.opset_imports.get('')} differs from the encoder's "
+            f"{encoder.opset_imports.get('')}"
         )
     remaining = [v for v in graph.inputs if v is not binding.features and v is not binding.lengths]
     clash = [v.name for v in remaining if v.name in (WAVEFORM, WAVEFORM_LENGTHS)]
@@ -145,8 +153,6 @@ def prepend_frontend(
         raise BadInputError(f"the encoder already has an input named '{clash[0]}'; the fused model needs that name")
     waveform, waveform_lengths = source.inputs
     features, lengths, *extras = source.outputs  # a VAD front end's segments [K, 2], the entry's report
-    from svsurgery.vad.build import SEGMENTS
-
     segments = next((v for v in extras if v.name == SEGMENTS), None)
     extras = [v for v in extras if v is not segments]
     _rename_clashes(encoder, frontend, keep=(binding.features.name, binding.lengths.name if binding.lengths else None))
@@ -155,8 +161,8 @@ def prepend_frontend(
     nodes = list(source)
     source.remove(nodes)
     initializers = list(source.initializers.values())
-    for value in initializers:
-        source.initializers.pop(value.name)
+    for name in list(source.initializers):
+        source.initializers.pop(name)
     source.inputs.clear()
     source.outputs.clear()
     for value in initializers:
@@ -187,8 +193,7 @@ def prepend_frontend(
             lengths.name = binding.lengths.name
     graph.outputs.extend(extras)  # what the entry did to the waveform, last
     encoder.ir_version = max(encoder.ir_version, frontend.ir_version)
-    for key, value in frontend.metadata_props.items():
-        encoder.metadata_props[key] = value
+    encoder.metadata_props.update(frontend.metadata_props)
     return encoder
 
 
@@ -219,12 +224,13 @@ def _encoder_per_row(
     segment the encoder still runs once on an empty row (encoders rarely accept a batch of
     0: SenseVoice gives its query frames) and the outputs are cut back to K = 0 rows.
     """
-    from svsurgery.frontend._ops import GraphOps
-    from svsurgery.vad.loop_state import LoopState
-
+    shapes: dict[int, ir.Shape] = {}  # id(output) -> its shape, known for every output
     for output in outputs:
         if output.shape is None:
             raise BadInputError(f"encoder output '{output.name}' has no known rank; the per-segment encoder needs one")
+        if output.dtype is None:
+            raise BadInputError(f"encoder output '{output.name}' has no known type; the per-segment encoder needs one")
+        shapes[id(output)] = output.shape
     for value in others:  # given once, for the one recording
         if value.shape is not None and len(value.shape) >= 1 and not isinstance(value.shape[0], int):
             value.shape = ir.Shape([1, *list(value.shape)[1:]])
@@ -242,12 +248,14 @@ def _encoder_per_row(
     back = op.ScatterElements(position, order, position, axis=0)  # back[order[j]] = j
     back = op.Slice(back, g.i64(0), count, g.i64(0))  # the K real rows, in segment order
     one, zero = g.i64(1), g.i64(0)
-    padded = [o for o in outputs if len(o.shape) >= 2]  # rank 1 ([B]): a scalar per row, nothing to pad
+    padded = [o for o in outputs if len(shapes[id(o)]) >= 2]  # rank 1 ([B]): a scalar per row, nothing to pad
     state = LoopState(g)
     for i, o in enumerate(padded):  # the largest shape of each output so far (without the batch axis)
-        state.carry(f"size_{i}", g.i64(*([0] * (len(o.shape) - 1))), shape=(len(o.shape) - 1,))
+        state.carry(f"size_{i}", g.i64(*([0] * (len(shapes[id(o)]) - 1))), shape=(len(shapes[id(o)]) - 1,))
     for o in outputs:
-        state.scan(f"row_{o.name}", o.dtype, tuple(o.shape)[1:])
+        dtype = o.dtype
+        assert dtype is not None, "checked above"
+        state.scan(f"row_{o.name}", dtype, tuple(shapes[id(o)])[1:])
 
     def step(bop, index, now):
         graph_body = bop.builder.graph

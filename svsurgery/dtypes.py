@@ -82,6 +82,7 @@ def is_lossless(source: ir.DataType, target: ir.DataType) -> bool:
         if not dst.is_float:
             return False  # fractions, inf and NaN have no integer image
         # every float of src is exact in dst when dst has at least its significand bits and exponent range
+        assert src.digits is not None and dst.digits is not None, "float ranges have their digits"
         return (
             dst.digits >= src.digits
             and _FLOAT_EXPONENT_MAX[target] >= _FLOAT_EXPONENT_MAX[source]
@@ -90,5 +91,6 @@ def is_lossless(source: ir.DataType, target: ir.DataType) -> bool:
     if src.lowest < dst.lowest or src.highest > dst.highest:
         return False
     if dst.is_float:  # integers are exact up to 2**digits
+        assert dst.digits is not None, "float ranges have their digits"
         return max(abs(src.lowest), src.highest) <= 2**dst.digits
     return True

@@ -32,11 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from rich import box
+from rich.markup import escape
+from rich.table import Table
 
 from svsurgery import patch, rules
 from svsurgery.errors import BadInputError, CheckFailedError, SvsError
 from svsurgery.golden import versions
-from svsurgery.model_io import SOURCE_PATH_KEY, load
+from svsurgery.model_io import SOURCE_PATH_KEY, load, value_names
 from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, Headroom, format_headroom
 from svsurgery.parity.inputs import ParityInputs, check_feeds, generate_inputs, runs_on
 from svsurgery.parity.judge import Margin, judge_headroom, judge_improvement, regression
@@ -115,10 +118,6 @@ class FixReport(Report):
         return f"{self.headroom_after.describe()}: below the required {self.min_headroom:g}x (--min-headroom)"
 
     def render(self, console) -> None:
-        from rich import box
-        from rich.markup import escape
-        from rich.table import Table
-
         console.print(f"[bold]fix[/bold] {escape(self.model)}")
         console.print(f"  reference: {escape(self.reference)}")
         console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
@@ -241,8 +240,8 @@ def fix(
     if reference is None and torch_module is not None:
         reference = TorchReference(
             torch_module,
-            [o.name for o in model.graph.outputs],
-            [i.name for i in model.graph.inputs],
+            value_names(model.graph.outputs),
+            value_names(model.graph.inputs),
             by_name=isinstance(example_inputs, Mapping),
         )
     reference = reference or Float64Reference(model)
@@ -340,7 +339,7 @@ def _example_feeds(model: ir.Model, example_inputs) -> ParityInputs:
     def as_array(value):
         return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
-    names = [v.name for v in model.graph.inputs]
+    names = value_names(model.graph.inputs)
     if isinstance(example_inputs, Mapping):
         arrays = {name: as_array(value) for name, value in example_inputs.items()}
     else:
@@ -413,7 +412,7 @@ def _step(
     step.after = parity.summary()
     headroom = getattr(judge.verify, "headroom", None) if state.headroom is not None else None
     for_headroom = lowered = None
-    if headroom is not None:
+    if headroom is not None and state.headroom is not None:  # the first implies the second
         step.headroom_after = headroom.headroom
         for_headroom, lowered = judge_headroom(
             current, parity, state.headroom, headroom, judge.verify.tolerance, judge.required_headroom

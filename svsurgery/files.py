@@ -59,7 +59,7 @@ def _process_alive(pid: int) -> bool:
 
 def remove_stale_staging(target: Path) -> list[Path]:
     """Remove staging files and folders for ``target`` left by writers that no longer run."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(target.parent.iterdir())
     except OSError:
@@ -95,7 +95,7 @@ def commit_guard() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(staged_path)`` and rename the result onto ``path``; returns the absolute path.
 
     A failure (or an interrupt) before the rename leaves ``path`` as it was and no staging

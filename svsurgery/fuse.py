@@ -20,6 +20,8 @@ import os
 import numpy as np
 import onnx
 import onnx_ir as ir
+from rich.markup import escape
+from rich.table import Table
 
 from svsurgery._version import __version__
 from svsurgery.compose import EncoderInputs, find_encoder_inputs, prepend_frontend
@@ -30,12 +32,15 @@ from svsurgery.frontend._ops import MIN_OPSET
 from svsurgery.frontend.build import FEATURE_LENGTHS, FEATURES, WAVEFORM, WAVEFORM_LENGTHS, frontend_metadata
 from svsurgery.frontend.config import FrontendConfig, discover
 from svsurgery.frontend.options import LfrOptions
-from svsurgery.model_io import SOURCE_PATH_KEY, load
+from svsurgery.model_io import SOURCE_PATH_KEY, load, value_names
 from svsurgery.opset import ai_onnx_opset, convert_opset
-from svsurgery.parity.metrics import PROFILES, OutputParity, compare_outputs
+from svsurgery.parity.metrics import PROFILES, OutputParity, compare, compare_outputs
 from svsurgery.parity.waveforms import speech_like
+from svsurgery.patch import clone
 from svsurgery.report import Report, dumps
 from svsurgery.runtime import inference_session
+from svsurgery.vad import build_vad_frontend
+from svsurgery.vad import numpy_statement as vad_statement
 from svsurgery.vad.mode import VadMode
 from svsurgery.vad.options import SegmentOptions
 
@@ -66,9 +71,6 @@ class FuseReport(Report):
     passed: bool
 
     def render(self, console) -> None:
-        from rich.markup import escape
-        from rich.table import Table
-
         console.print(f"[bold]fuse-preproc[/bold] {escape(self.encoder)}")
         for setting, source in self.sources.items():
             console.print(f"  {setting}: {escape(source)}")
@@ -106,8 +108,8 @@ class FuseReport(Report):
 
 def _feeds_for_other_inputs(model: ir.Model, binding: EncoderInputs, batch: int) -> dict[str, np.ndarray]:
     """Zeros for inputs the front end does not provide (language ids, flags...), batch-sized."""
-    feeds = {}
-    for value in model.graph.inputs:
+    feeds: dict[str, np.ndarray] = {}
+    for name, value in zip(value_names(model.graph.inputs), model.graph.inputs):
         if value is binding.features or value is binding.lengths:
             continue
         if value.dtype is None or value.shape is None:
@@ -115,7 +117,7 @@ def _feeds_for_other_inputs(model: ir.Model, binding: EncoderInputs, batch: int)
                 f"encoder input '{value.name}' has no declared type or shape to fill in for verification"
             )
         shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(value.shape)]
-        feeds[value.name] = np.zeros(shape, dtype=value.dtype.numpy())
+        feeds[name] = np.zeros(shape, dtype=value.dtype.numpy())
     return feeds
 
 
@@ -166,9 +168,8 @@ def fuse_preprocessing(
     ``waveform_nonfinite``, ``waveform_clipped``, ``waveform_lengths_used`` (int64 [B]; see
     :func:`svsurgery.frontend.build.sanitize_waveform`).
     """
+    original: ir.Model | str | os.PathLike
     if isinstance(encoder, ir.Model):
-        from svsurgery.patch import clone
-
         original, model = encoder, clone(encoder)  # the references run the caller's model; the copy is fused
         encoder_path = model.meta.get(SOURCE_PATH_KEY)
         label = str(encoder_path or "the encoder (in memory)")
@@ -218,10 +219,13 @@ def fuse_preprocessing(
     waveform_lengths = np.array([r.size for r in rows], np.int64)
     others = _feeds_for_other_inputs(model, binding, len(rows))
     encoder_session = inference_session(original)
+    features_name, features_dtype = binding.features.name, binding.features.dtype
+    assert features_name is not None and features_dtype is not None, "find_encoder_inputs checked the feature input"
 
     def run_encoder(features: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {binding.features.name: features.astype(binding.features.dtype.numpy()), **others}
+        feeds = {features_name: features.astype(features_dtype.numpy()), **others}
         if binding.lengths is not None:
+            assert binding.lengths.name is not None, "a graph input has a name"
             feeds[binding.lengths.name] = lengths.astype(_NUMPY_INTEGERS[binding.length_dtype])
         names = [o.name for o in encoder_session.get_outputs()]
         return dict(zip(names, encoder_session.run(names, feeds)))
@@ -257,7 +261,9 @@ def fuse_preprocessing(
         notices=notices,
         frontend=options,
         reference_frontend=reference_name,
-        waveform=f"built-in speech-like waveform, {len(rows)} rows of {', '.join(f'{r.size / 16000:.2f} s' for r in rows)}",
+        waveform=(
+            f"built-in speech-like waveform, {len(rows)} rows of {', '.join(f'{r.size / 16000:.2f} s' for r in rows)}"
+        ),
         fused_vs_two_step=vs_two_step,
         fused_vs_reference=vs_reference,
         passed=passed,
@@ -295,9 +301,6 @@ def _fuse_with_vad(
     """The VAD fusion, verified against the same pipeline run step by step: the VAD and the
     segmentation in numpy, then each span through the front end and the encoder alone (as
     FunASR decodes each span alone), and against kaldi-native-fbank features per span."""
-    from svsurgery.vad import build_vad_frontend
-    from svsurgery.vad import numpy_statement as vad_statement
-
     waveform = vad_verification_waveform()
     vad_reference_run = vad.reference()
     found_segments, vad_reference_name = vad_reference_run.segments(waveform), vad_reference_run.description
@@ -353,7 +356,9 @@ def _fuse_with_vad(
         notices=[*notices, f"VAD segments checked against {vad_reference_name}"],
         frontend=options,
         reference_frontend=reference_name,
-        waveform=f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms",
+        waveform=(
+            f"built-in speech-like waveform of {waveform.size / 16000:.1f} s: {len(spans)} spans {spans.tolist()} ms"
+        ),
         fused_vs_two_step=vs_two_step,
         fused_vs_reference=vs_reference,
         passed=passed,
@@ -364,8 +369,6 @@ def _fuse_with_vad(
 def _per_span_parity(fused: dict, alone: list[dict], spans: np.ndarray, tolerance) -> list[OutputParity]:
     """Each output of the fused model, row by row, against the runs of each span alone (valid
     frames only: a row's own run is as long as its valid part); plus the segments themselves."""
-    from svsurgery.parity.metrics import compare
-
     results = []
     segments = fused.get("segments")
     same = segments is not None and np.array_equal(segments, spans)

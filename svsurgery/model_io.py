@@ -19,7 +19,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -46,6 +46,7 @@ __all__ = [
     "validate",
     "validate_file",
     "validate_with_proto",
+    "value_names",
 ]
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it with a margin
@@ -278,7 +279,7 @@ _OWN_DATA = re.compile(r"^(?P<name>.+?)(?:\.[0-9a-f]{8})?\.data$")
 def _is_own_data_name(target: Path, name: str) -> bool:
     """``<target>.data`` or ``<target>.<8 hex>.data``: the names :func:`save` gives data files."""
     match = _OWN_DATA.match(name)
-    return bool(match) and match["name"] == target.name
+    return match is not None and match["name"] == target.name
 
 
 def _own_data_files(target: Path) -> list[Path]:
@@ -335,7 +336,7 @@ def external_data_inlined(model: ir.Model) -> Iterator[ir.Model]:
 
 
 def _replace_external_tensors(model: ir.Model, select, permanent: bool) -> list[tuple[ir.Value, ir.TensorProtocol]]:
-    replaced = []
+    replaced: list[tuple[ir.Value, ir.TensorProtocol]] = []
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
@@ -344,6 +345,15 @@ def _replace_external_tensors(model: ir.Model, select, permanent: bool) -> list[
                 if not permanent:
                     replaced.append((value, tensor))
     return replaced
+
+
+def value_names(values: Iterable[ir.Value]) -> list[str]:
+    """The names of a graph's inputs or outputs, in order (ONNX requires every one to be named)."""
+    names = []
+    for value in values:
+        assert value.name is not None, "a graph input or output always has a name"
+        names.append(value.name)
+    return names
 
 
 def to_proto(model: ir.Model, *, inline_external_data: bool = False) -> onnx.ModelProto:

@@ -72,7 +72,11 @@ def model_precision(model: ir.Model) -> ir.DataType:
         if v.dtype is not None and v.dtype.is_floating_point()
     ]
     if sizes:
-        return max(sizes, key=sizes.get) if max(sizes, key=sizes.get) in _LOW_PRECISION else ir.DataType.FLOAT
+        return (
+            max(sizes, key=sizes.__getitem__)
+            if max(sizes, key=sizes.__getitem__) in _LOW_PRECISION
+            else ir.DataType.FLOAT
+        )
     return ir.DataType.FLOAT16 if any(t in _LOW_PRECISION for t in interface) else ir.DataType.FLOAT
 
 
@@ -104,7 +108,8 @@ class Float16Conversion:
             )
         if self.flushed:
             lines.append(
-                f"{len(self.flushed)} nonzero constants below float16's smallest value became 0: {', '.join(self.flushed[:5])}"
+                f"{len(self.flushed)} nonzero constants below float16's smallest value became 0: "
+                f"{', '.join(self.flushed[:5])}"
             )
         return lines + self.notes
 
@@ -206,14 +211,15 @@ def _retype(graph: ir.Graph, float32_nodes: set[int], keep_inputs: bool, report:
             tensor = node.attributes["value"].value
             if tensor.dtype in _FLOATS:
                 node.attributes["value"] = ir.AttrTensor(
-                    "value", ir.tensor(_narrowed(tensor.numpy(), target, node.name, report))
+                    "value", ir.tensor(_narrowed(tensor.numpy(), target, node.name or node.outputs[0].name, report))
                 )
         for value in node.outputs:
             if value.dtype in _FLOATS:
                 value.dtype = target
 
 
-def _narrowed(array: np.ndarray, dtype: ir.DataType, name: str, report: Float16Conversion) -> np.ndarray:
+def _narrowed(array: np.ndarray, dtype: ir.DataType, name: str | None, report: Float16Conversion) -> np.ndarray:
+    name = name or "(unnamed)"  # the report joins the names: an unnamed node must not make it fail
     if dtype != ir.DataType.FLOAT16:
         return array.astype(np.float32)
     if np.any(np.isfinite(array) & (np.abs(array) > _F16_MAX)):
@@ -225,7 +231,8 @@ def _narrowed(array: np.ndarray, dtype: ir.DataType, name: str, report: Float16C
     return narrow
 
 
-def _convert_constant(value: ir.Value, dtype: ir.DataType, name: str, report: Float16Conversion) -> None:
+def _convert_constant(value: ir.Value, dtype: ir.DataType, name: str | None, report: Float16Conversion) -> None:
+    assert value.const_value is not None, "called for initializers with their tensor"
     value.const_value = ir.tensor(_narrowed(value.const_value.numpy(), dtype, name, report), name=value.name)
     value.dtype = dtype
 
@@ -287,13 +294,14 @@ def _fix_borders(graph: ir.Graph, float32_nodes: set[int], opsets: dict[str, int
     return added
 
 
-def _fix_interface(graph: ir.Graph, original: dict[int, ir.DataType], keep_io_types: bool) -> int:
+def _fix_interface(graph: ir.Graph, original: dict[int, ir.DataType | None], keep_io_types: bool) -> int:
     """Outputs in the interface's type: float32 as before with ``keep_io_types``, else float16."""
     added = 0
     for index, value in enumerate(list(graph.outputs)):
-        if value.dtype not in _FLOATS or original.get(id(value)) not in _FLOATS:
+        before = original.get(id(value))
+        if value.dtype not in _FLOATS or before is None or before not in _FLOATS:
             continue
-        wanted = original[id(value)] if keep_io_types else ir.DataType.FLOAT16
+        wanted = before if keep_io_types else ir.DataType.FLOAT16
         if value.dtype == wanted:
             continue
         cast = ir.Node(

@@ -25,7 +25,7 @@ class Report:
         data = dataclasses.asdict(self)  # type: ignore[call-overload]
         passed = getattr(type(self), "passed", None)
         if isinstance(passed, property):  # a verdict derived from the figures is part of the JSON too
-            data["passed"] = self.passed
+            data["passed"] = passed.__get__(self)  # the property, read on this report
         return data
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -7,6 +7,8 @@ import dataclasses
 import os
 
 import onnx_ir as ir
+from rich.markup import escape
+from rich.table import Table
 
 from svsurgery.model_io import SOURCE_PATH_KEY, all_tensors, external_tensors
 from svsurgery.patch import all_graphs
@@ -26,9 +28,10 @@ class TensorSignature:
     @classmethod
     def of(cls, value: ir.Value) -> TensorSignature:
         dtype = value.dtype.name if value.dtype is not None else None
-        shape = None
+        shape: list[Dim] | None = None
         if value.shape is not None:
-            shape = [d if isinstance(d, int) or d.value is None else str(d.value) for d in value.shape]
+            # an unknown dim is None (it was the SymbolicDim itself: not JSON, printed as "None")
+            shape = [d if isinstance(d, int) else None if d.value is None else str(d.value) for d in value.shape]
         return cls(value.name or "", dtype, shape)
 
     def shape_text(self) -> str:
@@ -57,9 +60,6 @@ class ModelSummary(Report):
     metadata_props: dict[str, str]
 
     def render(self, console) -> None:
-        from rich.markup import escape
-        from rich.table import Table
-
         title = os.path.basename(self.path) if self.path else "model"
         producer = " ".join(filter(None, [self.producer_name, self.producer_version])) or "unknown"
         opsets = ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in self.opset_imports.items())
@@ -97,7 +97,7 @@ def summarize(model: ir.Model) -> ModelSummary:
     """The summary of ``model``; nodes are counted in every graph: bodies, functions and the bodies in those."""
     graphs = all_graphs(model)
     bodies = [graph for graph in graphs if isinstance(graph, ir.Graph)]  # the main graph and every If/Loop/Scan body
-    op_types = collections.Counter()
+    op_types: collections.Counter[str] = collections.Counter()
     for graph in graphs:
         for node in graph:
             op_types[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
@@ -123,7 +123,7 @@ def summarize(model: ir.Model) -> ModelSummary:
     )
 
 
-def _human_bytes(count: int) -> str:
+def _human_bytes(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

@@ -21,6 +21,8 @@ def import_user_module(where: str, label: str) -> ModuleType:
             raise BadInputError(f"{label}: no such file {where}")
         name = f"svsurgery_user_{path.stem}_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # not a suffix Python imports from (.py, .pyc, extensions)
+            raise BadInputError(f"{label}: {where} is not a Python module file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:

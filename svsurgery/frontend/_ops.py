@@ -19,9 +19,7 @@ MIN_OPSET = 13  # Unsqueeze/Squeeze/ReduceSum take axes as inputs from here on
 def subgraph_value(name: str, dtype: ir.DataType, shape: tuple | list | None = ()) -> ir.Value:
     """A typed input or output for ``builder.subgraph`` (Loop/If/Scan bodies): a scalar by
     default, ``[None]`` a vector of unknown length, None a tensor of any shape."""
-    from onnxscript._internal.builder import make_value
-
-    return make_value(name, ir.TypeAndShape(ir.TensorType(dtype), None if shape is None else ir.Shape(list(shape))))
+    return ir.Value(name=name, type=ir.TensorType(dtype), shape=None if shape is None else ir.Shape(list(shape)))
 
 
 class GraphOps:

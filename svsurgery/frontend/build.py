@@ -7,14 +7,16 @@ import dataclasses
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
 
 from svsurgery._version import __version__
 from svsurgery.errors import BadInputError
-from svsurgery.frontend._ops import MIN_OPSET, GraphOps
+from svsurgery.frontend._ops import MIN_OPSET, GraphOps, subgraph_value
 from svsurgery.frontend.cmvn import Cmvn, cmvn_graph
 from svsurgery.frontend.fbank import fbank_graph
 from svsurgery.frontend.lfr import lfr_graph
 from svsurgery.frontend.options import FbankOptions, LfrOptions
+from svsurgery.report import dumps
 
 __all__ = [
     "FEATURES",
@@ -107,8 +109,6 @@ def sanitize_waveform(
     model's outputs for a waveform with bad samples are its outputs for the cleaned waveform,
     a deployment seeing from the three counts which rows were touched and how.
     """
-    from svsurgery.frontend._ops import subgraph_value
-
     op = g.op
     used = op.Min(op.Max(op.Cast(lengths, to=ir.DataType.INT64), g.i64(0)), g.dim(waveform, 1))
     # Clean audio, the usual case, costs three reductions: any NaN or inf makes the sum
@@ -139,11 +139,13 @@ def sanitize_waveform(
         clean = bop.Where(bop.And(valid, finite), bop.Clip(waveform, g.f32(-limit), g.f32(limit)), g.f32(0.0))
         return clean, count(bop.Not(finite)), count(large)
 
-    outputs = [
-        subgraph_value("clean", ir.DataType.FLOAT, list(waveform.shape)),
-        subgraph_value("nonfinite", ir.DataType.INT64, [None]),
-        subgraph_value("clipped", ir.DataType.INT64, [None]),
+    assert waveform.shape is not None, "the waveform input is declared with its shape"
+    specs: list[tuple[str, ir.DataType, list]] = [
+        ("clean", ir.DataType.FLOAT, list(waveform.shape)),
+        ("nonfinite", ir.DataType.INT64, [None]),
+        ("clipped", ir.DataType.INT64, [None]),
     ]
+    outputs = [subgraph_value(*spec) for spec in specs]
     as_given = g.builder.subgraph(
         lambda bop: (bop.Identity(waveform), bop.Identity(zeros), bop.Identity(zeros)),
         inputs=[],
@@ -151,7 +153,7 @@ def sanitize_waveform(
         name="clean_waveform",
     )
     cleaned = g.builder.subgraph(
-        exact, inputs=[], outputs=[subgraph_value(v.name, v.dtype, v.shape) for v in outputs], name="sanitized_waveform"
+        exact, inputs=[], outputs=[subgraph_value(*spec) for spec in specs], name="sanitized_waveform"
     )
     clean, nonfinite, clipped = op.If(suspect, then_branch=cleaned, else_branch=as_given, _outputs=3)
     clean.dtype, clean.shape = ir.DataType.FLOAT, waveform.shape
@@ -213,11 +215,7 @@ def finish_frontend_model(
     lengths.shape = ir.Shape(["batch"])
     graph.outputs.extend([features, lengths, *extra_outputs])
     model = ir.Model(graph, ir_version=min_ir_version(opset), producer_name="svsurgery", producer_version=__version__)
-    from svsurgery.report import dumps
-
     model.metadata_props["svsurgery.frontend"] = dumps(metadata)  # strict JSON, as every record the project writes
-    from onnx_ir.passes.common import NameFixPass
-
     NameFixPass()(model)  # subgraph builders number their values from 0: make every name unique
     return model
 
@@ -245,7 +243,7 @@ def min_ir_version(opset: int) -> int:
     return min(candidates) if candidates else onnx.IR_VERSION
 
 
-def _prefix_internal_names(graph: ir.Graph, keep: set[str] = frozenset()) -> None:
+def _prefix_internal_names(graph: ir.Graph, keep: set[str] | frozenset[str] = frozenset()) -> None:
     """Everything the front end adds is named svs/frontend/... so it is recognisable after fusing."""
     for node in ir.traversal.RecursiveGraphIterator(graph):
         node.name = NAME_PREFIX + (node.name or node.op_type)

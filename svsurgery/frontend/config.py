@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 
@@ -44,7 +45,9 @@ def options_from_funasr_conf(
     """FunASR WavFrontend's frontend_conf -> (FbankOptions, LfrOptions, notices)."""
     notices = []
     frame, mel = base.frame_opts, base.mel_opts
-    frame_changes, mel_changes, top = {}, {}, {}
+    frame_changes: dict[str, Any] = {}
+    mel_changes: dict[str, Any] = {}
+    top: dict[str, Any] = {}
     lfr = base_lfr
     for key, value in conf.items():
         try:

@@ -289,15 +289,21 @@ class FbankPlan:
             touched = np.flatnonzero(banks[bins].sum(axis=0) > 0) if bins.size else np.zeros(0, int)
             spans.append((touched.min(), touched.max() + 1) if touched.size else None)
         most = max(1, _STABLE_DEPTH // self.combs)
-        best = [(0.0, [])] + [None] * len(order)  # cheapest grouping of the first i bins k2
+        # cheapest grouping of the first i bins k2
+        best: list[tuple[float, list] | None] = [(0.0, [])] + [None] * len(order)
         for end in range(1, len(order) + 1):
             for begin in range(max(0, end - most), end):
                 used = [s for s in spans[begin:end] if s]
                 width = (max(s[1] for s in used) - min(s[0] for s in used)) if used else 0
-                cost = best[begin][0] + (end - begin) * self.combs * width + _GROUP_COST
-                if best[end] is None or cost < best[end][0]:
-                    best[end] = (cost, best[begin][1] + [order[begin:end]])
-        return best[-1][1]
+                before = best[begin]
+                assert before is not None, "best[begin] for begin < end is filled by now"
+                cost = before[0] + (end - begin) * self.combs * width + _GROUP_COST
+                current = best[end]
+                if current is None or cost < current[0]:
+                    best[end] = (cost, before[1] + [order[begin:end]])
+        last = best[-1]
+        assert last is not None, "every end is reached from end - 1"
+        return last[1]
 
     def group_weights(self, weights: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """For per-bin weights [N/2 + 1, W]: per group (first column, end column, [end - first,
@@ -571,6 +577,7 @@ def _stable_product(g: GraphOps, matrix: np.ndarray, data: ir.Value) -> ir.Value
         rows = data if end - begin == depth else op.Slice(data, g.i64(begin), g.i64(end), g.i64(-2))
         product = op.MatMul(g.const(matrix[..., begin:end]), rows)
         total = product if total is None else op.Add(total, product)
+    assert total is not None, "the matrix has inner terms: the loop runs at least once"
     return total
 
 

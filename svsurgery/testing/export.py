@@ -84,6 +84,7 @@ def export_dynamo(model: SenseVoiceEncoder, path: str | os.PathLike, opset: int 
             optimize=True,
             verbose=False,
         )
+        assert program is not None, "dynamo=True returns the ONNXProgram"
         program.save(str(path), external_data=True)
     return path
 

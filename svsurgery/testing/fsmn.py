@@ -91,7 +91,7 @@ def _module(seed: int):
         def __init__(self) -> None:
             super().__init__()
             self.linear = nn.Linear(a["linear_dim"], a["proj_dim"], bias=False)
-            self.conv_left = nn.Conv2d(a["proj_dim"], a["proj_dim"], [a["lorder"], 1], groups=a["proj_dim"], bias=False)
+            self.conv_left = nn.Conv2d(a["proj_dim"], a["proj_dim"], (a["lorder"], 1), groups=a["proj_dim"], bias=False)
             self.affine = nn.Linear(a["proj_dim"], a["linear_dim"])
 
         def forward(self, x, cache):

@@ -24,6 +24,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,7 +85,7 @@ def _without_broken_torchaudio():
     }
     for name in saved:
         del sys.modules[name]
-    sys.modules["torchaudio"] = None  # type: ignore[assignment]  # import torchaudio -> ImportError
+    sys.modules["torchaudio"] = None  # import torchaudio -> ImportError
     try:
         yield
     finally:
@@ -148,9 +149,10 @@ def funasr_inputs(
     return speech, torch.tensor(lengths, dtype=torch.int32), language, textnorm
 
 
-def export_funasr(model: torch.nn.Module, path: str | os.PathLike, opset: int = 14) -> Path:
+def export_funasr(model: Any, path: str | os.PathLike, opset: int = 14) -> Path:
     """Export as ``funasr.utils.export_utils._onnx`` does (with ``dynamo=False``, which torch 2.13
-    needs for the TorchScript exporter FunASR relies on); returns the written path."""
+    needs for the TorchScript exporter FunASR relies on); returns the written path. ``model``: a
+    FunASR model (a torch module with FunASR's ``export_*`` methods, which nn.Module does not declare)."""
     path = Path(path)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the legacy-exporter deprecation notice

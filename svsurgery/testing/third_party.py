@@ -22,6 +22,7 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "EXPORTERS",
@@ -104,6 +105,8 @@ def hf_module(name: str):
 
 
 def _hf_module(name: str, torch):
+    config: Any  # each model's own transformers config class
+    example: tuple[Any, ...]
     torch.manual_seed(0)
     if name == "whisper-encoder":
         from transformers import WhisperConfig
@@ -192,6 +195,7 @@ def export_hf(name: str, exporter: str, path: str | os.PathLike) -> Path:
                 dynamic_axes=axes,
             )
         elif exporter == "dynamo":
+            shapes: tuple[dict[int, Any], ...]
             if name == "whisper-encoder":  # the encoder refuses any length but 3000 frames: only the batch varies
                 shapes = ({0: torch.export.Dim.AUTO},)
             else:
@@ -205,6 +209,7 @@ def export_hf(name: str, exporter: str, path: str | os.PathLike) -> Path:
                 dynamic_shapes=shapes,
                 verbose=False,
             )
+            assert program is not None, "dynamo=True returns the ONNXProgram"
             program.save(str(path))
         else:
             raise ValueError(f"unknown exporter {exporter!r}; one of {', '.join(EXPORTERS)}")

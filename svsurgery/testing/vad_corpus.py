@@ -85,7 +85,10 @@ def _noise(kind: str, size: int, rng: np.random.Generator, folder: Path | None) 
         frequencies[0] = 1.0
         return np.fft.irfft(spectrum / np.sqrt(frequencies), n=size)
     if kind == "babble":
-        source = read_wav((folder or corpus_dir()) / "babble_src.wav").astype(np.float64)
+        corpus = folder or corpus_dir()
+        if corpus is None:
+            raise ValueError("babble noise is cut from the vad-dev corpus's babble_src.wav, and there is no corpus")
+        source = read_wav(corpus / "babble_src.wav").astype(np.float64)
         start = int(rng.integers(source.size))
         return np.resize(np.roll(source, -start), size)  # loops when the recording is longer
     raise ValueError(f"unknown noise {kind!r} (one of {NOISES})")

@@ -35,16 +35,22 @@ import functools
 import itertools
 import math
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
+import yaml
 
-from svsurgery.errors import BadInputError
+from svsurgery.errors import BadInputError, MissingDependencyError
 from svsurgery.frontend._ops import MIN_OPSET, GraphOps, subgraph_value
-from svsurgery.frontend.config import FrontendConfig
+from svsurgery.frontend.build import frontend_values
+from svsurgery.frontend.config import FrontendConfig, discover
+from svsurgery.model_io import load, value_names
+from svsurgery.opset import ai_onnx_opset
+from svsurgery.patch import graft
+from svsurgery.runtime import inference_session
 from svsurgery.vad.loop_state import GOING, LoopState
-from svsurgery.vad.mode import VadGraph, VadMode, VadReference, graph_alone
+from svsurgery.vad.mode import VadGraph, VadMode, VadReference, graph_alone, vad_model
 
 __all__ = [
     "DYNAMIC_SILENCE_SCHEDULE",
@@ -114,8 +120,6 @@ class FsmnVadOptions(VadMode):
 
     def required_opset(self) -> int:
         """Its network is grafted at our opset: at least its own."""
-        from svsurgery.opset import ai_onnx_opset
-
         return max(MIN_OPSET, ai_onnx_opset(load_fsmn_vad(self).model) or MIN_OPSET)
 
     def graph(self, g: GraphOps, samples: ir.Value) -> VadGraph:
@@ -126,12 +130,12 @@ class FsmnVadOptions(VadMode):
         as FunASR 1.4.16's generate() drives it. ``pipeline=False``: E2EVadModel on the frame
         scores of the graph's own front end and network (the front end is checked against
         kaldi-native-fbank separately); without funasr-onnx, the graph's VAD part alone."""
-        from svsurgery.errors import MissingDependencyError
+        # local: svsurgery.vad.funasr_reference imports this module
         from svsurgery.vad.funasr_reference import e2e_vad_module, funasr_segments
 
         vad = load_fsmn_vad(self)
         if pipeline:
-            from svsurgery.vad.funasr_reference import FunasrOnnxFsmnVad
+            from svsurgery.vad.funasr_reference import FunasrOnnxFsmnVad  # local: it imports this module
 
             return VadReference(
                 "funasr-onnx's WavFrontend + the fsmn network + E2EVadModel (FunASR 1.4.16's generate())",
@@ -141,8 +145,6 @@ class FsmnVadOptions(VadMode):
             e2e_vad_module()
         except MissingDependencyError:
             return graph_alone(self, "funasr-onnx not installed")
-        from svsurgery.runtime import inference_session
-        from svsurgery.vad.mode import vad_model
 
         session = inference_session(vad_model(self))
 
@@ -184,6 +186,8 @@ class FsmnVadOptions(VadMode):
 
     @classmethod
     def from_arguments(cls, argument: str | None, args=None) -> FsmnVadOptions:
+        if argument is None:  # vad.mode.parse() never passes None to a mode that takes an argument
+            raise BadInputError("--vad fsmn needs its folder: 'fsmn:DIR'")
         if args is None:
             return cls(folder=argument)
         return cls(
@@ -196,7 +200,7 @@ class FsmnVadOptions(VadMode):
 
 def _funasr_pipeline_segments(pipeline, vad: FsmnVad, waveform: np.ndarray) -> np.ndarray:
     """funasr-onnx's Fsmn_vad parts, step by step: its front end, the network, then E2EVadModel."""
-    from svsurgery.vad.funasr_reference import funasr_segments
+    from svsurgery.vad.funasr_reference import funasr_segments  # local: it imports this module
 
     fbank, _ = pipeline.frontend.fbank(waveform)
     features, count = pipeline.frontend.lfr_cmvn(fbank)
@@ -236,16 +240,15 @@ class StateMachineOptions:
     @classmethod
     def from_model_conf(cls, conf: dict, where: str) -> StateMachineOptions:
         known = {f.name: f for f in dataclasses.fields(cls)}
-        values = {}
+        values: dict[str, Any] = {}
         for key, value in conf.items():
             if key not in known:
                 continue  # FunASR ignores the rest too (snr_mode, nn_eval_block_size, ...)
+            default: Any = known[key].default  # every field has a default of the field's type
             try:
-                values[key] = tuple(int(v) for v in value) if key == "sil_pdf_ids" else type(known[key].default)(value)
+                values[key] = tuple(int(v) for v in value) if key == "sil_pdf_ids" else type(default)(value)
             except (TypeError, ValueError):
-                raise BadInputError(
-                    f"{where}: model_conf {key}={value!r} is not a {type(known[key].default).__name__}"
-                ) from None
+                raise BadInputError(f"{where}: model_conf {key}={value!r} is not a {type(default).__name__}") from None
         options = cls(**values)
         if options.frame_in_ms <= 0 or options.window_size_ms < options.frame_in_ms or not options.sil_pdf_ids:
             raise BadInputError(
@@ -295,11 +298,6 @@ def load_fsmn_vad(options: FsmnVadOptions) -> FsmnVad:
     """Read model.onnx, config.yaml (frontend_conf, model_conf) and am.mvn from the folder
     (cached per options: building, verifying and recording a fusion each need it; grafting
     copies the model, so the cached one is never changed)."""
-    import yaml
-
-    from svsurgery.frontend.config import discover
-    from svsurgery.model_io import load
-
     options.check_values()
     folder = Path(options.folder)
     model_path, config_path = folder / "model.onnx", folder / "config.yaml"
@@ -360,8 +358,6 @@ def chunk_starts(vad: FsmnVad) -> tuple[int, int]:
 
 def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> ir.Value:
     """The silence probability [T] (double) of the T fbank frames of ``samples``."""
-    from svsurgery.frontend.build import frontend_values
-
     op = g.op
     found = vad.frontend
     rows = op.Unsqueeze(samples, g.i64(0))
@@ -378,25 +374,26 @@ def _frame_scores(g: GraphOps, samples: ir.Value, vad: FsmnVad) -> ir.Value:
     for pdf in vad.machine.sil_pdf_ids:  # summed left to right, in double, as FunASR's sum() does
         column = op.Cast(op.Gather(probabilities, g.scalar_i64(pdf), axis=1), to=_DOUBLE)
         silence = column if silence is None else op.Add(silence, column)
+    assert silence is not None, "sil_pdf_ids is never empty (from_model_conf requires it)"
     return silence
 
 
 def _grafted_network(g: GraphOps, features: ir.Value, model: ir.Model) -> ir.Value:
     """The folder's network grafted in as it is: ``features`` [1, T, D] -> its first output
     (``logits``) [1, T, classes], the cache inputs zero."""
-    from svsurgery.patch import graft
-
-    feeds, inputs = {}, list(model.graph.inputs)
-    floats = [v for v in inputs if v.shape is not None and len(v.shape) == 3]
+    inputs = dict(zip(value_names(model.graph.inputs), model.graph.inputs))
+    floats = [name for name, v in inputs.items() if v.shape is not None and len(v.shape) == 3]
     if not floats:
         raise BadInputError("fsmn-vad model.onnx: no [1, T, D] feature input")
-    feeds[floats[0].name] = features
-    for value in (v for v in inputs if v is not floats[0]):
+    feeds = {floats[0]: features}
+    for name, value in inputs.items():
+        if name == floats[0]:
+            continue
         if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-            raise BadInputError(
-                f"fsmn-vad model.onnx: cache input '{value.name}' has no fixed shape to fill with zeros"
-            )
-        feeds[value.name] = g.const(np.zeros(tuple(value.shape), value.dtype.numpy()))
+            raise BadInputError(f"fsmn-vad model.onnx: cache input '{name}' has no fixed shape to fill with zeros")
+        if value.dtype is None:
+            raise BadInputError(f"fsmn-vad model.onnx: cache input '{name}' has no element type to fill with zeros")
+        feeds[name] = g.const(np.zeros(tuple(value.shape), value.dtype.numpy()))
     outputs = graft(g.graph, model, feeds, "svs/vad/fsmn")
     return outputs.get("logits", next(iter(outputs.values())))
 
@@ -469,10 +466,10 @@ def _fsmn_layers(model: ir.Model) -> list[_Layer] | None:
             value = node.outputs[0]
             layers.append(_Layer("relu"))
         elif kind == "Unsqueeze":
-            found = _memory_block(node, caches, only_user)
-            if found is None:
+            block = _memory_block(node, caches, only_user)
+            if block is None:
                 return None
-            taps, value = found
+            taps, value = block
             layers.append(_Layer("memory", taps))
         elif kind == "Softmax" and _attribute(node, "axis", -1) in (-1, 2):
             layers.append(_Layer("softmax"))
@@ -557,6 +554,7 @@ def _fsmn_channels_first(g: GraphOps, features: ir.Value, layers: list[_Layer]) 
     x = features
     for index, layer in enumerate(layers):
         if layer.kind == "linear":
+            assert layer.weight is not None, "a linear layer has its weight"
             weight = layer.weight.astype(np.float32)
             if index == last_linear:  # [in, T] (the features: [T, in]) -> [T, out]
                 inputs = [x, g.const(weight)] + ([] if layer.bias is None else [g.const(layer.bias.astype(np.float32))])
@@ -569,6 +567,7 @@ def _fsmn_channels_first(g: GraphOps, features: ir.Value, layers: list[_Layer]) 
         elif layer.kind == "relu":
             x = op.Relu(x)
         elif layer.kind == "memory":
+            assert layer.weight is not None, "a memory block has its taps"
             channels, taps = layer.weight.shape
             history = op.Unsqueeze(op.Pad(x, g.i64(0, taps - 1, 0, 0)), g.i64(0, 3))  # [1, C, L - 1 + T, 1]
             kernel = g.const(layer.weight.astype(np.float32)[:, None, :, None])
@@ -778,8 +777,9 @@ def _end_silence_frames(vad: FsmnVad) -> list[tuple[int, int]]:
     is the schedule after k chunks of open speech.
     """
     m = vad.machine
+    thresholds: list[float] = []
     if vad.dynamic:
-        thresholds, k = [], 0
+        k = 0
         while True:
             accumulated = k * vad.options.chunk_size_ms
             silence = next(ms for limit, ms in DYNAMIC_SILENCE_SCHEDULE if accumulated <= limit)
@@ -1027,10 +1027,10 @@ class _ChunkSchedule:
     def __init__(self, g: GraphOps, state: LoopState, samples: ir.Value, vad: FsmnVad) -> None:
         op = g.op
         self.g = g
-        first, self.period = chunk_starts(vad)
+        first_frame, self.period = chunk_starts(vad)
         chunk_samples = int(vad.options.chunk_size_ms * vad.machine.sample_rate / 1000)
         chunks = op.Squeeze(op.Div(samples, g.i64(chunk_samples)), g.i64(0))  # FunASR cuts N // chunk + 1 chunks
-        one, first = g.scalar_i64(1), g.scalar_i64(first)
+        one, first = g.scalar_i64(1), g.scalar_i64(first_frame)
         self.last_start = op.Add(op.Mul(op.Sub(chunks, one), g.scalar_i64(self.period)), first)
         state.carry("next_chunk_start", op.Where(op.GreaterOrEqual(chunks, one), first, g.scalar_i64(_NEVER)))
         state.carry("open_chunks", 0)  # chunk starts passed while a segment was open, since a chunk last ended one

@@ -33,6 +33,7 @@ def funasr_onnx_module(relative: str):
         raise MissingDependencyError("the fsmn reference needs funasr-onnx: pip install --no-deps funasr-onnx==0.4.3")
     path = f"{next(iter(spec.submodule_search_locations))}/{relative.replace('.', '/')}.py"
     module_spec = importlib.util.spec_from_file_location(name, path)
+    assert module_spec is not None and module_spec.loader is not None, "a .py path always has a spec with a loader"
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     module_spec.loader.exec_module(module)
@@ -61,7 +62,8 @@ def funasr_segments(scores: np.ndarray, waveform: np.ndarray, vad: FsmnVad) -> n
     starts = [0] + [first + (k - 1) * period for k in range(1, waveform.size // chunk_samples + 1)]
     starts = [s for s in starts if s < frames] or [0]
     bounds = list(zip(starts, [*starts[1:], frames]))
-    accumulated, in_speech, found = 0, False, []
+    accumulated: float = 0  # ms of open speech, in chunk_size_ms steps
+    in_speech, found = False, []
     speech_to_silence = machine.speech_to_sil_time_thres
     for index, (begin, end) in enumerate(bounds):
         if vad.dynamic:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from types import SimpleNamespace
+from types import EllipsisType, SimpleNamespace
 
 import numpy as np
 import onnx_ir as ir
@@ -51,7 +51,9 @@ class LoopState:
         self._carried: dict[str, _Declared] = {}
         self._scanned: dict[str, _Declared] = {}
 
-    def carry(self, name: str, initial, dtype: ir.DataType | None = None, shape: tuple | None = ...) -> None:
+    def carry(
+        self, name: str, initial, dtype: ir.DataType | None = None, shape: tuple | EllipsisType | None = ...
+    ) -> None:
         """A value carried from iteration to iteration, starting at ``initial``: an ir.Value, or a
         Python/numpy value made a constant (bool -> BOOL, int -> INT64, float -> DOUBLE unless
         ``dtype`` says). Shape: scalar for a scalar, any length per axis for an array."""

@@ -26,7 +26,7 @@ import importlib
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -83,6 +83,8 @@ class VadMode:
     argument: ClassVar[str | None] = None  # what follows "NAME:" in --vad (fsmn: "DIR"); None: nothing
     cli_help: ClassVar[str] = ""  # one phrase for --vad's help
     samp_freq: float
+    if TYPE_CHECKING:  # every mode is a dataclass: asdict() and fields() take it
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     # -- options
     def validate(self) -> VadMode:
@@ -181,7 +183,8 @@ def from_metadata(recorded) -> VadMode | None:
     """The mode a fused model recorded (``{"mode": NAME, ...}``); None when it names none we know."""
     if not isinstance(recorded, dict):
         return None
-    mode = modes().get(recorded.get("mode"))
+    name = recorded.get("mode")
+    mode = modes().get(name) if isinstance(name, str) else None
     return None if mode is None else mode.from_metadata(recorded)
 
 

@@ -227,11 +227,11 @@ def load_silero_network(options: SileroVadOptions) -> SileroNetwork:
 
 @functools.lru_cache(maxsize=4)
 def _load_network(path: Path) -> SileroNetwork:
-    from svsurgery.model_io import load
+    from svsurgery.model_io import load, value_names
 
     model = load(path)
-    inputs = {v.name: v for v in model.graph.inputs}
-    outputs = {v.name for v in model.graph.outputs}
+    inputs = dict(zip(value_names(model.graph.inputs), model.graph.inputs))
+    outputs = set(value_names(model.graph.outputs))
 
     def rank(name):
         shape = inputs[name].shape
@@ -254,7 +254,8 @@ def _load_network(path: Path) -> SileroNetwork:
             or state[2] != 128
         ):
             raise BadInputError(
-                f"{path}: a streaming silero model takes float input [B, N] and state [2, B, 128]; {has} of other types or shapes"
+                f"{path}: a streaming silero model takes float input [B, N] and state [2, B, 128]; "
+                f"{has} of other types or shapes"
             )
         return SileroNetwork(path, model, streaming=True)
     if set(inputs) == {"input", "state"}:
@@ -443,7 +444,8 @@ def speech_timestamps(
     if not loop:
         if not loop_free(options):
             raise ValueError(
-                "these silero options need the Loop over frames (a finite max_speech_duration_s or neg_threshold > threshold)"
+                "these silero options need the Loop over frames (a finite max_speech_duration_s or "
+                "neg_threshold > threshold)"
             )
         return _timestamps_without_cuts(g, probabilities, count, options)
     op = g.op
