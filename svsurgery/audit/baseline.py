@@ -15,7 +15,7 @@ its threshold is drift, and the audit exits 1. Thresholds (``--max-drift NAME=VA
 
 Figures missing on either side (no CTC output, no segments) are not checked. A different
 model hash, reference hash or corpus size is noted, not judged.
-"""
+"""  # noqa: E501 -- a Markdown table row cannot wrap
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ WAVEFORM, WAVEFORM_LENGTHS, SEGMENTS = "waveform", "waveform_lengths", "segments
 
 def fused_feeds(spec: AuditSpec, waveform: np.ndarray) -> dict[str, np.ndarray]:
     """A fused model's inputs for one recording (its other inputs zeros)."""
-    feeds = {
+    feeds: dict[str, np.ndarray] = {
         WAVEFORM: np.ascontiguousarray(waveform, np.float32)[None],
         WAVEFORM_LENGTHS: np.array([waveform.size], np.int64),
     }
@@ -48,6 +48,9 @@ class DeployedModel:
         """This utterance through the model (an encoder gets ``reference``'s features per span)."""
         spec = self.spec
         if spec.model_kind == ENCODER:
+            assert reference is not None and reference.features is not None, (
+                "an encoder is fed the reference's features"
+            )
             start = time.perf_counter()
             rows = [self.encoder(features) for features in reference.features]
             return SideRun(reference.spans, rows, time.perf_counter() - start)

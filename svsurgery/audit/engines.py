@@ -1,9 +1,9 @@
 """Engines: who computes the shards. The driver gives them the shards still to do and gets
 each finished shard back, in whatever order they finish, and writes it (svsurgery.audit.store).
 
-- ``local``: a process pool (forked from a fork server that imported the worker's modules once), one :class:`~svsurgery.audit.worker.Worker`
-  (one onnxruntime session, one reference) per process, shards handed out in order; with one
-  worker it runs in this process.
+- ``local``: a process pool (forked from a fork server that imported the worker's modules once),
+  one :class:`~svsurgery.audit.worker.Worker` (one onnxruntime session, one reference) per process,
+  shards handed out in order; with one worker it runs in this process.
 - ``ray``: Ray Data. The shards become a dataset of one row per shard; ``map_batches`` runs them
   on an actor pool (one Worker per actor, built once), batch size one shard; results stream
   back to the driver as they finish. On a cluster the model, the reference and the corpus
@@ -16,12 +16,21 @@ same machine (timing columns aside).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+import numpy as np
+
+from svsurgery.audit.corpus import Entry
 from svsurgery.audit.spec import AuditSpec
 from svsurgery.audit.store import Shard, dump_rows
+from svsurgery.audit.worker import Worker
+from svsurgery.errors import MissingDependencyError
 
 __all__ = ["ENGINES", "available_cpus", "import_ray", "run_shards"]
 
@@ -52,12 +61,11 @@ def run_shards(
         return _ray(spec, shards, on_shard, workers, ray_address, notes if notes is not None else [])
     workers = max(1, min(workers or available_cpus(), max(len(shards), 1)))
     if workers == 1:
-        from svsurgery.audit.worker import Worker
-
-        worker = Worker(spec) if shards else None
-        for shard in shards:
-            rows = worker.shard(list(shard.entries))
-            on_shard(shard, dump_rows(rows), len(rows))
+        if shards:
+            worker = Worker(spec)
+            for shard in shards:
+                rows = worker.shard(list(shard.entries))
+                on_shard(shard, dump_rows(rows), len(rows))
         return {"engine": "local", "workers": 1}
     _local_pool(spec, shards, on_shard, workers)
     return {"engine": "local", "workers": workers}
@@ -65,7 +73,7 @@ def run_shards(
 
 # ----------------------------------------------------------------------------- local
 
-_WORKER = None
+_WORKER: Worker | None = None
 PRELOAD = [
     "svsurgery.audit.worker",
     "svsurgery.audit.reference",
@@ -79,20 +87,16 @@ PRELOAD = [
 
 def _start_worker(spec: AuditSpec) -> None:
     global _WORKER
-    from svsurgery.audit.worker import Worker
-
     _WORKER = Worker(spec)
 
 
 def _run_shard(entries) -> tuple[str, int]:
+    assert _WORKER is not None, "the pool's initializer built it"
     rows = _WORKER.shard(list(entries))
     return dump_rows(rows), len(rows)
 
 
 def _local_pool(spec: AuditSpec, shards: list[Shard], on_shard: OnShard, workers: int) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     # a fork server: one clean process imports the worker's modules once, then forks the workers
     # (never a fork of this process, which may hold sessions and torch threads)
     context = multiprocessing.get_context("forkserver")
@@ -121,15 +125,9 @@ class RayShardWorker:
     """One Ray actor: one Worker, built once; each call computes one shard."""
 
     def __init__(self, spec: AuditSpec) -> None:
-        from svsurgery.audit.worker import Worker
-
         self.worker = Worker(spec)
 
     def __call__(self, batch):
-        import numpy as np
-
-        from svsurgery.audit.corpus import Entry
-
         shards, texts, counts = [], [], []
         for index, payload in zip(batch["shard"], batch["entries"]):
             entries = [Entry(**e) for e in json.loads(str(payload))]
@@ -147,8 +145,6 @@ class RayShardWorker:
 def import_ray(address: str | None):
     """Ray, or a one-line error. Without an address (a private instance on this machine) Ray is
     kept on the loopback interface: set before Ray's first import, as Ray reads it then."""
-    from svsurgery.errors import MissingDependencyError
-
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
@@ -165,9 +161,6 @@ def _ray(
     spec: AuditSpec, shards: list[Shard], on_shard: OnShard, workers: int | None, address: str | None, notes: list[str]
 ) -> dict:
     ray = import_ray(address)
-    import dataclasses
-    import logging
-
     started = False
     if not ray.is_initialized():
         options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}

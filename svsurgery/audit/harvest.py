@@ -72,7 +72,7 @@ def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folde
     """Write one golden file per worst row into ``folder``; returns [{id, path, rank}]."""
     from svsurgery import golden
 
-    written = []
+    written: list[dict] = []
     if not worst:
         return written
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,7 @@ def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folde
         if plan is not None:
             plan.write(target, "worst-utterance golden file")
         if entry.golden:
+            assert entry.path is not None, "golden entries are listed from their files"
             stored = golden.load(entry.path)
             golden.save(
                 target,
@@ -101,7 +102,8 @@ def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folde
                 continue
             source = (
                 f"svsurgery audit: the reference pipeline ({spec.reference.describe()}; "
-                f"front end {pipeline.frontend_description}; VAD {pipeline.vad.description if pipeline.vad else 'none'}) "
+                f"front end {pipeline.frontend_description};"
+                f" VAD {pipeline.vad.description if pipeline.vad else 'none'}) "
                 f"on utterance {entry.id} ({entry.path})"
             )
             golden.save(target, inputs, outputs, source=source)

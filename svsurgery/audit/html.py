@@ -160,7 +160,8 @@ def render_html(summary: dict, rows: list[dict]) -> str:
     parts.append(f"<h1>svsurgery audit of {_e(audit['model'])}</h1>")
     parts.append(
         f"<p>against {_e(audit['reference'])}<br>model sha256 {_e(audit['model_sha256'])}<br>"
-        f"corpus: {_e(audit['corpus'])} ({totals['utterances']} utterances, {totals['bad']} bad, {_f(totals['audio_s'])} s of audio)<br>"
+        f"corpus: {_e(audit['corpus'])} ({totals['utterances']} utterances, {totals['bad']} bad,"
+        f" {_f(totals['audio_s'])} s of audio)<br>"
         f"VAD of the reference: {_e(audit['vad'] or 'none')}; front end of the reference: {_e(audit['frontend'])}</p>"
     )
     drift = summary.get("baseline")
@@ -227,7 +228,8 @@ def render_html(summary: dict, rows: list[dict]) -> str:
         if culprit:
             where = culprit.get("module") or culprit.get("value")
             constants = "".join(
-                f"<br>reads constant {_e(c['name'])} {c['shape']} that differs from the reference's (max abs {_f(c['max_abs_difference'])})"
+                f"<br>reads constant {_e(c['name'])} {c['shape']} that differs from the reference's"
+                f" (max abs {_f(c['max_abs_difference'])})"
                 for c in culprit.get("constants_differing", [])
             )
             parts.append(
@@ -241,7 +243,8 @@ def render_html(summary: dict, rows: list[dict]) -> str:
     if matrix:
         parts.append(
             f"<h2>runtime matrix</h2><p class='note'>{len(matrix['utterances'])} utterances, "
-            f"{_f(matrix['audio_s'])} s of audio, each setting against the reference setting ({_e(matrix['reference_setting'])})</p>"
+            f"{_f(matrix['audio_s'])} s of audio, each setting against the reference setting"
+            f" ({_e(matrix['reference_setting'])})</p>"
         )
         parts.append(
             _table(

@@ -23,7 +23,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from svsurgery import patch
+from svsurgery.audit.deployed import SEGMENTS, fused_feeds
 from svsurgery.audit.spec import ENCODER, FUSED_VAD, AuditSpec
+from svsurgery.divergence import DiffReport, diff, diff_models
+from svsurgery.model_io import load
+from svsurgery.parity.metrics import PROFILES, compare
+from svsurgery.patch import value_name
+from svsurgery.runtime import run
+from svsurgery.torchspec import load_module
 
 __all__ = ["Localization", "encoder_inside", "find_cmvn", "localize"]
 
@@ -39,7 +47,7 @@ class Localization:
     utterance: str
     span: list[int] | None
     culprit: dict | None  # the first place that introduces the divergence: step, value, node, op, module, failures
-    encoder: object | None  # DiffReport of step 2 (None when it did not run)
+    encoder: DiffReport | None  # step 2 (None when it did not run)
     notes: list[str]
 
     def to_dict(self) -> dict:
@@ -71,7 +79,7 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
     if "waveform" not in {i.name for i in graph.input}:
         return None
     loop = next(
-        (n for n in graph.node if n.op_type == "Loop" and _body(n) is not None and _body(n).name == PER_ROW_BODY), None
+        (n for n in graph.node if n.op_type == "Loop" and (b := _body(n)) is not None and b.name == PER_ROW_BODY), None
     )
     others = [i for i in graph.input if i.name not in ("waveform", "waveform_lengths")]
     outer_types = {v.name: v for v in (*graph.input, *graph.output, *graph.value_info)}
@@ -79,6 +87,7 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
         inferred = onnx.shape_inference.infer_shapes(proto)
         loop_inferred = next(n for n in inferred.graph.node if n.name == loop.name and n.op_type == "Loop")
         body = _body(loop_inferred)
+        assert body is not None, "the Loop found above has a body"
         types = {v.name: v for v in body.value_info}
         produced = {o for n in body.node for o in n.output}
         nodes = list(body.node)
@@ -118,7 +127,8 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
         ]
         renames = {}
         input_types = [types.get(features), types.get(lengths) if lengths else None]
-    if input_types[0] is None or (lengths and input_types[1] is None):
+    features_type, lengths_type = input_types
+    if features_type is None or (lengths and lengths_type is None):
         return None
     needed = _backwards(encoder_nodes, outputs)
     reads = {i for n in needed for i in _all_inputs(n)}
@@ -131,7 +141,11 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
     )
     if any(name and name not in known for n in needed for name in n.input):
         return None  # the encoder reads something computed outside it: not a cut we understand
-    inputs = [_retyped(input_types[0], features), *([_retyped(input_types[1], lengths)] if lengths else []), *others]
+    inputs = [
+        _retyped(features_type, features),
+        *([_retyped(lengths_type, lengths)] if lengths and lengths_type is not None else []),
+        *others,
+    ]
     out_infos = []
     for name in outputs:
         info = outer_types.get(renames.get(name, name))
@@ -157,6 +171,13 @@ def encoder_inside(model_path: str | Path) -> ir.Model | None:
     model = ir.serde.deserialize_model(encoder)
     model.meta["svsurgery.source_path"] = f"{model_path} (the encoder inside)"
     return model
+
+
+def _operand(node: ir.Node, index: int) -> ir.Value:
+    """An input the front end's CMVN Add/Mul always has (find_cmvn read it as a constant or found it)."""
+    value = node.inputs[index]
+    assert value is not None, f"{node.op_type} '{node.name}' has input {index}"
+    return value
 
 
 def _body(node: onnx.NodeProto) -> onnx.GraphProto | None:
@@ -221,7 +242,7 @@ def find_cmvn(model: ir.Model, dim: int) -> tuple[ir.Node, ir.Node, np.ndarray, 
     """The front end's CMVN in a fused graph: ``Mul(Add(x, shift), scale)`` with constant [D]
     vectors (svsurgery.frontend.cmvn), as (add, mul, shift, scale)."""
     for node in model.graph:
-        if node.op_type != "Add" or not node.name.startswith(FRONTEND_PREFIX):
+        if node.op_type != "Add" or not (node.name or "").startswith(FRONTEND_PREFIX):
             continue
         shift = _constant(model, node.inputs[1])
         if shift is None or shift.shape != (dim,):
@@ -240,22 +261,17 @@ def _frontend_stages(
     """The deployed front end against the reference's, stage by stage on the worst span: the
     segments, fbank + LFR (the value CMVN reads), the CMVN constants, the features. Returns the
     culprit, or None when the front end agrees (the encoder is next)."""
-    from svsurgery import patch
-    from svsurgery.audit.deployed import SEGMENTS, fused_feeds
-    from svsurgery.model_io import load
-    from svsurgery.parity.metrics import PROFILES, compare
-    from svsurgery.runtime import run
-
     model = load(spec.model)
-    names = [o.name for o in model.graph.outputs]
+    names = [value_name(o) for o in model.graph.outputs]
     config = spec.frontend
+    assert config is not None, "only a golden reference has no front end, and it is not localized"
     dim = config.fbank.feature_dim * config.lfr.m
     found = find_cmvn(model, dim) if config.cmvn is not None else None
     exposed = []
     if found is not None:
         add, mul, shift, scale = found
-        exposed = patch.expose(model, [add.inputs[0], mul.outputs[0]])
-    outputs = run(model, fused_feeds(spec, waveform), [*names, *(v.name for v in exposed)], optimize=False)
+        exposed = patch.expose(model, [_operand(add, 0), mul.outputs[0]])
+    outputs = run(model, fused_feeds(spec, waveform), [*names, *(value_name(v) for v in exposed)], optimize=False)
     if spec.model_kind == FUSED_VAD:
         segments = np.asarray(outputs[SEGMENTS], np.int64).reshape(-1, 2)
         if not np.array_equal(segments, reference_run.spans):
@@ -270,18 +286,19 @@ def _frontend_stages(
             }
     if found is None:
         notes.append(
-            "the front end's CMVN could not be found in the graph; front end compared only through the encoder's outputs"
+            "the front end's CMVN could not be found in the graph;"
+            " front end compared only through the encoder's outputs"
         )
         return None
     tolerance = PROFILES["frontend"]
     stacked = pipeline.stacked(reference_run.pieces[k])
-    before = np.asarray(outputs[exposed[0].name])[k][: stacked.shape[0]]
+    before = np.asarray(outputs[value_name(exposed[0])])[k][: stacked.shape[0]]
     parity = compare("fbank + LFR", before, stacked, class_axis=False).check(tolerance)
     if not parity.passed:
-        producer = add.inputs[0].producer()
+        producer = _operand(add, 0).producer()
         return {
             "step": "front end",
-            "value": add.inputs[0].name,
+            "value": _operand(add, 0).name,
             "node": producer.name if producer else "?",
             "op_type": producer.op_type if producer else "?",
             "module": "fbank / LFR",
@@ -290,6 +307,7 @@ def _frontend_stages(
             ],
             "constants_differing": [],
         }
+    assert config.cmvn is not None, "find_cmvn is only asked when the front end has a CMVN"
     differing = []
     for label, node, mine, theirs in (
         ("shift", add, shift, config.cmvn.shift),
@@ -299,12 +317,12 @@ def _frontend_stages(
         if float(difference.max()) > 1e-6 * max(1.0, float(np.abs(theirs).max())):
             differing.append(
                 {
-                    "name": f"CMVN {label} ({node.inputs[1].name})",
+                    "name": f"CMVN {label} ({_operand(node, 1).name})",
                     "shape": list(mine.shape),
                     "max_abs_difference": float(difference.max()),
                 }
             )
-    after = np.asarray(outputs[exposed[1].name])[k][: stacked.shape[0]]
+    after = np.asarray(outputs[value_name(exposed[1])])[k][: stacked.shape[0]]
     features = compare("features", after, reference_run.features[k], class_axis=False).check(tolerance)
     if differing or not features.passed:
         return {
@@ -328,9 +346,6 @@ def localize(
     spec: AuditSpec, entry_id: str, waveform: np.ndarray, k: int | None, reference_run, pipeline
 ) -> Localization:
     """Both steps on one utterance (see the module docstring); ``k``: the reference span to look at."""
-    from svsurgery.divergence import diff, diff_models
-    from svsurgery.model_io import load
-
     notes: list[str] = []
     encoder_report = None
     culprit = None
@@ -348,17 +363,21 @@ def localize(
             if lengths_name:
                 feeds[lengths_name] = np.array([features.shape[0]], spec.deployed_length_dtype)
             feeds.update({o.name: o.zeros() for o in spec.others})
+            reference_path, torch_spec = spec.reference.path, spec.reference.torch
             if spec.reference.kind == "onnx":
-                encoder_report = diff_models(model, load(spec.reference.path), feeds)
+                assert reference_path is not None, "an onnx reference names its model"
+                encoder_report = diff_models(model, load(reference_path), feeds)
             elif spec.reference.kind == "torch":
-                from svsurgery.torchspec import load_module
-
-                encoder_report = diff(load_module(spec.reference.torch, spec.reference.weights), model, feeds)
+                assert torch_spec is not None, "a torch reference names its module"
+                encoder_report = diff(load_module(torch_spec, spec.reference.weights), model, feeds)
             if encoder_report is not None:
                 first = encoder_report.first or encoder_report.first_nonfinite
                 if first is not None:
                     culprit = _culprit(
-                        "encoder", first, model, load(spec.reference.path) if spec.reference.kind == "onnx" else None
+                        "encoder",
+                        first,
+                        model,
+                        load(reference_path) if reference_path is not None and spec.reference.kind == "onnx" else None,
                     )
                 else:
                     notes.append(
@@ -385,6 +404,8 @@ def _culprit(step: str, row, model: ir.Model, reference: ir.Model | None) -> dic
     theirs = {n.outputs[0].name: n.outputs[0] for n in reference.graph if n.op_type == "Constant" and n.outputs}
     theirs.update(reference.graph.initializers)
     for value in node.inputs if node is not None else []:
+        if value is None:
+            continue  # a missing optional input: no constant to compare
         mine = _constant(model, value)
         other = _constant(reference, theirs.get(value.name)) if value is not None else None
         if mine is None or other is None:

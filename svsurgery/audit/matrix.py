@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
+
+import onnxruntime as ort
 
 from svsurgery.audit.spec import OPTIMIZATION_LEVELS, AuditSpec, RuntimeSetting
 
@@ -21,8 +24,6 @@ SKIPPED_PROVIDERS = ("AzureExecutionProvider",)  # a remote-call provider: nothi
 
 
 def matrix_settings(cpus: int) -> list[RuntimeSetting]:
-    import onnxruntime as ort
-
     threads = [1, 2, 0] if cpus > 2 else [1, 0]  # 0: onnxruntime's default, every core
     settings = [RuntimeSetting(t, level) for t in threads for level in OPTIMIZATION_LEVELS]
     for provider in ort.get_available_providers():
@@ -37,23 +38,24 @@ def runtime_matrix(spec: AuditSpec, entries, waveforms, *, progress=None) -> dic
     from svsurgery.audit.deployed import DeployedModel
     from svsurgery.audit.engines import available_cpus
     from svsurgery.audit.metrics import compare_sides
-    from svsurgery.audit.reference import ReferencePipeline
+    from svsurgery.audit.reference import ReferencePipeline, SideRun
 
     cpus = available_cpus()
-    reference_runs = None
+    reference_runs: list[SideRun] | None = None
     if spec.model_kind == "encoder":  # both settings get the same features: the reference front end's
         pipeline = ReferencePipeline(spec)
         reference_runs = [pipeline.run(w) for w in waveforms]
     base = DeployedModel(spec, spec.setting)
-    base_runs = [base.run(w, r) for w, r in zip(waveforms, reference_runs or [None] * len(waveforms))]
+    no_runs: list[SideRun | None] = [None] * len(waveforms)
+    base_runs = [base.run(w, r) for w, r in zip(waveforms, reference_runs or no_runs)]
     audio = sum(w.size for w in waveforms) / spec.sample_rate
-    results = []
+    results: list[dict[str, Any]] = []
     settings = matrix_settings(cpus)
     for setting in settings:
         try:
             model = DeployedModel(spec, setting)
             start = time.perf_counter()
-            runs = [model.run(w, r) for w, r in zip(waveforms, reference_runs or [None] * len(waveforms))]
+            runs = [model.run(w, r) for w, r in zip(waveforms, reference_runs or no_runs)]
             seconds = time.perf_counter() - start
         except Exception as error:
             results.append(

@@ -138,7 +138,13 @@ def _finite(value: float) -> float | None:
 
 
 def compare_sides(
-    entry, deployed: SideRun, reference: SideRun, outputs: tuple[str, ...], *, duration_s: float, snr_db: float | None
+    entry,
+    deployed: SideRun,
+    reference: SideRun,
+    outputs: tuple[str, ...],
+    *,
+    duration_s: float | None,
+    snr_db: float | None,
 ) -> dict:
     """The audit's row for one utterance."""
     from svsurgery.audit.corpus import duration_bucket, snr_bucket

@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from svsurgery.audit.spec import ENCODER, FUSED, FUSED_VAD, AuditSpec, OtherInput, ReferenceSpec, model_digest
 from svsurgery.errors import BadInputError
+from svsurgery.patch import value_name
 
 __all__ = ["prepare", "vad_from_metadata"]
 
@@ -39,7 +40,8 @@ def _other(value: ir.Value) -> OtherInput:
     import numpy as np
 
     rank = len(value.shape) if value.shape is not None else 1
-    return OtherInput(value.name, np.dtype(value.dtype.numpy()).name, rank)
+    assert value.dtype is not None, "graph inputs declare their type (onnx.checker refuses them otherwise)"
+    return OtherInput(value_name(value), np.dtype(value.dtype.numpy()).name, rank)
 
 
 def model_kind(model: ir.Model) -> str:
@@ -94,19 +96,19 @@ def prepare(
 
     if kind == ENCODER:
         binding = find_encoder_inputs(model)
-        deployed_inputs = (binding.features.name, binding.lengths.name if binding.lengths else None)
+        deployed_inputs = (value_name(binding.features), value_name(binding.lengths) if binding.lengths else None)
         deployed_length_dtype = _length_dtype(binding)
         others = [v for v in model.graph.inputs if v is not binding.features and v is not binding.lengths]
-        outputs = [v.name for v in model.graph.outputs]
-        inner = model
+        outputs = [value_name(v) for v in model.graph.outputs]
+        inner: ir.Model | None = model
     else:
         others = [v for v in model.graph.inputs if v.name not in ("waveform", "waveform_lengths")]
-        outputs = [v.name for v in model.graph.outputs if v.name not in FUSED_EXTRA_OUTPUTS]
+        outputs = [value_name(v) for v in model.graph.outputs if v.name not in FUSED_EXTRA_OUTPUTS]
         inner = encoder_inside(model_path)  # the encoder inside the fused model (for its interface)
         deployed_inputs, deployed_length_dtype = ("", None), "int64"
         if inner is not None:
             binding = find_encoder_inputs(inner)
-            deployed_inputs = (binding.features.name, binding.lengths.name if binding.lengths else None)
+            deployed_inputs = (value_name(binding.features), value_name(binding.lengths) if binding.lengths else None)
             deployed_length_dtype = _length_dtype(binding)
 
     frontend = None
@@ -118,9 +120,9 @@ def prepare(
         original = load(reference_model)
         digests["reference"] = model_digest(reference_model)
         binding = find_encoder_inputs(original)
-        reference_inputs = (binding.features.name, binding.lengths.name if binding.lengths else None)
+        reference_inputs = (value_name(binding.features), value_name(binding.lengths) if binding.lengths else None)
         reference_length_dtype = _length_dtype(binding)
-        theirs = {v.name for v in original.graph.outputs}
+        theirs = {value_name(v) for v in original.graph.outputs}
         missing = [name for name in outputs if name not in theirs]
         if len(missing) == len(outputs):
             raise BadInputError(
@@ -138,7 +140,8 @@ def prepare(
         ]
         if extra:
             raise BadInputError(
-                f"--reference-model {reference_model}: inputs {', '.join(v.name for v in extra)} are not inputs of the model"
+                f"--reference-model {reference_model}: inputs {', '.join(value_name(v) for v in extra)}"
+                " are not inputs of the model"
             )
         frontend = discover(original, reference_model, config=config, cmvn=cmvn)
     elif torch_spec is not None:
@@ -165,7 +168,8 @@ def prepare(
         vad, recorded_segmentation = vad_from_metadata(model)
         if vad is None:
             raise BadInputError(
-                f"{model_path}: a fused model with a VAD whose metadata names no VAD settings; give --vad silero|fsmn:DIR|energy"
+                f"{model_path}: a fused model with a VAD whose metadata names no VAD settings;"
+                " give --vad silero|fsmn:DIR|energy"
             )
         segmentation = segmentation or recorded_segmentation
         notes.append("the reference VAD's settings are those the model records in its metadata (svsurgery.frontend)")

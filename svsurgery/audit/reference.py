@@ -27,6 +27,7 @@ import numpy as np
 from svsurgery.audit.spec import AuditSpec
 from svsurgery.frontend import knf
 from svsurgery.frontend import numpy_statement as frontend_statement
+from svsurgery.frontend.config import FrontendConfig
 from svsurgery.parity.references import TorchReference
 from svsurgery.torchspec import load_module
 from svsurgery.vad import numpy_statement as vad_statement
@@ -75,8 +76,10 @@ class ReferencePipeline:
         reference = spec.reference
         self.session = self.module = None
         if reference.kind == "onnx":
+            assert reference.path is not None, "an onnx reference names its model"
             self.session = spec.setting.session(reference.path)
         elif reference.kind == "torch":
+            assert reference.torch is not None, "a torch reference names its module"
             import torch  # optional: only a torch reference needs it
 
             torch.set_num_threads(1)
@@ -97,9 +100,14 @@ class ReferencePipeline:
             return whole_span(waveform.size, self.spec.sample_rate)
         return vad_statement.segment(self.vad.segments(waveform), self.spec.segmentation)
 
+    def _frontend(self) -> FrontendConfig:
+        config = self.spec.frontend
+        assert config is not None, "only a golden reference has no front end, and it builds no pipeline"
+        return config
+
     def stacked(self, piece: np.ndarray) -> np.ndarray:
         """[T, D]: kaldi-native-fbank + LFR of one span's samples (before CMVN)."""
-        config = self.spec.frontend
+        config = self._frontend()
         if piece.size == 0:
             return np.zeros((0, config.fbank.feature_dim * config.lfr.m), np.float32)
         fbank = knf.fbank(piece, config.fbank) if self.use_knf else frontend_statement.fbank(piece, config.fbank)
@@ -107,7 +115,7 @@ class ReferencePipeline:
 
     def features(self, piece: np.ndarray) -> np.ndarray:
         """[T, D] float32: kaldi-native-fbank + LFR + CMVN of one span's samples."""
-        config = self.spec.frontend
+        config = self._frontend()
         stacked = self.stacked(piece)
         if config.cmvn is not None:
             stacked = frontend_statement.apply_cmvn(stacked, config.cmvn.shift, config.cmvn.scale)
@@ -124,6 +132,7 @@ class ReferencePipeline:
         if self.session is not None:
             values = dict(zip(spec.outputs, self.session.run(list(spec.outputs), feeds)))
         else:
+            assert self.module is not None, "a pipeline has an encoder session or a torch module"
             values = self.module.outputs(feeds)
         return {k: np.asarray(v)[0] if np.ndim(v) else np.asarray(v) for k, v in values.items()}
 

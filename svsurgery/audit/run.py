@@ -16,6 +16,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from svsurgery.report import Report, dumps
 
@@ -27,7 +28,7 @@ SUMMARY_KIND = "svsurgery-audit-summary"
 def versions() -> dict[str, str | None]:
     from importlib import metadata
 
-    found = {}
+    found: dict[str, str | None] = {}
     for package in (
         "svsurgery",
         "onnxruntime",
@@ -77,7 +78,10 @@ class AuditReport(Report):
         table = Table(
             box=box.SIMPLE_HEAD,
             pad_edge=False,
-            title="per group (segs =: share with identical segments; tokens ≠: share whose tokens differ; TER: token error rate)",
+            title=(
+                "per group (segs =: share with identical segments; tokens ≠: share whose tokens differ;"
+                " TER: token error rate)"
+            ),
         )
         table.add_column("group", no_wrap=True)
         for column in ("n", "segs =", "tokens ≠", "TER", "TER max", "cos worst", "max abs"):
@@ -95,12 +99,14 @@ class AuditReport(Report):
         for worst in s.get("worst", []):
             console.print(
                 f"  worst {worst['rank']}: {escape(worst['id'])} TER {_fmt(worst['token_error_rate'])}, cosine "
-                f"{_cosine(worst['cosine_min'])}, segments identical {worst['segments_identical']} -> {escape(worst['path'])}"
+                f"{_cosine(worst['cosine_min'])}, segments identical {worst['segments_identical']}"
+                f" -> {escape(worst['path'])}"
             )
         culprit = (s.get("diff") or {}).get("culprit")
         if culprit:
             console.print(
-                f"  [red]first divergence[/red] ({culprit['step']}): {escape(str(culprit.get('module') or culprit['value']))} "
+                f"  [red]first divergence[/red] ({culprit['step']}):"
+                f" {escape(str(culprit.get('module') or culprit['value']))} "
                 f"(node {escape(culprit['node'])}, {culprit['op_type']}): {escape('; '.join(culprit['failures']))}"
             )
         for entry in s["bad_entries"][:20]:
@@ -262,7 +268,7 @@ def audit(
             first.update(seconds=time.perf_counter() - started, utterances=count)
         shard_store.save_text(shard, text, count)
         results[shard.index] = [json.loads(line) for line in text.splitlines()] if count else []
-        if bar is not None:
+        if bar is not None and task is not None:  # set together
             bar.update(task, advance=count)
 
     bar = task = None
@@ -308,7 +314,7 @@ def audit(
     except ImportError:
         notes.append("pyarrow is not installed: rows.parquet was not written (pip install pyarrow)")
 
-    summary = {"kind": SUMMARY_KIND, "format": 1}
+    summary: dict[str, Any] = {"kind": SUMMARY_KIND, "format": 1}
     summary["audit"] = {
         "model": spec.model,
         "model_kind": spec.model_kind,

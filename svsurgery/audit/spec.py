@@ -10,6 +10,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+
+from svsurgery.frontend.build import frontend_metadata
+from svsurgery.frontend.config import FrontendConfig
+from svsurgery.model_io import SOURCE_FILES_KEY, load
+from svsurgery.report import _finite, dumps
+from svsurgery.vad.options import SegmentOptions
 
 __all__ = ["AuditSpec", "OtherInput", "ReferenceSpec", "RuntimeSetting", "file_digest", "model_digest"]
 
@@ -34,8 +41,6 @@ class RuntimeSetting:
         return f"{provider}, {threads} thread{'s' if threads != '1' else ''}, optimisation {self.optimization}"
 
     def session(self, model: str | bytes):
-        import onnxruntime as ort
-
         levels = {
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -87,9 +92,9 @@ class AuditSpec:
     model: str  # the deployed model (absolute path)
     model_kind: str  # fused-vad (waveform in, one row per span) | fused (waveform in) | encoder (features in)
     reference: ReferenceSpec
-    frontend: object | None  # svsurgery.frontend.config.FrontendConfig of the reference pipeline (None: golden)
+    frontend: FrontendConfig | None  # the reference pipeline's front end (None: golden)
     vad: object | None  # the reference VAD's options (svsurgery.vad.*VadOptions); None: the whole utterance
-    segmentation: object  # svsurgery.vad.SegmentOptions
+    segmentation: SegmentOptions
     sample_rate: int
     deployed_inputs: tuple[str, str | None]  # encoder kind: (features, lengths) inputs of the deployed model
     deployed_length_dtype: str
@@ -101,8 +106,6 @@ class AuditSpec:
 
     def fingerprint(self, digests: dict[str, str]) -> str:
         """What a finished shard must have been computed with to be reused on a rerun."""
-        from svsurgery.report import dumps
-
         data = {
             "model_kind": self.model_kind,
             "digests": digests,
@@ -124,16 +127,12 @@ ROW_FORMAT = 1  # bumped when the rows' columns change: shards of another format
 def _options(value) -> dict | None:
     if value is None:
         return None
-    from svsurgery.report import _finite
-
     return json.loads(json.dumps(_finite(dataclasses.asdict(value)), default=str))
 
 
 def _describe_frontend(config) -> dict | None:
     if config is None:
         return None
-    from svsurgery.frontend.build import frontend_metadata
-
     described = frontend_metadata(config.fbank, config.lfr, config.cmvn)
     if config.cmvn is not None:  # the values, not only where they came from
         digest = hashlib.sha256(
@@ -153,8 +152,6 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def model_digest(path: str | os.PathLike) -> str:
     """sha256 of a model file and, in name order, its external data files."""
-    from svsurgery.model_io import SOURCE_FILES_KEY, load
-
     path = Path(path)
     files = sorted(load(path).meta.get(SOURCE_FILES_KEY, ()) or [str(path.absolute())])
     digest = hashlib.sha256()

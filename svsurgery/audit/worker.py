@@ -7,21 +7,23 @@ wrong with one utterance (its audio, a run of either side) becomes that utteranc
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from svsurgery import golden
 from svsurgery.audit.corpus import AudioProblem, Entry, estimate_snr_db, read_audio
+from svsurgery.audit.deployed import DeployedModel
 from svsurgery.audit.metrics import bad_row, compare_sides
-from svsurgery.audit.reference import SideRun, whole_span
+from svsurgery.audit.reference import ReferencePipeline, SideRun, whole_span
 from svsurgery.audit.spec import ENCODER, AuditSpec
+from svsurgery.errors import SvsError
 
 __all__ = ["Worker"]
 
 
 class Worker:
     def __init__(self, spec: AuditSpec) -> None:
-        from svsurgery.audit.deployed import DeployedModel
-        from svsurgery.audit.reference import ReferencePipeline
-
         self.spec = spec
         self.deployed = DeployedModel(spec)
         self.reference = ReferencePipeline(spec) if spec.reference.kind != "golden" else None
@@ -39,6 +41,7 @@ class Worker:
         duration = waveform.size / self.spec.sample_rate
         snr = estimate_snr_db(waveform, self.spec.sample_rate)
         figures = {"duration_s": duration, "snr_db": snr}
+        assert self.reference is not None, "a golden reference's corpus is golden files (audit refuses --audio with it)"
         try:
             reference = self.reference.run(waveform)
         except Exception as error:
@@ -50,11 +53,7 @@ class Worker:
         return compare_sides(entry, deployed, reference, self.spec.outputs, duration_s=duration, snr_db=snr)
 
     def _golden_row(self, entry: Entry) -> dict:
-        import time
-
-        from svsurgery import golden
-        from svsurgery.errors import SvsError
-
+        assert entry.path is not None, "golden entries are listed from their files"
         try:
             stored = golden.load(entry.path)
         except SvsError as error:
