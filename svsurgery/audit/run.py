@@ -205,6 +205,8 @@ def audit(
     plan=None,
 ) -> AuditReport:
     """Audit ``model`` against its reference over a corpus; see the module docstring."""
+    # local: svsurgery.audit's __init__ imports this module, so every audit module (workers'
+    # included) would otherwise load the whole job's stack through it
     from svsurgery.audit import aggregate, store
     from svsurgery.audit.baseline import DEFAULT_THRESHOLDS, compare_with_baseline, load_baseline
     from svsurgery.audit.corpus import list_corpus
