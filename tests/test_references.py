@@ -238,6 +238,23 @@ def test_generated_inputs_tie_lengths_batch_and_fixed_dimensions():
     assert single["waveform"].shape == (1, 16000) and single["waveform_lengths"].tolist() == [16000]
 
 
+def test_generated_speech_features_honour_a_fixed_frame_count():
+    """A features input with every dimension fixed ([1, 100, 560], as a static-shape export has):
+    the frame count is taken as it is (it crashed with AttributeError on the int dimension)."""
+    from svsurgery.parity.inputs import generate_inputs
+
+    nodes = [helper.make_node("ReduceMean", ["speech"], ["pooled"], keepdims=0)]
+    fixed = _model(
+        nodes,
+        [_tensor("speech", TensorProto.FLOAT, [1, 100, 560])],
+        [_tensor("pooled", TensorProto.FLOAT, None)],
+        [],
+    )
+    made = generate_inputs(fixed)
+    assert made.feeds["speech"].shape == (1, 100, 560) and np.isfinite(made.feeds["speech"]).all()
+    assert np.abs(made.feeds["speech"]).max() > 0
+
+
 def test_guessed_lengths_grow_until_the_model_runs_then_fail_in_one_line():
     """A reflect Pad of 20000 samples needs more than 1 s: 4 s is tried; tokens padded by 20
     need more than 8: 64 are tried; a Pad no generated length satisfies is one line naming
