@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from svsurgery.audit.corpus import DURATION_EDGES_S, SNR_EDGES_DB
+
 __all__ = ["COSINE_BINS", "MIN_COSINE", "diverges", "group_figures", "summarize", "worst_rows"]
 
 # histogram of 1 - cosine (each utterance's worst span), in decades: exact agreement lands in the first bin
@@ -129,8 +131,6 @@ def worst_rows(rows: list[dict], count: int) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> dict:
-    from svsurgery.audit.corpus import DURATION_EDGES_S, SNR_EDGES_DB
-
     ok = [r for r in rows if r["status"] == "ok"]
     audio = sum(r["duration_s"] or 0.0 for r in ok)
     model_time = sum(r["time_model_s"] or 0.0 for r in ok)

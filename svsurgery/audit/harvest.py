@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from svsurgery import golden
 from svsurgery.audit.corpus import Entry, read_audio
+from svsurgery.audit.deployed import fused_feeds
+from svsurgery.audit.reference import ReferencePipeline
 from svsurgery.audit.spec import ENCODER, FUSED_VAD, AuditSpec
 
 __all__ = ["golden_arrays", "harvest", "safe_name", "worst_span"]
@@ -48,8 +51,6 @@ def worst_span(row: dict) -> int | None:
 
 def golden_arrays(spec: AuditSpec, pipeline, waveform: np.ndarray, row: dict):
     """(inputs, outputs, reference run) of the golden file for one utterance."""
-    from svsurgery.audit.deployed import fused_feeds
-
     reference = pipeline.run(waveform)
     if spec.model_kind == ENCODER:
         k = worst_span(row) or 0
@@ -70,8 +71,6 @@ def golden_arrays(spec: AuditSpec, pipeline, waveform: np.ndarray, row: dict):
 
 def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folder: Path, plan=None) -> list[dict]:
     """Write one golden file per worst row into ``folder``; returns [{id, path, rank}]."""
-    from svsurgery import golden
-
     written: list[dict] = []
     if not worst:
         return written
@@ -93,8 +92,6 @@ def harvest(spec: AuditSpec, worst: list[dict], entries: dict[int, Entry], folde
             )
         else:
             if pipeline is None:
-                from svsurgery.audit.reference import ReferencePipeline
-
                 pipeline = ReferencePipeline(spec)
             waveform = read_audio(entry, spec.sample_rate)
             inputs, outputs, _ = golden_arrays(spec, pipeline, waveform, row)

@@ -12,6 +12,8 @@ import html
 import io
 import math
 
+import numpy as np
+
 __all__ = ["PLOT_COLOURS", "render_html"]
 
 # one colour per plot, so that a screenshot can tell that each one was drawn
@@ -83,7 +85,6 @@ def _plots(rows: list[dict], summary: dict) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "<p class='note'>plots need matplotlib (pip install 'svsurgery[plot]')</p>"
-    import numpy as np
 
     plt.rcParams["svg.fonttype"] = "path"
     plt.rcParams["svg.hashsalt"] = "svsurgery"  # stable ids: the same rows give the same page

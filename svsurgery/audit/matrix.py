@@ -16,6 +16,11 @@ from typing import Any
 
 import onnxruntime as ort
 
+from svsurgery.audit.aggregate import group_figures
+from svsurgery.audit.deployed import DeployedModel
+from svsurgery.audit.engines import available_cpus
+from svsurgery.audit.metrics import compare_sides
+from svsurgery.audit.reference import ReferencePipeline, SideRun
 from svsurgery.audit.spec import OPTIMIZATION_LEVELS, AuditSpec, RuntimeSetting
 
 __all__ = ["matrix_settings", "runtime_matrix"]
@@ -34,12 +39,6 @@ def matrix_settings(cpus: int) -> list[RuntimeSetting]:
 
 def runtime_matrix(spec: AuditSpec, entries, waveforms, *, progress=None) -> dict:
     """Every setting against ``spec.setting`` on ``waveforms`` (the slice's audio, by entry)."""
-    from svsurgery.audit.aggregate import group_figures
-    from svsurgery.audit.deployed import DeployedModel
-    from svsurgery.audit.engines import available_cpus
-    from svsurgery.audit.metrics import compare_sides
-    from svsurgery.audit.reference import ReferencePipeline, SideRun
-
     cpus = available_cpus()
     reference_runs: list[SideRun] | None = None
     if spec.model_kind == "encoder":  # both settings get the same features: the reference front end's

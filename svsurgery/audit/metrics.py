@@ -23,6 +23,7 @@ import re
 
 import numpy as np
 
+from svsurgery.audit.corpus import duration_bucket, snr_bucket
 from svsurgery.audit.reference import SideRun
 from svsurgery.parity.metrics import compare, greedy_ctc_tokens, token_error_rate
 
@@ -147,8 +148,6 @@ def compare_sides(
     snr_db: float | None,
 ) -> dict:
     """The audit's row for one utterance."""
-    from svsurgery.audit.corpus import duration_bucket, snr_bucket
-
     model_spans = np.asarray(deployed.spans, np.int64).reshape(-1, 2)
     reference_spans = np.asarray(reference.spans, np.int64).reshape(-1, 2)
     identical = model_spans.shape == reference_spans.shape and bool(np.array_equal(model_spans, reference_spans))

@@ -18,11 +18,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
-from svsurgery.audit.spec import ENCODER, FUSED, FUSED_VAD, AuditSpec, OtherInput, ReferenceSpec, model_digest
-from svsurgery.errors import BadInputError
+from svsurgery.audit.localize import encoder_inside
+from svsurgery.audit.spec import (
+    ENCODER,
+    FUSED,
+    FUSED_VAD,
+    AuditSpec,
+    OtherInput,
+    ReferenceSpec,
+    file_digest,
+    model_digest,
+)
+from svsurgery.compose import find_encoder_inputs
+from svsurgery.errors import BadInputError, require
+from svsurgery.frontend.config import discover
+from svsurgery.model_io import load
 from svsurgery.patch import value_name
+from svsurgery.vad.mode import from_metadata
+from svsurgery.vad.options import SegmentOptions
 
 __all__ = ["prepare", "vad_from_metadata"]
 
@@ -37,8 +53,6 @@ FUSED_EXTRA_OUTPUTS = (
 
 
 def _other(value: ir.Value) -> OtherInput:
-    import numpy as np
-
     rank = len(value.shape) if value.shape is not None else 1
     assert value.dtype is not None, "graph inputs declare their type (onnx.checker refuses them otherwise)"
     return OtherInput(value_name(value), np.dtype(value.dtype.numpy()).name, rank)
@@ -54,9 +68,6 @@ def model_kind(model: ir.Model) -> str:
 
 def vad_from_metadata(model: ir.Model):
     """(VAD options, segmentation) a fused model records in ``svsurgery.frontend``; (None, None) without."""
-    from svsurgery.vad.mode import from_metadata
-    from svsurgery.vad.options import SegmentOptions
-
     text = model.metadata_props.get("svsurgery.frontend")
     if not text:
         return None, None
@@ -82,12 +93,6 @@ def prepare(
     cmvn: str | None = None,
 ) -> tuple[AuditSpec, list[str], dict[str, str]]:
     """(the spec, notes for the report, sha256 of every model file involved)."""
-    from svsurgery.audit.localize import encoder_inside
-    from svsurgery.compose import find_encoder_inputs
-    from svsurgery.frontend.config import discover
-    from svsurgery.model_io import load
-    from svsurgery.vad.options import SegmentOptions
-
     notes: list[str] = []
     model_path = str(Path(model_path).absolute())
     model = load(model_path)
@@ -145,8 +150,6 @@ def prepare(
             )
         frontend = discover(original, reference_model, config=config, cmvn=cmvn)
     elif torch_spec is not None:
-        from svsurgery.errors import require
-
         require("torch", "an audit against a torch module")
         reference = ReferenceSpec("torch", None, torch_spec, weights)
         reference_inputs, reference_length_dtype = deployed_inputs, deployed_length_dtype
@@ -200,12 +203,8 @@ def prepare(
 
 
 def _length_dtype(binding) -> str:
-    import numpy as np
-
     return np.dtype(binding.length_dtype.numpy()).name if binding.lengths is not None else "int64"
 
 
 def _file_digest(path: str) -> str:
-    from svsurgery.audit.spec import file_digest
-
     return file_digest(path)

@@ -15,9 +15,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from svsurgery.audit import aggregate, store
+from svsurgery.audit.baseline import DEFAULT_THRESHOLDS, compare_with_baseline, load_baseline
+from svsurgery.audit.corpus import list_corpus, read_audio
+from svsurgery.audit.engines import import_ray, run_shards
+from svsurgery.audit.harvest import harvest, worst_span
+from svsurgery.audit.html import render_html
+from svsurgery.audit.localize import localize
+from svsurgery.audit.matrix import runtime_matrix
+from svsurgery.audit.prepare import prepare
+from svsurgery.audit.reference import ReferencePipeline
+from svsurgery.errors import BadInputError
+from svsurgery.files import FilePlan, write_text_atomically
 from svsurgery.report import Report, dumps
 
 __all__ = ["AuditReport", "audit", "versions"]
@@ -26,8 +44,6 @@ SUMMARY_KIND = "svsurgery-audit-summary"
 
 
 def versions() -> dict[str, str | None]:
-    from importlib import metadata
-
     found: dict[str, str | None] = {}
     for package in (
         "svsurgery",
@@ -61,10 +77,6 @@ class AuditReport(Report):
         return self.summary
 
     def render(self, console) -> None:
-        from rich import box
-        from rich.markup import escape
-        from rich.table import Table
-
         s = self.summary
         audit, totals = s["audit"], s["totals"]
         console.print(
@@ -205,16 +217,6 @@ def audit(
     plan=None,
 ) -> AuditReport:
     """Audit ``model`` against its reference over a corpus; see the module docstring."""
-    # local: svsurgery.audit's __init__ imports this module, so every audit module (workers'
-    # included) would otherwise load the whole job's stack through it
-    from svsurgery.audit import aggregate, store
-    from svsurgery.audit.baseline import DEFAULT_THRESHOLDS, compare_with_baseline, load_baseline
-    from svsurgery.audit.corpus import list_corpus
-    from svsurgery.audit.engines import run_shards
-    from svsurgery.audit.prepare import prepare
-    from svsurgery.errors import BadInputError
-    from svsurgery.files import FilePlan, write_text_atomically
-
     plan = plan or FilePlan("audit")
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -228,8 +230,6 @@ def audit(
     if engine not in ("local", "ray"):
         raise BadInputError(f"--engine {engine}: expected local or ray")
     if engine == "ray":
-        from svsurgery.audit.engines import import_ray
-
         import_ray(ray_address)
     baseline_data = load_baseline(baseline) if baseline else None
     spec, notes, digests = prepare(
@@ -278,15 +278,6 @@ def audit(
     ran = {"engine": engine, "workers": 0}
     if todo:
         if progress_console is not None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
             bar = Progress(
                 TextColumn("audit"),
                 BarColumn(),
@@ -358,8 +349,6 @@ def audit(
     worst_rows = aggregate.worst_rows(rows, worst)
     entries = {e.index: e for e in corpus.entries}
     if worst_rows:
-        from svsurgery.audit.harvest import harvest
-
         summary["worst"] = harvest(spec, worst_rows, entries, out / "worst", plan)
         if localize_worst and aggregate.diverges(worst_rows[0]):
             summary["diff"] = _localize(spec, worst_rows[0], entries[worst_rows[0]["index"]], out, plan)
@@ -378,7 +367,6 @@ def audit(
 
     write_text_atomically(targets["summary.json"], dumps(summary, indent=2))
     plan.written(targets["summary.json"])
-    from svsurgery.audit.html import render_html
 
     write_text_atomically(targets["report.html"], render_html(json.loads(dumps(summary)), rows))
     plan.written(targets["report.html"])
@@ -400,12 +388,6 @@ def _describe_vad(spec) -> str | None:
 
 
 def _localize(spec, row: dict, entry, out: Path, plan) -> dict:
-    from svsurgery.audit.corpus import read_audio
-    from svsurgery.audit.harvest import worst_span
-    from svsurgery.audit.localize import localize
-    from svsurgery.audit.reference import ReferencePipeline
-    from svsurgery.files import write_text_atomically
-
     if entry.golden or spec.reference.kind == "golden":
         return {
             "utterance": entry.id,
@@ -432,9 +414,6 @@ def _localize(spec, row: dict, entry, out: Path, plan) -> dict:
 
 
 def _matrix(spec, rows: list[dict], entries: dict, count: int, notes: list[str]) -> dict | None:
-    from svsurgery.audit.corpus import read_audio
-    from svsurgery.audit.matrix import runtime_matrix
-
     chosen = [entries[r["index"]] for r in rows if r["status"] == "ok" and not entries[r["index"]].golden][:count]
     if not chosen:
         notes.append("runtime matrix: no audio utterance to run it on")
