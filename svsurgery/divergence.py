@@ -43,6 +43,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -56,6 +57,7 @@ from svsurgery import patch
 from svsurgery.errors import BadInputError, require
 from svsurgery.model_io import SOURCE_PATH_KEY
 from svsurgery.parity.float16 import SEMANTICS, Float16Evaluator
+from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM
 from svsurgery.parity.metrics import PROFILES, OutputParity, Tolerance, compare
 from svsurgery.parity.references import flatten_outputs
 from svsurgery.patch import value_name
@@ -128,6 +130,8 @@ class DiffReport(Report):
     rows: list[Divergence]  # every compared value (for --plot and JSON)
     intended: dict[str, str] = dataclasses.field(default_factory=dict)  # value -> rule that changed it on purpose
     notes: list[str] = dataclasses.field(default_factory=list)
+    # a float16 model's headroom on these inputs (svsurgery.parity.headroom): how far its values are from 65504
+    headroom: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -159,6 +163,10 @@ class DiffReport(Report):
                 f"[{colours[row.verdict]}]{row.verdict}[/{colours[row.verdict]}]",
             )
         console.print(table)
+        if self.headroom is not None:
+            tight = self.headroom["headroom"] < DEFAULT_MIN_HEADROOM
+            colour = "yellow" if tight else "green"
+            console.print(f"[{colour}]float16 {escape(self.headroom['description'])}[/{colour}]")
         if self.intended:
             changed = ", ".join(f"'{escape(v)}' ({escape(r)})" for v, r in list(self.intended.items())[:6])
             more = f" and {len(self.intended) - 6} more" if len(self.intended) > 6 else ""
@@ -339,6 +347,12 @@ class _Float16Values:
         if self._cache is None:
             self._cache = self._evaluator.run_intermediates(self._inputs)
         return {name: self._cache[name] for name in names}
+
+    @property
+    def headroom(self) -> dict[str, Any] | None:
+        """The model's headroom, measured by the run that gave its values."""
+        measured = self._evaluator.headroom
+        return measured.to_dict() if measured is not None else None
 
 
 class _Captured:
@@ -658,6 +672,7 @@ def _report(
     rows: list[Divergence],
     intended: Mapping[str, str],
     replay: _Replay,
+    model_values: object = None,
 ) -> DiffReport:
     rows.sort(key=lambda r: r.position)
     # what an intended change sets off downstream: values beyond tolerance whose unit reads an intended
@@ -698,6 +713,7 @@ def _report(
         rows=rows,
         intended={name: rule for name, rule in intended.items() if name in compared or name in replay.borrowed},
         notes=notes,
+        headroom=model_values.headroom if isinstance(model_values, _Float16Values) else None,
     )
 
 
@@ -776,7 +792,8 @@ def diff(
     replay = _Replay(model, order, [item.value for item in items], inputs, borrowed={})
     reference = _Captured({value_name(value): tensor for _, _, value, _, tensor in unique})
     rows = _compare_all(model, items, actual, reference, replay, tolerance, intended, chunk, progress)
-    return _report(model, f"the torch module {type(module).__name__}", evaluation, tolerance, rows, intended, replay)
+    label = f"the torch module {type(module).__name__}"
+    return _report(model, label, evaluation, tolerance, rows, intended, replay, actual)
 
 
 def _split_repeated_calls(members: dict, calls: dict[str, int], order: list[ir.Node]) -> dict:
@@ -903,4 +920,4 @@ def diff_models(
     rows = _compare_all(model, items, actual, expected, replay, tolerance, intended, chunk, progress)
     label = str(reference.meta.get(SOURCE_PATH_KEY, "the reference model"))
     evaluation = f"model: {model_evaluation}; reference: {reference_evaluation}"
-    return _report(model, label, evaluation, tolerance, rows, intended, replay)
+    return _report(model, label, evaluation, tolerance, rows, intended, replay, actual)

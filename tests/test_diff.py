@@ -81,6 +81,9 @@ def test_naive_float16_model_points_at_the_first_layer_norm_pow(tmp_path):
         overflow
     )
     assert overflow.parity.inf_count > 0
+    # the float16 side's headroom is reported with it: below 1x (it already overflows), at that Pow
+    assert report.headroom is not None and report.headroom["headroom"] < 1.0
+    assert report.headroom["op_type"] == "Pow" and "overflowed" in report.headroom["lowest"][0]["what"]
 
 
 def test_diff_command_and_its_plot(tmp_path, capsys, legacy_path):
