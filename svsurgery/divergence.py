@@ -123,9 +123,8 @@ class DiffReport(Report):
     values_in_model: int
     first: Divergence | None  # the first value that introduces an error beyond tolerance: the culprit
     first_nonfinite: Divergence | None  # the first value that introduces NaN/Inf where the reference is finite
-    first_inherited: (
-        Divergence | None
-    )  # the first value beyond tolerance only through what it inherits, not from an intended change
+    # the first value beyond tolerance only through what it inherits, not from an intended change
+    first_inherited: Divergence | None
     path: list[Divergence]  # the compared values before the culprit (upstream last), and it
     rows: list[Divergence]  # every compared value (for --plot and JSON)
     intended: dict[str, str] = dataclasses.field(default_factory=dict)  # value -> rule that changed it on purpose

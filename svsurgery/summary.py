@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 from rich.markup import escape
@@ -13,6 +14,9 @@ from rich.table import Table
 from svsurgery.model_io import SOURCE_PATH_KEY, all_tensors, external_tensors
 from svsurgery.patch import all_graphs
 from svsurgery.report import Report
+
+if TYPE_CHECKING:  # only inspect --fp16 builds one; its evaluator stays unloaded otherwise
+    from svsurgery.fp16_outlook import Float16Outlook
 
 __all__ = ["ModelSummary", "TensorSignature", "summarize"]
 
@@ -58,6 +62,12 @@ class ModelSummary(Report):
     parameter_bytes: int
     external_data_files: list[str]
     metadata_props: dict[str, str]
+    fp16: Float16Outlook | None = None  # inspect --fp16: the float16 headroom on the model's inputs
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["fp16"] = self.fp16.to_dict() if self.fp16 is not None else None
+        return data
 
     def render(self, console) -> None:
         title = os.path.basename(self.path) if self.path else "model"
@@ -91,6 +101,8 @@ class ModelSummary(Report):
             for key, value in self.metadata_props.items():
                 meta.add_row(escape(key), escape(value if len(value) <= 200 else value[:200] + "…"))
             console.print(meta)
+        if self.fp16 is not None:
+            self.fp16.render(console)
 
 
 def summarize(model: ir.Model) -> ModelSummary:
