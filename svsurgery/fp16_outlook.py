@@ -19,7 +19,6 @@ import onnx_ir as ir
 
 from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, format_headroom, measure_model
 from svsurgery.parity.inputs import ParityInputs, runs_on
-from svsurgery.patch import all_graphs
 from svsurgery.precision import model_precision
 from svsurgery.report import Report
 
@@ -38,7 +37,7 @@ class Float16Outlook(Report):
     values_measured: int
     lowest: list[dict[str, Any]]  # the tightest values: value, node, op_type, what, magnitude, degree, headroom
     min_headroom: float
-    # values computed inside If/Loop/Scan bodies: the true-float16 evaluation measures the main graph only
+    # float16 values computed inside If/Loop/Scan bodies: the true-float16 evaluation measures the main graph only
     unmeasured_in_bodies: int = 0
 
     @property
@@ -62,7 +61,8 @@ class Float16Outlook(Report):
         )
         if self.unmeasured_in_bodies:
             console.print(
-                f"[yellow]{self.unmeasured_in_bodies} values inside If/Loop/Scan bodies are not measured[/yellow] "
+                f"[yellow]{self.unmeasured_in_bodies} float16 values inside If/Loop/Scan bodies are not measured"
+                "[/yellow] "
                 "(the true-float16 evaluation measures the main graph): the headroom covers the rest only"
             )
         console.print(escape(f"inputs: {self.inputs}"), soft_wrap=True)
@@ -102,7 +102,5 @@ def fp16_outlook(model: ir.Model, inputs: ParityInputs, *, label: str = "model")
         values_measured=measured.measured,
         lowest=[dataclasses.asdict(site) for site in measured.lowest],
         min_headroom=DEFAULT_MIN_HEADROOM,
-        unmeasured_in_bodies=sum(
-            len(node.outputs) for graph in all_graphs(model)[1:] if isinstance(graph, ir.Graph) for node in graph
-        ),
+        unmeasured_in_bodies=measured.unmeasured,
     )

@@ -44,7 +44,7 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
-from svsurgery.patch import value_name
+from svsurgery.patch import all_graphs, value_name
 from svsurgery.precision import convert_to_float16, model_precision
 
 __all__ = [
@@ -154,6 +154,8 @@ class Headroom:
     lowest: list[Site]  # the tightest few, tightest first
     measured: int  # float16 values measured
     profile: list[float] = dataclasses.field(default_factory=list)  # every headroom below PROFILE_CAP, increasing
+    # float16 values computed inside If/Loop/Scan bodies: the evaluation yields the main graph's values only
+    unmeasured: int = 0
 
     @classmethod
     def of(cls, sites: Iterable[Site]) -> Headroom:
@@ -172,11 +174,15 @@ class Headroom:
 
     def describe(self) -> str:
         if self.site is None:
-            return (
+            text = (
                 f"headroom {format_headroom(self.headroom)} ({self.measured} float16 values measured,"
                 " none grows with the inputs)"
             )
-        return f"headroom {self.site.describe()}"
+        else:
+            text = f"headroom {self.site.describe()}"
+        if self.unmeasured:
+            text += f"; {self.unmeasured} float16 values inside If/Loop/Scan bodies not measured"
+        return text
 
     def to_dict(self) -> dict:
         return {
@@ -188,6 +194,7 @@ class Headroom:
             "measured": self.measured,
             "lowest": [dataclasses.asdict(s) for s in self.lowest],
             "below_cap": len(self.profile),
+            "unmeasured_in_bodies": self.unmeasured,
         }
 
 
@@ -353,7 +360,15 @@ def measure(model: ir.Model, values: Mapping[str, np.ndarray], opsets: Iterable 
     attention masks) the entries beyond half of float16's range, or infinite, are the masked
     positions (a score added to -65504 rounds to -65440, not to -65504).
     """
-    return Headroom.of(measure_sites(model, values, opsets))
+    headroom = Headroom.of(measure_sites(model, values, opsets))
+    headroom.unmeasured = sum(
+        _is_float16(value)
+        for graph in all_graphs(model)[1:]
+        if isinstance(graph, ir.Graph)
+        for node in graph
+        for value in node.outputs
+    )
+    return headroom
 
 
 def measure_sites(model: ir.Model, values: Mapping[str, np.ndarray], opsets: Iterable | None = None) -> list[Site]:
