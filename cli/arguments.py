@@ -20,8 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from svsurgery.errors import EXIT_BAD_INPUT
+from svsurgery.errors import EXIT_BAD_INPUT, BadInputError
 from svsurgery.files import FilePlan
+from svsurgery.parity import references
+from svsurgery.parity.metrics import PROFILES, tolerance
 
 __all__ = [
     "CommandParser",
@@ -230,8 +232,6 @@ class TorchArgs:
     def parse(args: argparse.Namespace):
         """The torch module, or None without --torch."""
         if getattr(args, "weights", None) and not getattr(args, "torch", None):
-            from svsurgery.errors import BadInputError
-
             raise BadInputError("--weights needs --torch MODULE_SPEC (the module to load them into)")
         if not getattr(args, "torch", None):
             return None
@@ -267,8 +267,6 @@ class ReferenceArgs:
     @staticmethod
     def parse(args: argparse.Namespace, model, default=None):
         """The reference the flags ask for; ``default`` (None: the engine's float64) otherwise."""
-        from svsurgery.parity import references
-
         if args.reference:
             from svsurgery import golden
 
@@ -297,7 +295,6 @@ class ToleranceChoice:
 
     def resolve(self, model=None, precision=None, *, default: str | None = None):
         from svsurgery.engine import default_tolerance
-        from svsurgery.parity.metrics import tolerance
 
         name = self.profile or default or default_tolerance(model, precision).name
         return tolerance(name, **self.overrides)
@@ -308,8 +305,6 @@ class ToleranceArgs:
 
     @staticmethod
     def add(parser, default_help: str = "fp16 for float16 models, fp32 otherwise") -> None:
-        from svsurgery.parity.metrics import PROFILES
-
         group = parser.add_argument_group("tolerance")
         group.add_argument("--tolerance", choices=sorted(PROFILES), help=f"tolerance profile (default: {default_help})")
         group.add_argument(

@@ -9,6 +9,9 @@ from pathlib import Path
 from svsurgery.cli.arguments import ReportArgs, TorchArgs, bounded_int, files
 from svsurgery.cli.common import console, error_console
 from svsurgery.errors import EXIT_CHECK_FAILED, BadInputError
+from svsurgery.model_io import load
+from svsurgery.vad.mode import parse
+from svsurgery.vad.options import SegmentOptions
 
 
 def register(verbs) -> None:
@@ -135,15 +138,12 @@ def register(verbs) -> None:
 
 
 def _vad(args: argparse.Namespace):
-    from svsurgery.vad.mode import parse
-
     return None if args.vad is None else parse(args.vad)  # the mode's defaults
 
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery.audit import audit
     from svsurgery.audit.baseline import parse_thresholds
-    from svsurgery.vad.options import SegmentOptions
 
     if args.engine == "ray":  # before any work: a missing Ray is one line
         from svsurgery.audit.engines import import_ray
@@ -154,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     if args.audio is None and args.golden_dir is None:
         raise BadInputError("give the corpus: --audio DIR|manifest.jsonl (or --golden-dir DIR)")
     plan = files(args)
-    from svsurgery.model_io import load
 
     model = Path(args.model)
     plan.read_model(load(model))  # a missing or broken model: one line, before any work

@@ -7,6 +7,7 @@ import argparse
 from svsurgery.cli.arguments import ReportArgs, ToleranceArgs, files
 from svsurgery.cli.common import console
 from svsurgery.errors import EXIT_CHECK_FAILED
+from svsurgery.model_io import load
 
 
 def register(verbs) -> None:
@@ -25,7 +26,6 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery.check import check
-    from svsurgery.model_io import load
 
     plan = files(args)
     model = load(args.model)

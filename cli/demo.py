@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+import svsurgery
 from svsurgery.cli.common import console, error_console
 from svsurgery.errors import EXIT_CHECK_FAILED, require
+from svsurgery.fuse import fuse_preprocessing
+from svsurgery.parity.waveforms import speech_like
+from svsurgery.runtime import run as run_model
 
 
 def register(verbs) -> None:
@@ -31,11 +35,7 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require("torch", "svsurgery demo")
-    import svsurgery
-    from svsurgery.fuse import fuse_preprocessing
     from svsurgery.parity.inputs import generate_inputs
-    from svsurgery.parity.waveforms import speech_like
-    from svsurgery.runtime import run as run_model
     from svsurgery.testing.encoder import EncoderConfig, build_encoder
     from svsurgery.testing.export import write_model_folders
 

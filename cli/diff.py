@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
 from svsurgery.cli.arguments import InputsArgs, ReportArgs, TorchArgs, bounded_int, files
 from svsurgery.cli.common import console, error_console
 from svsurgery.errors import EXIT_CHECK_FAILED, BadInputError
-from svsurgery.parity.metrics import PROFILES
+from svsurgery.files import write_atomically
+from svsurgery.model_io import load
+from svsurgery.parity.metrics import PROFILES, tolerance
 
 
 def register(verbs) -> None:
@@ -47,13 +51,8 @@ def register(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from svsurgery.divergence import diff, diff_models
-    from svsurgery.files import write_atomically
-    from svsurgery.model_io import load
     from svsurgery.parity.inputs import runs_on
-    from svsurgery.parity.metrics import tolerance
 
     if bool(args.reference) == bool(args.torch):
         raise BadInputError("give one reference: a second .onnx model, or --torch MODULE_SPEC")

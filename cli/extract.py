@@ -8,6 +8,7 @@ from pathlib import Path
 from svsurgery.cli.arguments import InputsArgs, bounded_int, files
 from svsurgery.cli.common import console
 from svsurgery.errors import EXIT_CHECK_FAILED
+from svsurgery.model_io import load, save
 
 
 def register(verbs) -> None:
@@ -34,7 +35,6 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
-    from svsurgery.model_io import load, save
     from svsurgery.parity.inputs import runs_on
     from svsurgery.repro import extract_repro
 

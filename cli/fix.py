@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 import onnx_ir as ir
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from svsurgery.cli.arguments import EngineArgs, InputsArgs, OutputArgs, ReferenceArgs, ReportArgs, ToleranceArgs, files
 from svsurgery.cli.common import console, error_console
 from svsurgery.errors import EXIT_CHECK_FAILED
+from svsurgery.model_io import load, save
 
 OUTPUT = OutputArgs("fixed")
 
@@ -52,10 +54,7 @@ def run_engine(
 ) -> int:
     """Load, check every path, run the engine with a progress line, write when within tolerance, report.
     ``engine_options`` go to :func:`svsurgery.engine.fix` as they are (fp16: ``min_headroom``)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from svsurgery import engine
-    from svsurgery.model_io import load, save
 
     plan = files(args)
     model = load(args.model)

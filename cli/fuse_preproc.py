@@ -11,6 +11,7 @@ from svsurgery.errors import EXIT_CHECK_FAILED
 from svsurgery.frontend.config import PRESETS
 from svsurgery.frontend.options import LfrOptions
 from svsurgery.fuse import fuse_preprocessing
+from svsurgery.model_io import load, save
 from svsurgery.vad import mode as vad_modes
 from svsurgery.vad.options import SegmentOptions
 
@@ -58,8 +59,6 @@ def register(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load and check every input (the VAD mode's files through its own validation), fuse and
     verify, then write through the file plan only when parity held, as ``fix`` does."""
-    from svsurgery.model_io import load, save
-
     plan = files(args)
     encoder = Path(args.encoder)
     plan.read_model(load(encoder))

@@ -6,6 +6,8 @@ import argparse
 
 from svsurgery.cli.arguments import InputsArgs, TorchArgs, files
 from svsurgery.cli.common import console
+from svsurgery.model_io import load, value_names
+from svsurgery.parity import references
 
 
 def register(verbs) -> None:
@@ -27,8 +29,6 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svsurgery import golden
-    from svsurgery.model_io import load, value_names
-    from svsurgery.parity import references
     from svsurgery.parity.inputs import runs_on
 
     plan = files(args)

@@ -122,13 +122,18 @@ class FixReport(Report):
         console.print(f"  reference: {escape(self.reference)}")
         console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
         console.print(f"  tolerance: {escape(self.tolerance['name'])}; evaluation: {escape(self.evaluation)}")
-        table = Table(box=box.SIMPLE_HEAD)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))  # whole at 80 columns
         columns = ["rule", "n", "result", "max abs", "after", "cosine", "argmax"]
         headroom = self.headroom_after is not None
         if headroom:
             columns.append("headroom")
         for column in columns:
-            table.add_column(column, justify="left" if column in ("rule", "result") else "right", no_wrap=True)
+            if column == "result":  # its words wrap at narrow widths; rule names and figures never wrap or get cut
+                table.add_column(column, overflow="fold")
+            elif column == "rule":
+                table.add_column(column, no_wrap=True)
+            else:
+                table.add_column(column, justify="right", no_wrap=True)
         for step in self.steps:
             rule = step.family + (f" @ {step.site}" if step.site else "")
             colour = {ACCEPTED: "green", ROLLED_BACK: "red"}.get(step.status, "dim")

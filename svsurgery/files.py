@@ -170,7 +170,7 @@ class FilePlan:
 
     def read_model(self, model, what: str = "input model") -> None:
         """The files an loaded model came from (the .onnx and its external data)."""
-        from svsurgery.model_io import SOURCE_FILES_KEY, SOURCE_PATH_KEY
+        from svsurgery.model_io import SOURCE_FILES_KEY, SOURCE_PATH_KEY  # local: model_io imports this module
 
         source = model.meta.get(SOURCE_PATH_KEY)
         for name in sorted(model.meta.get(SOURCE_FILES_KEY, ())):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
-from svsurgery.model_io import validate, validate_with_proto
+from svsurgery.model_io import to_proto, validate, validate_with_proto
+from svsurgery.parity.float16 import SEMANTICS, Float16Evaluator
 from svsurgery.parity.metrics import ParityResult, Tolerance, compare_outputs
 from svsurgery.precision import convert_to_float16
 
@@ -53,15 +54,11 @@ class Float16Verifier(Verifier):
     with true float16 arithmetic (onnxruntime's CPU provider would hide overflow)."""
 
     def __init__(self, expected: dict, feeds: dict, tolerance: Tolerance, label: str, keep_io_types: bool) -> None:
-        from svsurgery.parity.float16 import SEMANTICS
-
         super().__init__(expected, feeds, tolerance, label)
         self.keep_io_types = keep_io_types
         self.evaluation = f"converted to float16, evaluated in {SEMANTICS}"
 
     def __call__(self, model: ir.Model) -> ParityResult:
-        from svsurgery.parity.float16 import Float16Evaluator
-
         self.last_proto = None  # what is checked is the conversion, not the model given
         converted, _ = convert_to_float16(model, keep_io_types=self.keep_io_types)
         validate(converted, self.label, optimize=False)  # the float16 model is what gets shipped: it must load
@@ -80,8 +77,6 @@ class Snapshot:
     """
 
     def __init__(self, model: ir.Model, proto: onnx.ModelProto | None = None) -> None:
-        from svsurgery.model_io import to_proto
-
         self.proto = proto if proto is not None else to_proto(model)
         self.meta = dict(model.meta)
         # where external data left in its files is found (a proto does not say: its locations are relative)

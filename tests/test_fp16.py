@@ -4,6 +4,7 @@ each precision rule is needed for the failure it targets."""
 from __future__ import annotations
 
 import collections
+import io
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 from graphs import LayerNormSpec, feeds_for, layer_norm_model
 from onnx import TensorProto, helper, numpy_helper
+from rich.console import Console
 
 import svsurgery
 from svsurgery.cli.main import main
@@ -101,6 +103,21 @@ def test_fp16_command_writes_a_loadable_half_size_model(tmp_path, capsys, legacy
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(float16)"  # without --keep-io-types
     assert os.path.getsize(out) < 0.65 * os.path.getsize(legacy_path)
+
+
+def test_fp16_report_keeps_every_figure_whole_at_80_columns(legacy_path):
+    """Guards: the rule table (with its headroom column) cut cells to `6.95e-…`, `accept…` at 80
+    columns once fp16 reports headroom."""
+    model = svsurgery.load(legacy_path)
+    _, report = svsurgery.fix(model, precision=ir.DataType.FLOAT16)
+    out = io.StringIO()
+    report.render(Console(file=out, width=80, force_terminal=False))
+    text = out.getvalue()
+    table = text[text.index("rule") : text.index("float16 conversion")]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+    assert "headroom" in table and "accepted" in table
+    accepted = next(s for s in report.steps if s.status == "accepted" and s.after)
+    assert f"{accepted.after['max_abs']:.2e}" in table and f"{accepted.after['min_cosine']:.7f}" in table
 
 
 # ----------------------------------------------------------------------------- one rule, one failure

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+import svsurgery
+from svsurgery import patch
+from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
+from svsurgery.parity.waveforms import speech_like
 from svsurgery.testing.encoder import EncoderConfig, SenseVoiceEncoder, build_encoder, example_inputs
 
 __all__ = [
@@ -92,9 +96,6 @@ def export_dynamo(model: SenseVoiceEncoder, path: str | os.PathLike, opset: int 
 def cmvn_statistics(seconds: float = 8.0):
     """(shift, scale) = (-mean, 1/std) of SenseVoice LFR features of the built-in waveform's
     speech frames, standing in for the am.mvn a trained model ships."""
-    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
-    from svsurgery.parity.waveforms import speech_like
-
     stacked = numpy_statement.apply_lfr(
         numpy_statement.fbank(speech_like(seconds, seed=7), FbankOptions.sensevoice()), LfrOptions(7, 6)
     )
@@ -137,9 +138,6 @@ def write_model_folders(out_dir: str | os.PathLike, config: EncoderConfig | None
     - ``sherpa/``: sherpa-onnx's signature (``x``, ``x_length``, ``language``, ``text_norm``)
       with LFR and CMVN in metadata (``lfr_window_size``, ``neg_mean``, ``inv_stddev``, ...)
     """
-    import svsurgery
-    from svsurgery import patch
-
     out_dir = Path(out_dir)
     model = build_encoder(config)
     shift, scale = cmvn_statistics()

