@@ -14,7 +14,18 @@ from rich.table import Table
 
 from svsurgery.errors import BadInputError
 from svsurgery.report import Report, dumps
-from svsurgery.rules import casts, gelu, instance_norm, layer_norm, lossy_casts, masks, positional, rms_norm, softmax
+from svsurgery.rules import (
+    casts,
+    gelu,
+    instance_norm,
+    layer_norm,
+    lossy_casts,
+    masks,
+    positional,
+    rms_norm,
+    softmax,
+    spectral,
+)
 from svsurgery.rules.base import RuleFamily
 
 __all__ = ["CATALOG", "CatalogReport", "select"]
@@ -23,7 +34,7 @@ __all__ = ["CATALOG", "CatalogReport", "select"]
 # value's type, which the cast rules then need without another shape inference.
 # rms-norm next (the other fusion; below opset 23 it protects float16 chains instead).
 # The precision families (mask-fill for float16 and -inf fills; softmax-fp32,
-# positional-fp32, instance-norm and gelu only for models computed in float16) come before
+# positional-fp32, spectral-fp32, instance-norm and gelu only for models computed in float16) come before
 # lossy-casts, which judges single sites against whatever precision the model has by then.
 CATALOG: tuple[RuleFamily, ...] = (
     layer_norm.FAMILY,
@@ -32,6 +43,7 @@ CATALOG: tuple[RuleFamily, ...] = (
     masks.FAMILY,
     softmax.FAMILY,
     positional.FAMILY,
+    spectral.FAMILY,
     instance_norm.FAMILY,
     gelu.FAMILY,
     lossy_casts.FAMILY,

@@ -195,6 +195,7 @@ def test_rules_command_lists_the_catalog(capsys):
         "mask-fill",
         "softmax-fp32",
         "positional-fp32",
+        "spectral-fp32",
         "instance-norm",
         "gelu",
         "lossy-casts",

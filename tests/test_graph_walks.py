@@ -160,6 +160,22 @@ def _gelu(x: str, out: str, p: str, opset: int) -> Nodes:
     ]
 
 
+def _spectral(x: str, out: str, p: str, opset: int) -> Nodes:
+    """x read as 64-sample frames times a Hann-windowed 64-point Fourier basis (33 cos, 31 sin filters)."""
+    taps = np.arange(64)
+    window = np.hanning(64)
+    cosines = [np.cos(2 * np.pi * k * taps / 64) * window for k in range(33)]
+    sines = [np.sin(2 * np.pi * k * taps / 64) * window for k in range(1, 32)]
+    return [
+        _constant(f"{p}/frames_shape", [-1, 64], np.int64),
+        helper.make_node("Reshape", [x, f"{p}/frames_shape"], [f"{p}/frames"], name=f"{p}/Reshape"),
+        _constant(f"{p}/basis", np.stack(cosines + sines).T),
+        helper.make_node("MatMul", [f"{p}/frames", f"{p}/basis"], [f"{p}/spectrum"], name=f"{p}/MatMul"),
+        _constant(f"{p}/shape", [BATCH, STEPS, DIM], np.int64),
+        helper.make_node("Reshape", [f"{p}/spectrum", f"{p}/shape"], [out], name=f"{p}/Reshape_1"),
+    ]
+
+
 # ----------------------------------------------------------------------------- what "changed" means, per place
 
 
@@ -209,6 +225,7 @@ FAMILIES: dict[str, tuple[Callable, Callable, tuple[int, ...]]] = {
     "mask-fill": (_attention, _finite_fills, (17,)),
     "softmax-fp32": (_attention, _safe_softmax, (17,)),
     "positional-fp32": (_positional, _marked("Sin"), (17,)),
+    "spectral-fp32": (_spectral, _marked("MatMul"), (17,)),
     "instance-norm": (_instance_norm, _marked("InstanceNormalization"), (17,)),
     "gelu": (_gelu, _gelu_changed, (17, 20)),  # float32 chain below 20, Gelu at 20
     "lossy-casts": (_lossy_round_trip, _no_casts, (17,)),

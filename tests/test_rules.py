@@ -60,6 +60,7 @@ def test_funasr_export_every_layer_norm_fused_every_identity_cast_removed(legacy
         "gelu": "no match",  # no such patterns
         "softmax-fp32": "no match",
         "positional-fp32": "no match",
+        "spectral-fp32": "no match",
         "lossy-casts": "no match",  # float32 model
     }
     ops = _ops(fixed)

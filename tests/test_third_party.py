@@ -139,22 +139,16 @@ def test_engine_commands_run_without_inputs(capsys, tmp_path, third_party, model
     code, err = _cli(capsys, "fp16", model, "-o", half, "--report", tmp_path / "fp16.json")
     fp16 = json.loads((tmp_path / "fp16.json").read_text())
     assert fp16["precision"] == "FLOAT16" and "true float16" in fp16["evaluation"]
+    assert code == 0, err
+    assert fp16["written"]
+    written = svsurgery.load(half).graph
+    floats = [v.dtype.name for v in [*written.inputs, *written.outputs] if v.dtype.is_floating_point()]
+    assert floats and set(floats) == {"FLOAT16"}  # a float16 model, its interface included (no --keep-io-types)
+    _within(fp16, "fp16")
     if model_id.startswith("silero"):
-        # Known, not an input problem: float16 rounding accumulated through silero's conv encoder
-        # leaves the recurrent state output 'stateN' at max rel ~0.12 (cosine 0.999995) against the
-        # fp16 profile's 0.05, while the speech probability 'output' is well inside it.
-        assert code == 1 and not fp16["written"]
-        outputs = {o["name"]: o for o in fp16["final"]["outputs"]}
-        assert outputs["output"]["passed"] and outputs["output"]["max_rel"] < 0.01
-        assert not outputs["stateN"]["passed"] and 0.05 < outputs["stateN"]["max_rel"] < 0.3
-        assert outputs["stateN"]["cosine"] > 0.9999 and outputs["stateN"]["nan_count"] == 0
-    else:
-        assert code == 0, err
-        assert fp16["written"]
-        written = svsurgery.load(half).graph
-        floats = [v.dtype.name for v in [*written.inputs, *written.outputs] if v.dtype.is_floating_point()]
-        assert floats and set(floats) == {"FLOAT16"}  # a float16 model, its interface included (no --keep-io-types)
-        _within(fp16, "fp16")
+        # its STFT basis rounded to float16 put the recurrent state 'stateN' at max rel 0.117 > 0.05
+        spectral = next(step for step in fp16["steps"] if step["family"] == "spectral-fp32")
+        assert spectral["status"] == "accepted" and spectral["matches"] >= 1
 
     code, err = _cli(capsys, "golden", model, "-o", golden)
     assert code == 0, err

@@ -97,13 +97,16 @@ def improvement(before: ParityResult, after: ParityResult, margin: Margin = Marg
 def judge_improvement(before: ParityResult, after: ParityResult, margin: Margin = Margin()) -> tuple[str | None, str]:
     """(how ``after`` is strictly better than ``before``, or None; the reason for the verdict).
 
-    Strictly better: no output got worse at all (a pass accepted for improving must not
-    trade one output for another), and some output improved beyond the margin: fewer
+    Strictly better: no output got worse beyond rounding noise (a pass accepted for improving
+    must not trade one output for another; a cosine that moves by less than the margin's, or
+    a max abs error that grows by less than one rounding step of the output's type at its
+    scale, is the last bit of arithmetic, not a trade), and some output improved beyond the
+    margin: fewer
     NaN/Inf values, integer values that now match, more positions whose argmax agrees, a
     max abs error that drops by more than the margin, or a cosine that rises by more
     than it. The reason names what decided, in either case.
     """
-    strict = Margin(relative=0.0, ulps=0.0, cosine=0.0, argmax=0.0)
+    strict = Margin(relative=0.0, ulps=1.0, cosine=margin.cosine, argmax=0.0)
     worse = regression(before, after, strict)
     if worse:
         return None, f"parity did not improve (this rule is kept only when it does): got worse: {worse}"
