@@ -10,7 +10,7 @@ On silero's shipped model this alone moves the recurrent ``stateN`` output by 0.
 relative error), beyond the fp16 profile, however the rest is computed. For models that
 compute in float16, this family finds every Conv with one input channel and every MatMul
 whose constant weight is such a basis (at least 64 taps; nearly all of each non-zero filter's
-energy in one DFT bin and its neighbours) and marks it to compute in float32 with its weights
+energy in one DFT bin's main lobe) and marks it to compute in float32 with its weights
 kept in float32 (the conversion keeps a weight float32 when every reader computes in float32).
 Every graph of the model is searched: If/Loop/Scan bodies and model-local functions alike.
 """
@@ -27,7 +27,8 @@ from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily
 __all__ = ["FAMILY", "is_fourier_basis"]
 
 MIN_TAPS = 64  # shorter filters are learned convolutions (wav2vec2's first layer has 10 taps), not a basis
-MIN_PEAK_ENERGY = 0.9  # of a filter's energy within its strongest DFT bin and one bin either side
+MIN_PEAK_ENERGY = 0.9  # of a filter's energy within its strongest DFT bin and two bins either side
+_LOBE_BINS = 2  # a Hann window's main lobe reaches its first zeros two bins either side of the tone
 MIN_SINUSOIDS = 0.9  # of the non-zero filters
 
 
@@ -35,8 +36,9 @@ def is_fourier_basis(filters: np.ndarray) -> bool:
     """Are ``filters`` ([M, N], one per row) windowed sinusoids, each at one DFT bin?
 
     A filter is a sinusoid when at least :data:`MIN_PEAK_ENERGY` of its energy sits in its
-    strongest bin of an N-point DFT and the bins beside it (a windowed tone's main lobe); all-zero
-    filters (the sine rows at DC and Nyquist) are not counted.
+    strongest bin of an N-point DFT and the two bins either side (a windowed tone's main lobe;
+    near DC the tone's mirror image can be the strongest bin); all-zero filters (the sine rows
+    at DC and Nyquist) are not counted.
     """
     if filters.ndim != 2 or filters.shape[1] < MIN_TAPS or filters.shape[0] < 2:
         return False
@@ -46,9 +48,9 @@ def is_fourier_basis(filters: np.ndarray) -> bool:
     if nonzero.sum() < 2:
         return False
     peak = power.argmax(axis=1)
-    padded = np.pad(power, ((0, 0), (1, 1)))
+    padded = np.pad(power, ((0, 0), (_LOBE_BINS, _LOBE_BINS)))
     rows = np.arange(power.shape[0])
-    lobe = padded[rows, peak] + padded[rows, peak + 1] + padded[rows, peak + 2]
+    lobe = sum(padded[rows, peak + offset] for offset in range(2 * _LOBE_BINS + 1))
     sinusoids = (lobe >= MIN_PEAK_ENERGY * total) & nonzero
     return bool(sinusoids.sum() >= MIN_SINUSOIDS * nonzero.sum())
 
@@ -56,6 +58,8 @@ def is_fourier_basis(filters: np.ndarray) -> bool:
 def _basis(node: ir.Node) -> np.ndarray | None:
     """The filters [M, N] of a Conv with one input channel or of a MatMul by a constant, if constant."""
     if node.op_type == "Conv" and len(node.inputs) >= 2:
+        if node.attributes.get_int("group", 1) != 1:
+            return None  # a depthwise filter per channel (FSMN memory blocks), not a filter bank on one signal
         weight = ir.convenience.get_const_tensor(node.inputs[1]) if node.inputs[1] is not None else None
         if weight is None or len(weight.shape) != 3 or weight.shape[1] != 1:
             return None

@@ -64,3 +64,30 @@ def test_float32_models_are_left_alone(silero):
     _, report = svsurgery.fix(svsurgery.load(silero), [FAMILY])
     step = report.steps[0]
     assert step.matches == 0 and "float32" in " ".join(step.notes)
+
+
+def test_only_filter_banks_on_one_signal_are_marked():
+    """A one-channel Conv by a Fourier basis is marked; the same filters as a depthwise Conv
+    (group > 1: one filter per channel, as FSMN memory blocks are) and random filters are not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from svsurgery.rules.base import ApplyOptions
+
+    basis = _dft_basis(64, np.hanning(64))[:4]  # 4 filters: cos at bins 0..3
+
+    def conv_model(weight: np.ndarray, group: int) -> ir.Model:
+        channels = weight.shape[0] if group > 1 else 1
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], group=group, name="/stft/Conv")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 256])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weight[:, None, :].astype(np.float32), "w")],
+        )
+        return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    half = ApplyOptions(precision=ir.DataType.FLOAT16)
+    assert FAMILY.apply(conv_model(basis, 1), half).matches == 1
+    assert FAMILY.apply(conv_model(basis, 4), half).matches == 0
+    random_filters = np.random.default_rng(1).standard_normal((4, 64))
+    assert FAMILY.apply(conv_model(random_filters, 1), half).matches == 0
