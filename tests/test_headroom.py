@@ -476,3 +476,51 @@ def test_instance_normalization_keeps_its_stock_float16_statistics():
             # one float16 step at the output's scale (+ bias cancels near zero: steps per element would be tiny there)
             step = float(np.spacing(np.float16(np.abs(expected).max())))
             assert np.abs(actual.astype(np.float64) - expected).max() <= step
+
+
+@pytest.mark.parametrize("trips", [3, 0], ids=["three-iterations", "no-iteration"])
+def test_the_float16_evaluator_stacks_loop_scan_outputs_as_onnxruntime_does(trips):
+    """Guards: onnx.reference's Loop joined rank-2 scan outputs with np.vstack (concatenated along
+    their first axis: [6, 4] instead of [3, 2, 4]), which crashed `svsurgery fp16` on every fused
+    model (its fbank scans [B, frames, 80] blocks); with no iteration it raised."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "x"], ["acc_out"]),
+            helper.make_node("Identity", ["acc_out"], ["scan"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT16, [2, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT16, [2, 4]),
+            helper.make_tensor_value_info("scan", TensorProto.FLOAT16, [2, 4]),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "go", "x"], ["final", "steps"], body=body)],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4]),
+            helper.make_tensor_value_info("trips", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("final", TensorProto.FLOAT16, [2, 4]),
+            helper.make_tensor_value_info("steps", TensorProto.FLOAT16, None),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": np.arange(8, dtype=np.float16).reshape(2, 4), "trips": np.array(trips), "go": np.array(True)}
+    ours = Float16Evaluator(ir.from_proto(model)).run(feeds)
+    expected = run(ir.from_proto(model), feeds)
+    final, steps = expected["final"], expected["steps"]
+    np.testing.assert_array_equal(ours["final"], final)
+    assert ours["steps"].shape[0] == trips and steps.shape[0] == trips
+    if trips:
+        assert ours["steps"].shape == steps.shape == (trips, 2, 4)
+        np.testing.assert_array_equal(ours["steps"], steps)

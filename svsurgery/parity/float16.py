@@ -21,12 +21,15 @@ each value computed in float16 is from float16's range, on the inputs given.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops import load_op
+from onnx.reference.ops.op_loop import Loop as _ReferenceLoop
 
 from svsurgery import patch
+from svsurgery.errors import CheckFailedError
 from svsurgery.model_io import to_proto
 from svsurgery.parity.headroom import Headroom, measure
 
@@ -92,7 +95,40 @@ def _accumulating_in_float32(op_type: str) -> type[OpRun]:
     return type(op_type, (OpRun,), {"op_domain": "", "__init__": __init__, "run": run, "_run": _run})
 
 
-_OVERRIDES = [_accumulating_in_float32(op) for op in _FLOAT32_INSIDE]
+class _StackingLoop(_ReferenceLoop):
+    """onnx.reference's Loop with scan outputs stacked on a new first axis, as the Loop schema's
+    shape inference and onnxruntime give them. onnx.reference (1.23) joins them with np.vstack,
+    which stacks 1-D values but concatenates values of rank 2 or more along their first axis
+    (svsurgery's fused front end scans [B, frames, 80] blocks); with no iteration it fails."""
+
+    op_domain = ""
+
+    def __init__(self, onnx_node, run_params) -> None:
+        super().__init__(onnx_node, run_params)
+        run_body = getattr(self, "_run_body")  # noqa: B009 - OpRun sets it at run time for the "body" attribute
+        scans = self.K
+
+        def stacked(context, attributes=None, bindings=None):
+            outputs = list(run_body(context, attributes=attributes, bindings=bindings))
+            if scans:
+                outputs[-scans:] = [np.expand_dims(value, 0) for value in outputs[-scans:]]
+            return outputs
+
+        setattr(self, "_run_body", stacked)  # noqa: B010 - replaces what OpRun set
+
+    def _run(self, M, cond, *args, **kwargs):
+        if self.K and ((M is not None and int(M) <= 0) or (cond is not None and not bool(cond))):
+            body = next(a.g for a in self.onnx_node.attribute if a.name == "body")
+            empty = [
+                np.empty((0,), dtype=onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type))
+                for o in body.output[-self.K :]
+            ]
+            return (*args[: self.N], *empty)  # no iteration: the initial values and empty scan outputs
+        return super()._run(M, cond, *args, **kwargs)
+
+
+_StackingLoop.__name__ = "Loop"  # onnx.reference takes an op type's override by class name
+_OVERRIDES: list[type[OpRun]] = [*(_accumulating_in_float32(op) for op in _FLOAT32_INSIDE), _StackingLoop]
 
 
 class Float16Evaluator:
@@ -129,7 +165,14 @@ class Float16Evaluator:
             array = np.asarray(value)
             typed[name] = array.astype(dtype.numpy()) if dtype is not None and dtype.is_floating_point() else array
         with np.errstate(all="ignore"):  # overflow to inf and NaN are what is being looked for
-            values = dict(self._evaluator.run(None, typed, intermediate=True))
+            try:
+                values = dict(self._evaluator.run(None, typed, intermediate=True))
+            except Exception as error:  # onnx.reference's own limits: one line, not its traceback
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise CheckFailedError(
+                    f"the true-float16 evaluation (onnx.reference) cannot run this model: "
+                    f"{type(error).__name__}: {first}"
+                ) from error
         if self.measure_headroom:
             self.headroom = measure(self._model, values, opsets=self._proto.opset_import)
         return values
