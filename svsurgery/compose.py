@@ -155,6 +155,15 @@ def prepend_frontend(
     features, lengths, *extras = source.outputs  # a VAD front end's segments [K, 2], the entry's report
     segments = next((v for v in extras if v.name == SEGMENTS), None)
     extras = [v for v in extras if v is not segments]
+    wanted = binding.features.dtype
+    if wanted is not None and features.dtype is not None and wanted != features.dtype:
+        # a float16 (or double) encoder: the front end computes in float32, its features are
+        # rounded once where the encoder reads them, as the step-by-step pipeline rounds them
+        cast = ir.node("Cast", [features], attributes={"to": wanted}, name="svs/frontend/Cast_features")
+        source.append(cast)
+        cast.outputs[0].dtype, cast.outputs[0].shape = wanted, features.shape
+        cast.outputs[0].name = "svs/frontend/features_as_encoder_dtype"
+        features = cast.outputs[0]
     _rename_clashes(encoder, frontend, keep=(binding.features.name, binding.lengths.name if binding.lengths else None))
     encoder_outputs = list(graph.outputs)
 

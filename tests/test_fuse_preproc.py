@@ -311,3 +311,32 @@ def test_encoder_runs_each_row_alone_inside_one_loop(folders):
         {"waveform": np.zeros((0, 5, 560), np.float32), "waveform_lengths": np.zeros(0, np.int64), **ids},
     )
     assert empty[0].shape == (0, 4, logits.shape[2]) and empty[1].shape == (0,)
+
+
+@pytest.mark.parametrize("vad", [None, "energy"], ids=["whole", "energy-vad"])
+def test_a_float16_encoder_is_fused_with_its_features_rounded_once(folders, tmp_path, fused, speech, vad):
+    """Guards: fusing an encoder that `svsurgery fp16` made crashed inside onnxruntime with a
+    traceback (Concat bound to float16 and float): the front end's float32 features met the
+    float16 encoder directly. The features are now cast once where the encoder reads them (as
+    the step-by-step pipeline casts them), and the fused float16 model gives the float32 fused
+    model's logits."""
+    import onnx_ir as ir
+
+    from svsurgery.vad.energy import EnergyVadOptions
+
+    for name in ("config.yaml", "am.mvn"):
+        shutil.copy(folders["funasr"].parent / name, tmp_path / name)
+    half, fp16_report = svsurgery.fix(svsurgery.load(folders["funasr"]), precision=ir.DataType.FLOAT16)
+    assert fp16_report.passed
+    half_path = svsurgery.save(half, tmp_path / "model.onnx")
+    model, report = fuse_preprocessing(half_path, vad=EnergyVadOptions() if vad else None)
+    assert report.passed, report.fused_vs_two_step
+    assert any("rounded once" in notice for notice in report.notices)
+    casts = [n for n in svsurgery.patch.all_graphs(model)[0] if n.name == "svs/frontend/Cast_features"]
+    assert len(casts) == 1 and casts[0].attributes["to"].value == ir.DataType.FLOAT16
+    if vad is None:
+        feeds = _feeds("funasr", [speech])
+        ours = run(model, feeds)["ctc_logits"].astype(np.float32)
+        full = run(svsurgery.load(fused["funasr"][0]), feeds)["ctc_logits"]
+        parity = compare("ctc_logits", ours, full)  # a float16 encoder against the float32 one
+        assert parity.cosine > 0.9999 and parity.argmax_agreement == 1.0, parity
