@@ -12,6 +12,7 @@ from svsurgery.errors import EXIT_CHECK_FAILED, BadInputError
 from svsurgery.files import write_atomically
 from svsurgery.model_io import load
 from svsurgery.parity.metrics import PROFILES, tolerance
+from svsurgery.runtime import run as run_model
 
 
 def register(verbs) -> None:
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     ReportArgs.declare(args)
     inputs = InputsArgs.parse(args, model, args.model)
     chosen = tolerance(args.tolerance) if args.tolerance else None
+    with runs_on(inputs, args.model):  # inputs it cannot run on: one line naming them (exit 2), before any work
+        run_model(model, inputs.feeds)
     with Progress(
         TextColumn("comparing values"),
         BarColumn(),

@@ -81,12 +81,13 @@ class CatalogReport(Report):
             table.add_column(column, overflow="fold")
         for family in self.families:
             kept = "parity strictly improves" if family.acceptance == "improves" else "parity no worse"
-            references = "\n".join(family.references)
+            kept += "; in float16 models also when headroom rises with cosine and argmax within tolerance"
+            references = "\n".join(f"see: {reference}" for reference in family.references)
             table.add_row(
                 escape(family.id),
                 escape(family.title),
                 escape(family.fixes),
-                escape(family.safe_when + (f"\n{references}" if references else "")),
+                escape(family.safe_when + (f"\n\n{references}" if references else "")),
                 kept,
             )
         console.print(table)

@@ -107,12 +107,16 @@ def _apply(model, options: ApplyOptions) -> Applied:
     known_constants(model)
     if opset >= _GELU_OPSET:
         fused = apply_rewrite_rules(model, [restricted(rule, options.site) for rule in FUSIONS], commute=True)
-        return Applied(fused, notes=[f"{fused} GELU chains fused into Gelu, computed in float32"] if fused else [])
+        chains_word = "chain" if fused == 1 else "chains"
+        return Applied(
+            fused, notes=[f"{fused} GELU {chains_word} fused into Gelu, computed in float32"] if fused else []
+        )
     chains = _chains(model, options.site)
     for _, nodes in chains:
         for node in nodes:
             keep_in_float32(node, f"{FAMILY.id}: GELU chain computed in float32, rounded once")
-    notes = [f"{len(chains)} GELU chains compute in float32 (opset {opset} < {_GELU_OPSET}: no Gelu)"] if chains else []
+    verb = "chain computes" if len(chains) == 1 else "chains compute"
+    notes = [f"{len(chains)} GELU {verb} in float32 (opset {opset} < {_GELU_OPSET}: no Gelu)"] if chains else []
     return Applied(len(chains), notes=notes)
 
 

@@ -84,7 +84,8 @@ def _apply(model: ir.Model, options: ApplyOptions) -> Applied:
                 keep_in_float32(node, f"{FAMILY.id}: a Fourier basis on the waveform, weights kept in float32")
                 marked.append(node)
     notes = [
-        f"{len(marked)} Fourier bases computed in float32: " + ", ".join(f"{n.op_type} {n.name}" for n in marked[:4])
+        f"{len(marked)} Fourier {'basis' if len(marked) == 1 else 'bases'} computed in float32: "
+        + ", ".join(f"{n.op_type} {n.name}" for n in marked[:4])
     ]
     return Applied(len(marked), notes=notes if marked else [])
 

@@ -118,7 +118,8 @@ class FixReport(Report):
         return f"{self.headroom_after.describe()}: below the required {self.min_headroom:g}x (--min-headroom)"
 
     def render(self, console) -> None:
-        console.print(f"[bold]fix[/bold] {escape(self.model)}")
+        verb = "fp16" if self.precision in ("FLOAT16", "BFLOAT16") else "fix"
+        console.print(f"[bold]{verb}[/bold] {escape(self.model)}")
         console.print(f"  reference: {escape(self.reference)}")
         console.print(f"  inputs: {escape('; '.join(f'{k}: {v}' for k, v in self.inputs.items()))}")
         console.print(f"  tolerance: {escape(self.tolerance['name'])}; evaluation: {escape(self.evaluation)}")
@@ -128,10 +129,8 @@ class FixReport(Report):
         if headroom:
             columns.append("headroom")
         for column in columns:
-            if column == "result":  # its words wrap at narrow widths; rule names and figures never wrap or get cut
+            if column in ("rule", "result"):  # words (and per-site names) fold; figures never wrap or get cut
                 table.add_column(column, overflow="fold")
-            elif column == "rule":
-                table.add_column(column, no_wrap=True)
             else:
                 table.add_column(column, justify="right", no_wrap=True)
         for step in self.steps:

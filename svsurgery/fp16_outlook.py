@@ -21,6 +21,7 @@ from svsurgery.parity.headroom import DEFAULT_MIN_HEADROOM, format_headroom, mea
 from svsurgery.parity.inputs import ParityInputs, runs_on
 from svsurgery.precision import model_precision
 from svsurgery.report import Report
+from svsurgery.runtime import run
 
 __all__ = ["Float16Outlook", "fp16_outlook"]
 
@@ -41,23 +42,27 @@ class Float16Outlook(Report):
     unmeasured_in_bodies: int = 0
 
     @property
-    def passed(self) -> bool:
-        """Would ``svsurgery fp16 --min-headroom`` at its default accept this headroom? Not
-        known (False) while values inside control-flow bodies go unmeasured."""
-        return self.headroom >= self.min_headroom and not self.unmeasured_in_bodies
+    def passed(self) -> bool | None:
+        """Would ``svsurgery fp16 --min-headroom`` at its default accept this headroom? False
+        when the measured values are already below it; None (not known) when they are not but
+        values inside control-flow bodies went unmeasured."""
+        if self.headroom < self.min_headroom:
+            return False
+        return None if self.unmeasured_in_bodies else True
 
     def render(self, console) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        if self.unmeasured_in_bodies:
-            verdict = "[yellow]not known[/yellow] against"
-        else:
-            verdict = "[green]enough[/green] for" if self.passed else "[red]below[/red]"
+        bound = f"svsurgery fp16's default bound ({format_headroom(self.min_headroom)})"
+        verdict = {
+            True: f"[green]enough[/green] for {bound}",
+            False: f"[red]below[/red] {bound}",
+            None: f"[yellow]over the main graph only[/yellow]: whether it meets {bound} is not known",
+        }[self.passed]
         console.print(
             f"[bold]float16 headroom[/bold] of {escape(self.model)} ({escape(self.measured_as)}): "
-            f"{format_headroom(self.headroom)} — {verdict} svsurgery fp16's default bound "
-            f"({format_headroom(self.min_headroom)})"
+            f"{format_headroom(self.headroom)}, {verdict}"
         )
         if self.unmeasured_in_bodies:
             console.print(
@@ -92,6 +97,7 @@ def fp16_outlook(model: ir.Model, inputs: ParityInputs, *, label: str = "model")
     """The float16 headroom of ``model`` on ``inputs``; the model is not changed."""
     is_float16 = model_precision(model) == ir.DataType.FLOAT16
     with runs_on(inputs, label):
+        run(model, inputs.feeds)  # inputs it cannot run on: the usual one line (exit 2), not the evaluator's
         measured = measure_model(model, inputs.feeds)
     return Float16Outlook(
         model=label,

@@ -100,7 +100,9 @@ class Float16Conversion:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self) -> list[str]:
-        lines = [f"{self.float32_nodes} nodes compute in float32, {self.casts_added} Casts at region borders"]
+        nodes = "node computes" if self.float32_nodes == 1 else "nodes compute"
+        casts = "Cast" if self.casts_added == 1 else "Casts"
+        lines = [f"{self.float32_nodes} {nodes} in float32, {self.casts_added} {casts} at region borders"]
         if self.overflowed:
             lines.append(
                 f"{len(self.overflowed)} constants beyond float16's ±65504 became ±inf (as float16 defines; "

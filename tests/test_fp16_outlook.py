@@ -87,9 +87,10 @@ def test_inspect_fp16_says_what_it_could_not_measure_in_control_flow_bodies(caps
 
     assert main(["inspect", str(silero_model()), "--fp16", "--json"]) == 0
     outlook = json.loads(capsys.readouterr().out)["fp16"]
-    assert outlook["unmeasured_in_bodies"] > 100 and outlook["passed"] is False
+    assert outlook["unmeasured_in_bodies"] > 100 and outlook["passed"] is None  # not known
     assert main(["inspect", str(silero_model()), "--fp16"]) == 0
-    assert "not measured" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "not measured" in text and "not known" in text
 
 
 def test_inspect_inputs_without_fp16_is_a_usage_error(tmp_path, legacy_path, capsys):
