@@ -35,6 +35,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, pattern
 
 from svsurgery import patch
+from svsurgery.dtypes import LOW_PRECISION_TYPES
 from svsurgery.errors import BadInputError
 from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.precision import keep_in_float32
@@ -44,7 +45,6 @@ __all__ = ["FAMILY", "BiasAbsorption", "LayerNormFusion", "LayerNormInFloat32", 
 
 _LAYER_NORM_OPSET = 17
 _NORMALIZABLE = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
-_LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 _PREFIX = "svs/rule/layer-norm"
 
 
@@ -209,7 +209,7 @@ class LayerNormInFloat32(_DecomposedLayerNorm):
     (for models that stay below opset 17); the affine part after it is left as it was."""
 
     def extra_check(self, context, x, result):
-        if x.dtype not in _LOW_PRECISION:
+        if x.dtype not in LOW_PRECISION_TYPES:
             return result.fail("already computed in float32 or double", x)
         return result
 

@@ -54,6 +54,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from svsurgery import patch
+from svsurgery.dtypes import LOW_PRECISION_TYPES
 from svsurgery.errors import BadInputError, require
 from svsurgery.model_io import SOURCE_PATH_KEY
 from svsurgery.parity.float16 import SEMANTICS, Float16Evaluator
@@ -364,12 +365,11 @@ class _Captured:
         return {name: self._arrays[name] for name in names}
 
 
-_LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 _ORT = "onnxruntime CPU, graph optimizations off"
 
 
 def _is_low_precision(model: ir.Model) -> bool:
-    return model_precision(model) in _LOW_PRECISION
+    return model_precision(model) in LOW_PRECISION_TYPES
 
 
 def _values_of(model: ir.Model, inputs: Mapping[str, np.ndarray], names: Sequence[str]):

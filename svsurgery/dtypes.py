@@ -14,9 +14,11 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["FLOAT_TYPES", "INTEGER_TYPES", "TypeRange", "is_lossless", "type_range"]
+__all__ = ["FLOAT_TYPES", "INTEGER_TYPES", "LOW_PRECISION_TYPES", "TypeRange", "is_lossless", "type_range"]
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE})
+# the 16-bit float types: a model computing in one of them is judged in true float16 arithmetic
+LOW_PRECISION_TYPES = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 INTEGER_TYPES = frozenset(
     {
         ir.DataType.INT8,

@@ -37,6 +37,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from svsurgery import patch, rules
+from svsurgery.dtypes import LOW_PRECISION_TYPES
 from svsurgery.errors import BadInputError, CheckFailedError, SvsError
 from svsurgery.golden import versions
 from svsurgery.model_io import SOURCE_PATH_KEY, load, value_names
@@ -184,13 +185,10 @@ class FixReport(Report):
             console.print(f"[green]wrote[/green] {escape(str(self.output))}")
 
 
-_LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
-
-
 def default_tolerance(model: ir.Model, precision: ir.DataType | None = None) -> Tolerance:
     """``fp16`` for models that compute (or will compute) in float16, ``fp32`` otherwise."""
     precision = precision or model_precision(model)
-    return tolerance_profile("fp16" if precision in _LOW_PRECISION else "fp32")
+    return tolerance_profile("fp16" if precision in LOW_PRECISION_TYPES else "fp32")
 
 
 def fix(
@@ -233,7 +231,7 @@ def fix(
     families = _families(families)
     label = Path(model.meta.get(SOURCE_PATH_KEY, "model")).name
     precision = precision or model_precision(model)
-    low = precision in _LOW_PRECISION
+    low = precision in LOW_PRECISION_TYPES
     if isinstance(tolerance, str):
         tolerance = tolerance_profile(tolerance)
     tolerance = tolerance or default_tolerance(model, precision)

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from svsurgery._version import __version__
 from svsurgery.compose import EncoderInputs, find_encoder_inputs, prepend_frontend
+from svsurgery.dtypes import LOW_PRECISION_TYPES
 from svsurgery.errors import BadInputError
 from svsurgery.frontend import build as build_frontend
 from svsurgery.frontend import knf, numpy_statement
@@ -47,8 +48,6 @@ from svsurgery.vad.options import SegmentOptions
 __all__ = ["FuseReport", "fuse_preprocessing", "verification_waveforms"]
 
 _NUMPY_INTEGERS = {ir.DataType.INT32: np.int32, ir.DataType.INT64: np.int64}
-
-_LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 def verification_waveforms() -> list[np.ndarray]:
@@ -201,7 +200,7 @@ def fuse_preprocessing(
         notices.append(f"encoder converted from ai.onnx opset {opset} to {needed} (the front end needs {needed})")
         opset = needed
     frontend_model = build_frontend(found.fbank, found.lfr, found.cmvn, opset=opset, length_dtype=binding.length_dtype)
-    if binding.features.dtype in _LOW_PRECISION:
+    if binding.features.dtype in LOW_PRECISION_TYPES:
         notices.append(
             f"the encoder reads {binding.features.dtype.name} features: the front end computes in float32 and its "
             "features are rounded once where the encoder reads them; fused vs two-step is judged by the fp16 "
@@ -377,7 +376,7 @@ def _fuse_with_vad(
 def _two_step_tolerance(binding: EncoderInputs, full_precision: str) -> Tolerance:
     """Fused vs the same graphs run one after the other: the same arithmetic, except that a float16
     encoder's kernels may round differently inside the fused graph (onnxruntime's CPU provider)."""
-    return PROFILES["fp16" if binding.features.dtype in _LOW_PRECISION else full_precision]
+    return PROFILES["fp16" if binding.features.dtype in LOW_PRECISION_TYPES else full_precision]
 
 
 def _per_span_parity(fused: dict, alone: list[dict], spans: np.ndarray, tolerance) -> list[OutputParity]:

@@ -31,6 +31,7 @@ import onnx
 import onnx_ir as ir
 
 from svsurgery import patch
+from svsurgery.dtypes import LOW_PRECISION_TYPES
 
 __all__ = [
     "FLOAT32_MARK",
@@ -43,7 +44,6 @@ __all__ = [
 
 FLOAT32_MARK = "svsurgery.precision"  # node metadata: why this node computes in float32
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
-_LOW_PRECISION = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 _F16_MAX = float(np.finfo(np.float16).max)
 _TYPE_ATTRIBUTES = {
     "Cast": "to",
@@ -74,10 +74,10 @@ def model_precision(model: ir.Model) -> ir.DataType:
     if sizes:
         return (
             max(sizes, key=sizes.__getitem__)
-            if max(sizes, key=sizes.__getitem__) in _LOW_PRECISION
+            if max(sizes, key=sizes.__getitem__) in LOW_PRECISION_TYPES
             else ir.DataType.FLOAT
         )
-    return ir.DataType.FLOAT16 if any(t in _LOW_PRECISION for t in interface) else ir.DataType.FLOAT
+    return ir.DataType.FLOAT16 if any(t in LOW_PRECISION_TYPES for t in interface) else ir.DataType.FLOAT
 
 
 def keep_in_float32(node: ir.Node, reason: str) -> None:
