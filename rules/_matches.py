@@ -16,7 +16,7 @@ from onnxscript.rewriter import pattern
 
 from svsurgery.patch import all_graphs
 
-__all__ = ["find_matches", "known_constants", "matchers", "restricted", "site_of"]
+__all__ = ["find_matches", "known_constants", "matchers", "reduced_axes", "restricted", "site_of"]
 
 
 def site_of(node: ir.Node) -> str:
@@ -97,3 +97,23 @@ def find_matches(
                     taken.update(id(n) for n in match.nodes)
                     break
     return found
+
+
+def reduced_axes(node: ir.Node, rank: int | None) -> list[int] | None:
+    """The sorted negative axes a Reduce* node reduces; None if unknown, empty or all axes."""
+    if "axes" in node.attributes:
+        axes = list(node.attributes.get_ints("axes"))
+    elif len(node.inputs) > 1 and node.inputs[1] is not None:
+        tensor = ir.convenience.get_const_tensor(node.inputs[1])
+        if tensor is None:
+            return None
+        axes = [int(a) for a in tensor.numpy().reshape(-1)]
+    else:
+        return None  # no axes: every axis (or none, with noop_with_empty_axes)
+    if not axes:
+        return None
+    if any(a >= 0 for a in axes):
+        if rank is None:
+            return None
+        axes = [a - rank if a >= 0 else a for a in axes]
+    return sorted(axes)

@@ -39,6 +39,7 @@ from svsurgery.dtypes import LOW_PRECISION_TYPES
 from svsurgery.errors import BadInputError
 from svsurgery.opset import ai_onnx_opset, convert_opset
 from svsurgery.precision import keep_in_float32
+from svsurgery.rules._matches import reduced_axes
 from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 
 __all__ = ["FAMILY", "BiasAbsorption", "LayerNormFusion", "LayerNormInFloat32", "ScaleAbsorption", "constants_last"]
@@ -85,7 +86,7 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
                     "LayerNormalization's does (onnxruntime issue 30513)",
                     node,
                 )
-            node_axes = _reduce_axes(node, rank)
+            node_axes = reduced_axes(node, rank)
             if node_axes is None:
                 return result.fail("the reduced axes are not constant, or reduce over every axis", node)
             axes.append(node_axes)
@@ -237,26 +238,6 @@ _NORMALIZE_FORMS = ("div", "mul", "mul-swapped")
 def _stash_type(dtype: ir.DataType) -> ir.DataType:
     """Statistics in float32, or in double for double inputs (float32 would lose precision there)."""
     return ir.DataType.DOUBLE if dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT
-
-
-def _reduce_axes(node: ir.Node, rank: int | None) -> list[int] | None:
-    """The sorted negative axes a ReduceMean reduces; None if unknown or all axes."""
-    if "axes" in node.attributes:
-        axes = list(node.attributes.get_ints("axes"))
-    elif len(node.inputs) > 1 and node.inputs[1] is not None:
-        tensor = ir.convenience.get_const_tensor(node.inputs[1])
-        if tensor is None:
-            return None
-        axes = [int(a) for a in tensor.numpy().reshape(-1)]
-    else:
-        return None  # no axes: every axis (or none, with noop_with_empty_axes)
-    if not axes:
-        return None
-    if any(a >= 0 for a in axes):
-        if rank is None:
-            return None
-        axes = [a - rank if a >= 0 else a for a in axes]
-    return sorted(axes)
 
 
 def _scalar(value: ir.Value | None) -> float | None:

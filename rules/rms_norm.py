@@ -21,7 +21,6 @@ no dims, or when epsilon or the exponent is not a constant (2).
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, pattern
 
@@ -32,7 +31,7 @@ from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 from svsurgery import patch
 from svsurgery.opset import ai_onnx_opset
 from svsurgery.precision import keep_in_float32
-from svsurgery.rules._matches import find_matches, known_constants, matchers, restricted, site_of
+from svsurgery.rules._matches import find_matches, known_constants, matchers, reduced_axes, restricted, site_of
 from svsurgery.rules.base import Applied, ApplyOptions, RuleFamily, apply_rewrite_rules
 
 __all__ = ["FAMILY", "DecomposedRmsNorm", "RmsNormDivFusion", "RmsNormalizationFusion"]
@@ -103,7 +102,7 @@ class DecomposedRmsNorm(pattern.PatternBase):
         if node.attributes.get_int("keepdims", 1) != 1:
             return result.fail("keepdims=0: the mean square does not broadcast back over the row", node)
         rank = len(x.shape) if x.shape is not None else None
-        if _reduced_axes(node, rank) != [-1]:
+        if reduced_axes(node, rank) != [-1]:
             return result.fail("the mean square is not taken over the last axis alone", node)
         if exponent is not None and _scalar(exponent) != 2.0:
             return result.fail("the square is a Pow with an exponent other than the constant 2", exponent)
@@ -125,21 +124,6 @@ def _scalar(value: ir.Value | None) -> float | None:
     if tensor is None or tensor.size != 1:
         return None
     return float(tensor.numpy().reshape(-1)[0])
-
-
-def _reduced_axes(node: ir.Node, rank: int | None) -> list[int] | None:
-    if "axes" in node.attributes:
-        axes = list(node.attributes.get_ints("axes"))
-    elif len(node.inputs) > 1 and node.inputs[1] is not None:
-        tensor = ir.convenience.get_const_tensor(node.inputs[1])
-        if tensor is None:
-            return None
-        axes = [int(a) for a in np.asarray(tensor.numpy()).reshape(-1)]
-    else:
-        return None
-    if rank is None:
-        return None if any(a >= 0 for a in axes) else sorted(axes)
-    return sorted(a - rank if a >= 0 else a for a in axes)
 
 
 def _scope(node: ir.Node) -> str:
