@@ -72,10 +72,5 @@ class DeployedModel:
 
     def encoder(self, features: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.spec
-        name, lengths = spec.deployed_inputs
-        feeds = {name: features[None]}
-        if lengths:
-            feeds[lengths] = np.array([features.shape[0]], spec.deployed_length_dtype)
-        feeds.update({o.name: o.zeros() for o in spec.others})
-        values = self.session.run(list(spec.outputs), feeds)
+        values = self.session.run(list(spec.outputs), spec.span_feeds(features, "deployed"))
         return {k: np.asarray(v)[0] for k, v in zip(spec.outputs, values)}

@@ -124,11 +124,7 @@ class ReferencePipeline:
     def encoder(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """The reference encoder on one span alone; outputs without the batch axis."""
         spec = self.spec
-        name, lengths = spec.reference_inputs
-        feeds = {name: features[None]}
-        if lengths:
-            feeds[lengths] = np.array([features.shape[0]], spec.reference_length_dtype)
-        feeds.update({o.name: o.zeros() for o in spec.others})
+        feeds = spec.span_feeds(features, "reference")
         if self.session is not None:
             values = dict(zip(spec.outputs, self.session.run(list(spec.outputs), feeds)))
         else:

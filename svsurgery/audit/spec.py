@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -103,6 +104,17 @@ class AuditSpec:
     others: tuple[OtherInput, ...]  # the encoder's other inputs, fed zeros on both sides
     outputs: tuple[str, ...]  # the encoder outputs compared, by name
     setting: RuntimeSetting = RuntimeSetting()
+
+    def span_feeds(self, features: np.ndarray, side: Literal["deployed", "reference"]) -> dict[str, np.ndarray]:
+        """One span's feeds for the ``side`` ("deployed" or "reference") encoder: its features as a
+        batch of one, its length input when it has one, zeros for the other inputs."""
+        name, lengths = self.deployed_inputs if side == "deployed" else self.reference_inputs
+        length_dtype = self.deployed_length_dtype if side == "deployed" else self.reference_length_dtype
+        feeds = {name: features[None]}
+        if lengths:
+            feeds[lengths] = np.array([features.shape[0]], length_dtype)
+        feeds.update({o.name: o.zeros() for o in self.others})
+        return feeds
 
     def fingerprint(self, digests: dict[str, str]) -> str:
         """What a finished shard must have been computed with to be reused on a rerun."""
